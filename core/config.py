@@ -1,0 +1,205 @@
+"""Run configuration: what the engine computes and how.
+
+Fields split in two groups. *Result* fields change what is computed and are part of
+the memo key; *execution* fields (batch sizes, device, memory budgets) only change how
+fast or in how much memory, and are left out of the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+CorrelationScope = Literal["all", "requested", "none"]
+
+#: execution-only fields: not part of the memo key
+EXECUTION_FIELDS = frozenset(
+    {
+        "features",
+        "batch_size",
+        "feature_chunk_size",
+        "device",
+        "activation_cache_bytes",
+        "gram_strategy",
+    }
+)
+
+
+class ConfigError(ValueError):
+    """A run configuration value is invalid (the message names the field and the fix)."""
+
+
+@dataclass
+class RunConfig:
+    """Everything that fixes one sweep.
+
+    Attributes:
+        hook: TransformerLens hook whose activations the dictionary encodes; ``None``
+            takes the dictionary's own ``hook_in``. A different value must have the
+            dictionary's input width.
+        features: feature indices to compute; ``None`` means every feature.
+        n_sequences: use at most this many token sequences (``None``: all given).
+        context_length: truncate sequences to this many tokens (``None``: as given).
+        batch_size: sequences per forward pass.
+        feature_chunk_size: features encoded and reduced at once (bounds memory only).
+        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+        dtype: compute dtype of the model and dictionary: float32, bfloat16, float16.
+            Statistics are always accumulated in float32.
+        seed: seed for interval sampling; results are reproducible from it.
+        ignore_bos: positions holding the BOS token are not examples and not counted.
+        ignore_padding: positions holding the pad token (when distinct from BOS) likewise.
+        n_top_examples: top-activating examples per feature (one per sequence).
+        n_intervals: equal-width activation bins between 0 (exclusive) and the max.
+        n_interval_examples: sampled examples per interval bin (distinct sequences).
+        n_hist_bins: bins of the activation-density histogram.
+        n_logit_bins: bins of the logit-effect histogram over the vocabulary.
+        n_top_logits: rows of the top/bottom logit tables.
+        n_table_rows: rows of the neuron-alignment and correlation tables.
+        window_before: context tokens shown before the qualifying token.
+        window_after: context tokens shown after it.
+        whole_sequence: show the whole sequence instead of a window.
+        feature_correlation: ``"all"`` compares each feature with every feature of the
+            dictionary, ``"requested"`` only with the features computed together,
+            ``"none"`` skips the table.
+        activation_cache_bytes: keep the hook activations of the first pass on the device
+            up to this many bytes so the second pass needs no forward pass.
+        gram_strategy: ``"auto"``, ``"dense"`` or ``"sparse"`` accumulation of the
+            feature-by-feature co-activation matrix.
+    """
+
+    hook: str | None = None
+    features: list[int] | None = None
+    n_sequences: int | None = None
+    context_length: int | None = None
+    batch_size: int = 32
+    feature_chunk_size: int = 4096
+    device: str = "auto"
+    dtype: str = "float32"
+    seed: int = 0
+    ignore_bos: bool = True
+    ignore_padding: bool = True
+    n_top_examples: int = 20
+    n_intervals: int = 10
+    n_interval_examples: int = 5
+    n_hist_bins: int = 50
+    n_logit_bins: int = 50
+    n_top_logits: int = 10
+    n_table_rows: int = 3
+    window_before: int = 5
+    window_after: int = 5
+    whole_sequence: bool = False
+    feature_correlation: CorrelationScope = "all"
+    activation_cache_bytes: int = 2 << 30
+    gram_strategy: Literal["auto", "dense", "sparse"] = "auto"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first invalid field."""
+        positive = [
+            "batch_size",
+            "feature_chunk_size",
+            "n_top_examples",
+            "n_intervals",
+            "n_hist_bins",
+            "n_logit_bins",
+            "n_top_logits",
+            "n_table_rows",
+        ]
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        for name in ["n_interval_examples", "window_before", "window_after"]:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+        for name in ["n_sequences", "context_length"]:
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(
+                f"dtype must be one of float32, bfloat16, float16; got {self.dtype!r}"
+            )
+        if self.feature_correlation not in ("all", "requested", "none"):
+            raise ConfigError(
+                "feature_correlation must be 'all', 'requested' or 'none', "
+                f"got {self.feature_correlation!r}"
+            )
+        if self.gram_strategy not in ("auto", "dense", "sparse"):
+            raise ConfigError(
+                f"gram_strategy must be auto, dense or sparse, got {self.gram_strategy!r}"
+            )
+        if self.features is not None:
+            bad = [f for f in self.features if not isinstance(f, int) or isinstance(f, bool)]
+            if bad:
+                raise ConfigError(f"features must be integers, got {bad[:3]!r}")
+
+    # --- serialisation -------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown config field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**data)
+
+    def result_key_dict(self) -> dict[str, Any]:
+        """The fields that change results (for the memo key)."""
+        return {k: v for k, v in self.to_dict().items() if k not in EXECUTION_FIELDS}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def parse_features(
+    spec: str | list[int] | range | None, n_features: int | None = None
+) -> list[int] | None:
+    """Parse a feature selection: ``"0:64"``, ``"1,5,9"``, ``"0:10,42"``, ``"all"`` or a list.
+
+    Returns ``None`` for all features. Ranges are half-open like Python slices.
+    """
+    if spec is None:
+        return None
+    if isinstance(spec, range):
+        return list(spec)
+    if isinstance(spec, list):
+        return [int(x) for x in spec]
+    text = str(spec).strip()
+    if text in ("", "all", "*"):
+        return None
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if ":" in part or "-" in part[1:]:
+            sep = ":" if ":" in part else "-"
+            lo_s, hi_s = part.split(sep, 1)
+            try:
+                lo = int(lo_s) if lo_s.strip() else 0
+                if hi_s.strip():
+                    hi = int(hi_s)
+                elif n_features is not None:
+                    hi = n_features
+                else:
+                    raise ConfigError(f"open range {part!r} needs the dictionary size")
+            except ValueError as exc:
+                raise ConfigError(f"cannot read feature range {part!r}: use e.g. 0:64") from exc
+            out.extend(range(lo, hi))
+        else:
+            try:
+                out.append(int(part))
+            except ValueError as exc:
+                raise ConfigError(
+                    f"cannot read feature index {part!r}: use e.g. '0:64' or '1,5,9'"
+                ) from exc
+    return out

@@ -1,0 +1,169 @@
+"""Adapter for SAELens dictionaries: SAEs, transcoders and skip transcoders.
+
+The adapter encodes a *subset* of features without computing the others whenever the
+architecture allows it (standard/ReLU, JumpReLU and gated encoders act feature by
+feature). TopK-style encoders need every pre-activation to know which features win,
+so they encode everything and slice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from sae_lens import SAE, GatedSAE, JumpReLUSAE, JumpReLUTranscoder, StandardSAE, Transcoder
+from torch import Tensor
+
+from core.dictionaries import register
+from core.dictionaries.protocol import Dictionary, DictionaryError
+
+# Encoder families, decided by class (never by name).
+_ELEMENTWISE = (StandardSAE, Transcoder)  # activation_fn(x W + b), feature by feature
+_JUMPRELU = (JumpReLUSAE, JumpReLUTranscoder)  # checked before _ELEMENTWISE (subclass)
+_GATED = (GatedSAE,)
+
+
+@register("saelens")
+class SAELensDictionary(Dictionary):
+    """Wraps a loaded ``sae_lens.SAE`` (any inference architecture).
+
+    Args:
+        sae: the loaded SAE, transcoder or skip transcoder.
+        source: JSON-able description of where it came from (release/id or path).
+    """
+
+    kind = "saelens"
+
+    def __init__(self, sae: SAE, source: dict[str, Any] | None = None):
+        if not isinstance(sae, SAE):
+            raise DictionaryError(
+                f"expected a sae_lens.SAE, got {type(sae).__name__}; load it with "
+                "SAE.from_pretrained(...) or SAE.load_from_disk(path)"
+            )
+        self.sae = sae.eval()
+        self.source = dict(source or {})
+        meta = sae.cfg.metadata
+        self._hook_in = meta.hook_name
+        if not self._hook_in:
+            raise DictionaryError(
+                "the SAE's cfg.metadata.hook_name is empty: set it to the TransformerLens hook "
+                "the SAE was trained on (e.g. 'blocks.6.hook_resid_pre')"
+            )
+        hook_out = meta.get("hook_name_out", None)
+        self._is_transcoder = isinstance(sae, Transcoder)
+        if self._is_transcoder and not hook_out:
+            raise DictionaryError(
+                "this transcoder's cfg.metadata has no hook_name_out: set it to the hook its "
+                "decoder writes to (e.g. 'blocks.6.hook_mlp_out')"
+            )
+        self._hook_out = hook_out or self._hook_in
+        if isinstance(sae, _JUMPRELU):
+            self._family = "jumprelu"
+        elif isinstance(sae, _GATED):
+            self._family = "gated"
+        elif isinstance(sae, _ELEMENTWISE):
+            self._family = "elementwise"
+        else:
+            self._family = "full"  # TopK, BatchTopK, matching pursuit, ...
+
+    # --- protocol ----------------------------------------------------------------
+    @property
+    def n_features(self) -> int:
+        return int(self.sae.cfg.d_sae)
+
+    @property
+    def d_in(self) -> int:
+        return int(self.sae.cfg.d_in)
+
+    @property
+    def d_out(self) -> int:
+        return int(self.sae.W_dec.shape[1])
+
+    @property
+    def hook_in(self) -> str:
+        return self._hook_in
+
+    @property
+    def hook_out(self) -> str:
+        return self._hook_out
+
+    @property
+    def is_transcoder(self) -> bool:
+        return self._is_transcoder
+
+    @property
+    def encode_is_separable(self) -> bool:
+        return self._family != "full"
+
+    @property
+    def architecture(self) -> str:
+        return str(self.sae.cfg.architecture())
+
+    @torch.no_grad()
+    def encode(
+        self,
+        x: Float[Tensor, "n d_in"],
+        features: Int[Tensor, " f"] | None = None,
+    ) -> Float[Tensor, "n f"]:
+        sae = self.sae
+        if self._family == "full" or features is None:
+            acts = sae.encode(x)
+            return acts if features is None else acts[:, features]
+        sae_in = sae.process_sae_in(x)
+        w = sae.W_enc[:, features]
+        if self._family == "gated":
+            gate = (sae_in @ w + sae.b_gate[features]) > 0
+            mag_pre = sae_in @ (w * sae.r_mag[features].exp()) + sae.b_mag[features]
+            return gate.to(sae_in.dtype) * sae.activation_fn(mag_pre)
+        pre = sae_in @ w + sae.b_enc[features]
+        acts = sae.activation_fn(pre)
+        if self._family == "jumprelu":
+            acts = acts * (pre > sae.threshold[features]).to(acts.dtype)
+        return acts
+
+    @torch.no_grad()
+    def decoder_directions(
+        self, features: Int[Tensor, " f"] | None = None
+    ) -> Float[Tensor, "f d_out"]:
+        w = self.sae.W_dec if features is None else self.sae.W_dec[features]
+        if getattr(self.sae.cfg, "rescale_acts_by_decoder_norm", False):
+            w = w / w.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return w
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        return dict(self.sae.state_dict())
+
+    def identity(self) -> dict[str, Any]:
+        meta = self.sae.cfg.metadata
+        return {
+            "adapter": self.kind,
+            "architecture": self.architecture,
+            "hook_in": self.hook_in,
+            "hook_out": self.hook_out,
+            "d_in": self.d_in,
+            "d_out": self.d_out,
+            "n_features": self.n_features,
+            "model_name": meta.get("model_name", None),
+            **self.source,
+        }
+
+    def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> Dictionary:
+        if dtype is None:
+            self.sae.to(device)
+        else:
+            self.sae.to(device=device, dtype=dtype)
+        return self
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.sae.W_enc.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.sae.W_enc.device
+
+
+def wrap_sae(sae: SAE, **source: Any) -> SAELensDictionary:
+    """Wrap an already loaded SAELens SAE (e.g. one built in a notebook)."""
+    return SAELensDictionary(sae, source=source)

@@ -1,0 +1,92 @@
+"""Memoised feature computation: cached features come back without running the model."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from core.config import RunConfig
+from core.dictionaries.protocol import Dictionary
+from core.engine.features import FeatureData
+from core.engine.sweep import Progress, prepare_tokens, run_sweep, validate_features
+from core.memo import Memo, memo_key
+from core.models import ModelAdapter
+
+
+def token_fingerprint(tokens: Tensor) -> str:
+    """sha256 of a token tensor's shape and int64 bytes."""
+    t = tokens.detach().to("cpu", torch.int64).contiguous()
+    h = hashlib.sha256(str(tuple(t.shape)).encode())
+    h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def base_key(
+    model: ModelAdapter,
+    dictionary: Dictionary,
+    tokens: Tensor,
+    config: RunConfig,
+    features: list[int],
+) -> str:
+    """Key prefix fixed by model, dictionary, tokens and the result-changing config."""
+    hook = config.hook or dictionary.hook_in
+    cfg = config.result_key_dict()
+    cfg["hook"] = hook
+    parts: dict[str, Any] = {
+        "model": [model.name, model.fingerprint()],
+        "dictionary": [
+            dictionary.identity().get("architecture", dictionary.kind),
+            dictionary.fingerprint(),
+        ],
+        "tokens": token_fingerprint(tokens),
+        "config": cfg,
+    }
+    if config.feature_correlation == "requested":
+        parts["requested"] = hashlib.sha256(str(features).encode()).hexdigest()
+    return memo_key(parts)
+
+
+def compute_features(
+    model: ModelAdapter,
+    dictionary: Dictionary,
+    tokens: Tensor,
+    config: RunConfig,
+    memo: Memo | None = None,
+    dataset: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> dict[int, FeatureData]:
+    """Feature data for ``config.features``, from the memo where present.
+
+    Missing features are computed in one sweep (in ``requested`` correlation mode the
+    result depends on the whole requested set, so all are recomputed together) and
+    stored. Returns a dict keyed by feature index, in ascending order.
+    """
+    tokens = prepare_tokens(tokens, config)
+    features = validate_features(config.features, dictionary.n_features)
+    if memo is None:
+        return run_sweep(
+            model, dictionary, tokens, config, dataset=dataset, progress=progress
+        ).features
+    prefix = base_key(model, dictionary, tokens, config, features)
+    found: dict[int, FeatureData] = {}
+    for f in features:
+        got = memo.get_feature(f"{prefix}:{f}")
+        if got is not None:
+            found[f] = got
+    missing = [f for f in features if f not in found]
+    if missing and config.feature_correlation == "requested":
+        missing = features
+    if missing:
+        sub = dataclasses.replace(config, features=missing)
+        result = run_sweep(model, dictionary, tokens, sub, dataset=dataset, progress=progress)
+        for f, data in result.features.items():
+            memo.put_feature(f"{prefix}:{f}", data)
+            found[f] = data
+        memo.put_json(f"{prefix}:info", result.info.to_dict())
+    elif progress is not None:
+        progress(1.0, "all features came from the cache")
+    return {f: found[f] for f in features}

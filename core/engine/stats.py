@@ -1,0 +1,393 @@
+"""Streaming per-feature statistics, each an accumulator with ``update`` and ``merge``.
+
+Every accumulator holds tensors on the compute device and is updated with one token
+batch at a time using vectorised operations only (no Python loop over features or
+tokens, no host copies). ``merge(other)`` combines two partial results so that the
+merge of accumulators over disjoint sequence sets equals one accumulator over their
+union; sharding a sweep over processes or GPUs is then a change to the loop only.
+
+Shapes: ``B`` sequences of length ``L`` per batch, ``N = B * L`` tokens, ``F`` features
+tracked by the accumulator, ``d`` input width (neurons), ``K`` examples kept.
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+_M31 = (1 << 31) - 1
+_POS_BITS = 20
+_POS_MASK = (1 << _POS_BITS) - 1
+
+
+def hash31(x: Int[Tensor, "..."]) -> Int[Tensor, "..."]:
+    """A fast integer mixer on int64 tensors, output in ``[0, 2**31)``.
+
+    Used to draw reproducible per-(feature, sequence, position) sampling keys, so the
+    sample does not depend on batch order, chunking or sharding.
+    """
+    x = x & _M31
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & _M31
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & _M31
+    return ((x >> 16) ^ x) & _M31
+
+
+# --- moments ------------------------------------------------------------------------------
+class MomentStats:
+    """Counts, sums, squares and maxima per feature, plus feature-by-neuron cross sums.
+
+    ``acts`` passed to :meth:`update` must already be zero at ignored positions, and
+    ``x`` (the hook activations, the "neurons") zero there too; ``n_tokens`` counts the
+    valid positions only.
+    """
+
+    def __init__(self, n_features: int, d_in: int | None, device: torch.device):
+        f32 = dict(device=device, dtype=torch.float32)
+        self.n_tokens = torch.zeros((), device=device, dtype=torch.float64)
+        self.count = torch.zeros(n_features, device=device, dtype=torch.int64)
+        self.sum = torch.zeros(n_features, **f32)
+        self.sumsq = torch.zeros(n_features, **f32)
+        self.max = torch.zeros(n_features, **f32)
+        self.track_neurons = d_in is not None
+        if d_in is not None:
+            self.x_sum = torch.zeros(d_in, **f32)
+            self.x_sumsq = torch.zeros(d_in, **f32)
+            self.cross = torch.zeros(n_features, d_in, **f32)
+
+    def update_tokens(self, x: Float[Tensor, "n d"] | None, n_valid: Tensor) -> None:
+        """Per-batch part that does not depend on features."""
+        self.n_tokens += n_valid
+        if self.track_neurons and x is not None:
+            self.x_sum += x.sum(0)
+            self.x_sumsq += (x * x).sum(0)
+
+    def update(self, acts: Float[Tensor, "n f"], x: Float[Tensor, "n d"] | None, sl: slice) -> None:
+        """Add a token batch for the features in ``sl``."""
+        self.count[sl] += (acts > 0).sum(0)
+        self.sum[sl] += acts.sum(0)
+        self.sumsq[sl] += (acts * acts).sum(0)
+        torch.maximum(self.max[sl], acts.amax(0), out=self.max[sl])
+        if self.track_neurons and x is not None:
+            self.cross[sl] += acts.T @ x
+
+    def merge(self, other: MomentStats) -> MomentStats:
+        self.n_tokens += other.n_tokens
+        self.count += other.count
+        self.sum += other.sum
+        self.sumsq += other.sumsq
+        torch.maximum(self.max, other.max, out=self.max)
+        if self.track_neurons:
+            self.x_sum += other.x_sum
+            self.x_sumsq += other.x_sumsq
+            self.cross += other.cross
+        return self
+
+    def mean_std(self) -> tuple[Tensor, Tensor]:
+        n = self.n_tokens.clamp_min(1).float()
+        mean = self.sum / n
+        var = (self.sumsq / n - mean * mean).clamp_min(0)
+        return mean, var.sqrt()
+
+    def neuron_correlations(self) -> tuple[Float[Tensor, "f d"], Float[Tensor, "f d"]]:
+        """Pearson and cosine similarity between each feature and each neuron."""
+        n = self.n_tokens.clamp_min(1).float()
+        mean_a, std_a = self.mean_std()
+        mean_x = self.x_sum / n
+        std_x = (self.x_sumsq / n - mean_x * mean_x).clamp_min(0).sqrt()
+        cov = self.cross / n - mean_a[:, None] * mean_x[None, :]
+        pearson = cov / (std_a[:, None] * std_x[None, :])
+        cosine = self.cross / (self.sumsq.sqrt()[:, None] * self.x_sumsq.sqrt()[None, :])
+        return torch.nan_to_num(pearson, nan=0.0), torch.nan_to_num(cosine, nan=0.0)
+
+
+# --- feature-by-feature co-activation -------------------------------------------------------
+class GramStats:
+    """Cross sums ``sum_t a_r(t) a_c(t)`` between row features and column features.
+
+    Rows are the requested features; columns are either every feature of the
+    dictionary or the requested set. When both sets are the same tensor only the
+    upper block triangle is computed (the matrix is symmetric), halving the work.
+    Per-column sums and squares give Pearson correlations at the end.
+
+    ``strategy`` picks the kernel: ``dense`` (GEMM), ``sparse`` (sparse-sparse product,
+    much cheaper when few activations are non-zero), or ``auto`` (decided from the
+    first batch's density).
+    """
+
+    def __init__(
+        self,
+        n_rows: int,
+        n_cols: int,
+        device: torch.device,
+        symmetric: bool,
+        strategy: str = "auto",
+        block: int = 4096,
+        dtype: torch.dtype = torch.float32,
+    ):
+        self.cross = torch.zeros(n_rows, n_cols, device=device, dtype=torch.float32)
+        self.col_sum = torch.zeros(n_cols, device=device, dtype=torch.float32)
+        self.col_sumsq = torch.zeros(n_cols, device=device, dtype=torch.float32)
+        self.n_tokens = torch.zeros((), device=device, dtype=torch.float64)
+        self.symmetric = symmetric and n_rows == n_cols
+        self.strategy = strategy
+        self.block = block
+        self.dtype = dtype
+        self.sparse_density_threshold = 0.01
+
+    def _choose(self, cols: Tensor) -> str:
+        if self.strategy != "auto":
+            return self.strategy
+        density = float((cols != 0).float().mean())  # one sync, first batch only
+        self.strategy = "sparse" if density < self.sparse_density_threshold else "dense"
+        return self.strategy
+
+    def update(
+        self, rows: Float[Tensor, "n r"], cols: Float[Tensor, "n c"], n_valid: Tensor
+    ) -> None:
+        self.n_tokens += n_valid
+        self.col_sum += cols.sum(0)
+        self.col_sumsq += (cols * cols).sum(0)
+        if self._choose(cols) == "sparse":
+            self._update_sparse(rows, cols)
+        elif self.symmetric:
+            self._update_symmetric(cols)
+        else:
+            self.cross += (rows.T.to(self.dtype) @ cols.to(self.dtype)).float()
+
+    def _update_symmetric(self, a: Float[Tensor, "n f"]) -> None:
+        f = a.shape[1]
+        a = a.to(self.dtype)
+        at = a.T.contiguous()
+        for i in range(0, f, self.block):
+            ie = min(i + self.block, f)
+            for j in range(i, f, self.block):
+                je = min(j + self.block, f)
+                self.cross[i:ie, j:je] += (at[i:ie] @ a[:, j:je]).float()
+
+    def _update_sparse(self, rows: Tensor, cols: Tensor) -> None:
+        r = rows.T.to_sparse()
+        c = cols.to_sparse()
+        prod = torch.sparse.mm(r, c).coalesce()
+        idx = prod.indices()
+        self.cross.index_put_((idx[0], idx[1]), prod.values().float(), accumulate=True)
+
+    def finalize(self) -> Float[Tensor, "r c"]:
+        """Mirror the computed upper triangle when symmetric; returns the cross sums."""
+        if self.symmetric and self.strategy != "sparse":
+            upper = torch.triu(self.cross)
+            self.cross = upper + torch.triu(self.cross, diagonal=1).T
+            self.symmetric = False
+        return self.cross
+
+    def merge(self, other: GramStats) -> GramStats:
+        self.finalize()
+        other.finalize()
+        self.cross += other.cross
+        self.col_sum += other.col_sum
+        self.col_sumsq += other.col_sumsq
+        self.n_tokens += other.n_tokens
+        return self
+
+    def correlations(
+        self, row_sum: Tensor, row_sumsq: Tensor
+    ) -> tuple[Float[Tensor, "r c"], Float[Tensor, "r c"]]:
+        """Pearson and cosine between row and column features."""
+        cross = self.finalize()
+        n = self.n_tokens.clamp_min(1).float()
+        mr, mc = row_sum / n, self.col_sum / n
+        sr = (row_sumsq / n - mr * mr).clamp_min(0).sqrt()
+        sc = (self.col_sumsq / n - mc * mc).clamp_min(0).sqrt()
+        pearson = (cross / n - mr[:, None] * mc[None, :]) / (sr[:, None] * sc[None, :])
+        cosine = cross / (row_sumsq.sqrt()[:, None] * self.col_sumsq.sqrt()[None, :])
+        return pearson, cosine
+
+
+# --- windows -----------------------------------------------------------------------------------
+def window_offsets(before: int, after: int, whole_length: int | None, device) -> tuple[Tensor, int]:
+    """Offsets of a context window relative to its base position, and its width."""
+    if whole_length is not None:
+        return torch.arange(whole_length, device=device), whole_length
+    return torch.arange(-before, after + 1, device=device), before + after + 1
+
+
+def gather_windows(
+    acts_fbl: Float[Tensor, "f b l"],
+    b: Int[Tensor, " f *rest"],
+    pos: Int[Tensor, " f *rest"],
+    offsets: Int[Tensor, " w"],
+    whole: bool,
+) -> Float[Tensor, "f *rest w"]:
+    """Activations of feature ``f`` in sequence ``b`` around ``pos`` (zero outside)."""
+    f, nb, length = acts_fbl.shape
+    base = torch.zeros_like(pos) if whole else pos
+    p = base[..., None] + offsets  # [f, *k, w]
+    inside = (p >= 0) & (p < length)
+    flat = (b[..., None].clamp(0, nb - 1) * length + p.clamp(0, length - 1)).reshape(f, -1)
+    vals = acts_fbl.reshape(f, nb * length).gather(1, flat).reshape(p.shape)
+    return torch.where(inside, vals, torch.zeros((), device=vals.device, dtype=vals.dtype))
+
+
+# --- top examples ----------------------------------------------------------------------------
+class TopExamples:
+    """Running top-``K`` sequences per feature by their maximum activation.
+
+    One entry per sequence (its best position), so a sequence appears once per
+    feature. Any position can qualify; windows are clipped at the sequence edges when
+    read out. Keeps the window activations so no later pass is needed.
+    """
+
+    def __init__(self, n_features: int, k: int, offsets: Tensor, whole: bool, device):
+        self.k, self.offsets, self.whole = k, offsets, whole
+        w = offsets.numel()
+        self.values = torch.full((n_features, k), float("-inf"), device=device)
+        self.seq = torch.full((n_features, k), -1, device=device, dtype=torch.int64)
+        self.pos = torch.zeros((n_features, k), device=device, dtype=torch.int64)
+        self.windows = torch.zeros((n_features, k, w), device=device)
+
+    def update(
+        self, acts_bfl: Float[Tensor, "b f l"], seq_ids: Int[Tensor, " b"], sl: slice
+    ) -> None:
+        best, arg = acts_bfl.max(dim=2)  # [b, f]
+        cand = torch.where(best > 0, best, torch.full_like(best, float("-inf"))).T  # [f, b]
+        vals = torch.cat([self.values[sl], cand], dim=1)
+        top, idx = vals.topk(self.k, dim=1)
+        k = self.k
+        from_batch = idx >= k
+        b_local = (idx - k).clamp_min(0)
+        new_pos = arg.T.gather(1, b_local)
+        new_seq = seq_ids[b_local]
+        acts_fbl = acts_bfl.permute(1, 0, 2)
+        new_win = gather_windows(acts_fbl, b_local, new_pos, self.offsets, self.whole)
+        old = idx.clamp(max=k - 1)
+        self.windows[sl] = torch.where(
+            from_batch[..., None],
+            new_win,
+            self.windows[sl].gather(1, old[..., None].expand(-1, -1, new_win.shape[-1])),
+        )
+        self.seq[sl] = torch.where(from_batch, new_seq, self.seq[sl].gather(1, old))
+        self.pos[sl] = torch.where(from_batch, new_pos, self.pos[sl].gather(1, old))
+        self.values[sl] = top
+
+    def merge(self, other: TopExamples) -> TopExamples:
+        vals = torch.cat([self.values, other.values], dim=1)
+        top, idx = vals.topk(self.k, dim=1)
+        w = self.windows.shape[-1]
+        self.windows = torch.cat([self.windows, other.windows], 1).gather(
+            1, idx[..., None].expand(-1, -1, w)
+        )
+        self.seq = torch.cat([self.seq, other.seq], 1).gather(1, idx)
+        self.pos = torch.cat([self.pos, other.pos], 1).gather(1, idx)
+        self.values = top
+        return self
+
+
+# --- intervals and histograms (second pass, once the maxima are known) ------------------------
+def bin_index(
+    acts: Float[Tensor, "... f"], max_act: Float[Tensor, " f"], n_bins: int
+) -> Int[Tensor, "... f"]:
+    """Equal-width bin of each activation in ``(0, max]``; ``n_bins`` marks zeros."""
+    scale = torch.where(max_act > 0, n_bins / max_act, torch.zeros_like(max_act))
+    idx = (acts * scale).floor().long().clamp_(0, n_bins - 1)
+    return torch.where(acts > 0, idx, torch.full_like(idx, n_bins))
+
+
+class BinCounts:
+    """Counts of non-zero activations per equal-width bin of ``(0, max]``."""
+
+    def __init__(self, n_features: int, n_bins: int, device):
+        self.n_bins = n_bins
+        self.counts = torch.zeros(n_features, n_bins + 1, device=device, dtype=torch.int64)
+
+    def update(self, bins_nf: Int[Tensor, "n f"], sl: slice) -> None:
+        self.counts[sl].scatter_add_(1, bins_nf.T, torch.ones_like(bins_nf.T))
+
+    def merge(self, other: BinCounts) -> BinCounts:
+        self.counts += other.counts
+        return self
+
+    @property
+    def result(self) -> Int[Tensor, "f bins"]:
+        return self.counts[:, : self.n_bins]
+
+
+class IntervalSampler:
+    """Reproducible sample of ``K`` distinct sequences per (feature, interval bin).
+
+    Every (feature, sequence, position) gets a hash key from the seed. Within a
+    sequence the bin's representative is its highest-key token; across sequences the
+    ``K`` highest keys win. The sample is therefore a pure function of the seed and the
+    data, independent of batching, feature chunking or sharding.
+    """
+
+    def __init__(
+        self,
+        feature_ids: Int[Tensor, " f"],
+        n_bins: int,
+        k: int,
+        offsets: Tensor,
+        whole: bool,
+        seed: int,
+        device,
+    ):
+        n = feature_ids.numel()
+        self.n_bins, self.k, self.offsets, self.whole = n_bins, k, offsets, whole
+        self.feature_hash = hash31(feature_ids.to(device) * 0x9E3779 + seed * 0x61C8864 + 1)
+        self.keys = torch.full((n, n_bins, k), -1, device=device, dtype=torch.int64)
+        self.seq = torch.full((n, n_bins, k), -1, device=device, dtype=torch.int64)
+        self.windows = torch.zeros((n, n_bins, k, offsets.numel()), device=device)
+
+    def update(
+        self,
+        acts_bfl: Float[Tensor, "b f l"],
+        bins_bfl: Int[Tensor, "b f l"],
+        seq_ids: Int[Tensor, " b"],
+        sl: slice,
+    ) -> None:
+        b, f, length = acts_bfl.shape
+        k, nb = self.k, self.n_bins
+        pos = torch.arange(length, device=acts_bfl.device)
+        tok_hash = hash31(seq_ids[:, None] * 0x2545F49 + pos[None, :] * 0x5851F42 + 7)  # [b, l]
+        h = hash31(tok_hash[:, None, :] ^ self.feature_hash[sl][None, :, None])  # [b, f, l]
+        keys = (h << _POS_BITS) | pos
+        keys = torch.where(bins_bfl < nb, keys, torch.full_like(keys, -1))
+        best = torch.full((b, f, nb + 1), -1, device=keys.device, dtype=torch.int64)
+        best.scatter_reduce_(2, bins_bfl, keys, reduce="amax", include_self=True)
+        cand = best[:, :, :nb].permute(1, 2, 0)  # [f, nb, b]
+        allk = torch.cat([self.keys[sl], cand], dim=2)
+        top, idx = allk.topk(k, dim=2)
+        from_batch = idx >= k
+        b_local = (idx - k).clamp_min(0)
+        new_pos = top & _POS_MASK
+        acts_fbl = acts_bfl.permute(1, 0, 2)
+        new_win = gather_windows(
+            acts_fbl, b_local.reshape(f, -1), new_pos.reshape(f, -1), self.offsets, self.whole
+        ).reshape(f, nb, k, -1)
+        old = idx.clamp(max=k - 1)
+        w = new_win.shape[-1]
+        self.windows[sl] = torch.where(
+            from_batch[..., None],
+            new_win,
+            self.windows[sl].gather(2, old[..., None].expand(-1, -1, -1, w)),
+        )
+        self.seq[sl] = torch.where(from_batch, seq_ids[b_local], self.seq[sl].gather(2, old))
+        self.keys[sl] = top
+
+    def merge(self, other: IntervalSampler) -> IntervalSampler:
+        allk = torch.cat([self.keys, other.keys], dim=2)
+        top, idx = allk.topk(self.k, dim=2)
+        w = self.windows.shape[-1]
+        self.windows = torch.cat([self.windows, other.windows], 2).gather(
+            2, idx[..., None].expand(-1, -1, -1, w)
+        )
+        self.seq = torch.cat([self.seq, other.seq], 2).gather(2, idx)
+        self.keys = top
+        return self
+
+    @property
+    def pos(self) -> Int[Tensor, "f bins k"]:
+        return self.keys & _POS_MASK
+
+    @property
+    def valid(self) -> Bool[Tensor, "f bins k"]:
+        return self.keys >= 0
