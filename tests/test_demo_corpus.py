@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import datasets
@@ -98,8 +99,10 @@ def test_loads_from_cache(
     assert sorted(p.name for p in cache_dir.iterdir()) == [DEMO_CORPUS_SUBDIR]
 
 
-def test_outdated_cache_is_rebuilt(tmp_path: Path) -> None:
-    build_demo_corpus(tmp_path)
+def test_outdated_cache_is_rebuilt(
+    corpus: datasets.Dataset, cache_dir: Path, tmp_path: Path
+) -> None:
+    shutil.copytree(cache_dir / DEMO_CORPUS_SUBDIR, tmp_path / DEMO_CORPUS_SUBDIR)
     info_path = tmp_path / DEMO_CORPUS_SUBDIR / CORPUS_INFO_FILE
     info = json.loads(info_path.read_text())
     info["python_version"] = "2.7.18"
