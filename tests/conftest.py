@@ -67,7 +67,7 @@ def make_sae(
         if sample is not None:
             pre = (sample - sae.b_dec) @ sae.W_enc
             q = torch.quantile(pre, 1 - density, dim=0)
-            if hasattr(sae, "b_enc"):
+            if getattr(sae, "b_enc", None) is not None:
                 sae.b_enc.copy_(-q)
             if hasattr(sae, "b_gate"):
                 sae.b_gate.copy_(-q)

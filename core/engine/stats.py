@@ -166,7 +166,7 @@ class GramStats:
                 self.cross[i:ie, j:je] += (at[i:ie] @ a[:, j:je]).float()
 
     def _update_sparse(self, rows: Tensor, cols: Tensor) -> None:
-        r = rows.T.to_sparse()
+        r = rows.T.to_sparse()  # COO: torch.sparse.mm of two COO tensors stays sparse
         c = cols.to_sparse()
         prod = torch.sparse.mm(r, c).coalesce()
         idx = prod.indices()
@@ -265,8 +265,12 @@ class TopExamples:
             new_win,
             self.windows[sl].gather(1, old[..., None].expand(-1, -1, new_win.shape[-1])),
         )
-        self.seq[sl] = torch.where(from_batch, new_seq, self.seq[sl].gather(1, old))
-        self.pos[sl] = torch.where(from_batch, new_pos, self.pos[sl].gather(1, old))
+        ok = top > float("-inf")
+        seq = torch.where(from_batch, new_seq, self.seq[sl].gather(1, old))
+        self.seq[sl] = torch.where(ok, seq, torch.full_like(seq, -1))
+        pos = torch.where(from_batch, new_pos, self.pos[sl].gather(1, old))
+        self.pos[sl] = torch.where(ok, pos, torch.zeros_like(pos))
+        self.windows[sl] *= ok[..., None]
         self.values[sl] = top
 
     def merge(self, other: TopExamples) -> TopExamples:
@@ -286,9 +290,9 @@ class TopExamples:
 def bin_index(
     acts: Float[Tensor, "... f"], max_act: Float[Tensor, " f"], n_bins: int
 ) -> Int[Tensor, "... f"]:
-    """Equal-width bin of each activation in ``(0, max]``; ``n_bins`` marks zeros."""
+    """Equal-width bin of each activation; bins are ``(lo, hi]``, ``n_bins`` marks zeros."""
     scale = torch.where(max_act > 0, n_bins / max_act, torch.zeros_like(max_act))
-    idx = (acts * scale).floor().long().clamp_(0, n_bins - 1)
+    idx = ((acts * scale).ceil().long() - 1).clamp_(0, n_bins - 1)
     return torch.where(acts > 0, idx, torch.full_like(idx, n_bins))
 
 
@@ -370,7 +374,9 @@ class IntervalSampler:
             new_win,
             self.windows[sl].gather(2, old[..., None].expand(-1, -1, -1, w)),
         )
-        self.seq[sl] = torch.where(from_batch, seq_ids[b_local], self.seq[sl].gather(2, old))
+        seq = torch.where(from_batch, seq_ids[b_local], self.seq[sl].gather(2, old))
+        self.seq[sl] = torch.where(top >= 0, seq, torch.full_like(seq, -1))
+        self.windows[sl] *= (top >= 0)[..., None]
         self.keys[sl] = top
 
     def merge(self, other: IntervalSampler) -> IntervalSampler:

@@ -1,0 +1,82 @@
+"""Bad input gets a clear error naming the problem, before heavy compute."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.config import ConfigError, RunConfig, parse_features
+from core.dictionaries.protocol import DictionaryError
+from core.dictionaries.saelens import SAELensDictionary
+from core.engine import EngineError, run_sweep
+from core.models import ModelAdapter
+from tests.conftest import make_model, make_sae
+
+HOOK = "blocks.1.hook_resid_pre"
+
+
+@pytest.fixture(scope="module")
+def pair():
+    model = make_model()
+    sae = make_sae("standard", 32, 16, HOOK)
+    return ModelAdapter(model, bos_token_id=0), SAELensDictionary(sae)
+
+
+def test_feature_out_of_range(pair, tiny_tokens):
+    with pytest.raises(EngineError, match=r"feature index 16 is out of range.*16 features.*0-15"):
+        run_sweep(*pair, tiny_tokens, RunConfig(features=[3, 16]))
+    with pytest.raises(EngineError, match="out of range"):
+        run_sweep(*pair, tiny_tokens, RunConfig(features=[-1]))
+
+
+def test_hook_not_in_model(pair, tiny_tokens):
+    with pytest.raises(EngineError, match=r"hook 'blocks\.7\.hook_resid_pre' is not in model"):
+        run_sweep(*pair, tiny_tokens, RunConfig(hook="blocks.7.hook_resid_pre"))
+
+
+def test_width_mismatch(pair, tiny_tokens):
+    model, _ = pair
+    wrong = SAELensDictionary(make_sae("standard", 16, 8, HOOK))
+    with pytest.raises(DictionaryError, match=r"reads 16-wide inputs but hook .* is 32 wide"):
+        run_sweep(model, wrong, tiny_tokens, RunConfig())
+    # an MLP hook is 128 wide: also refused
+    with pytest.raises(DictionaryError, match="128 wide"):
+        run_sweep(model, pair[1], tiny_tokens, RunConfig(hook="blocks.0.mlp.hook_post"))
+
+
+def test_no_tokens(pair):
+    with pytest.raises(EngineError, match="no tokens"):
+        run_sweep(*pair, torch.zeros((0, 8), dtype=torch.long), RunConfig())
+    with pytest.raises(EngineError, match="integer ids"):
+        run_sweep(*pair, torch.zeros((2, 8)), RunConfig())
+
+
+def test_nan_activations(tiny_tokens):
+    model = make_model(seed=3)
+    with torch.no_grad():
+        model.W_E[5].fill_(float("nan"))
+    ma = ModelAdapter(model, bos_token_id=0)
+    d = SAELensDictionary(make_sae("standard", 32, 16, HOOK))
+    with pytest.raises(EngineError, match="NaN activations"):
+        run_sweep(ma, d, tiny_tokens, RunConfig())
+
+
+def test_bad_config_values():
+    with pytest.raises(ConfigError, match="batch_size must be a positive integer"):
+        RunConfig(batch_size=0)
+    with pytest.raises(ConfigError, match="dtype must be one of"):
+        RunConfig(dtype="float64")
+    with pytest.raises(ConfigError, match="unknown config field"):
+        RunConfig.from_dict({"batchsize": 3})
+    assert parse_features("0:4,9") == [0, 1, 2, 3, 9]
+    assert parse_features("all") is None
+    assert parse_features("5:", n_features=8) == [5, 6, 7]
+    with pytest.raises(ConfigError, match="cannot read feature"):
+        parse_features("a:b")
+
+
+def test_sae_without_hook_name():
+    sae = make_sae("standard", 32, 8, HOOK)
+    sae.cfg.metadata.hook_name = None
+    with pytest.raises(DictionaryError, match="hook_name is empty"):
+        SAELensDictionary(sae)
