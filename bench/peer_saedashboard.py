@@ -121,7 +121,9 @@ def load_model(wl: Path):
     del state
     bad = [k for k in missing if not k.endswith(KNOWN_BUFFER_SUFFIXES)]
     if bad or unexpected:
-        raise RuntimeError(f"state dict mismatch: missing={bad[:10]} unexpected={list(unexpected)[:10]}")
+        raise RuntimeError(
+            f"state dict mismatch: missing={bad[:10]} unexpected={list(unexpected)[:10]}"
+        )
     model.eval()
     return model
 
@@ -187,11 +189,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workload", type=Path, required=True)
     ap.add_argument("--features", type=parse_features, default=(0, 64), help="A:B (half-open)")
     ap.add_argument("--cache-dir", type=Path, default=None)
-    ap.add_argument("--warm-cache", action="store_true", help="reuse a filled cache_dir (see docstring)")
-    ap.add_argument("--minibatch-size-features", type=int, default=None, help="SaeVisConfig default 256")
-    ap.add_argument("--minibatch-size-tokens", type=int, default=None, help="SaeVisConfig default 64")
+    ap.add_argument(
+        "--warm-cache", action="store_true", help="reuse a filled cache_dir (see docstring)"
+    )
+    ap.add_argument(
+        "--minibatch-size-features", type=int, default=None, help="SaeVisConfig default 256"
+    )
+    ap.add_argument(
+        "--minibatch-size-tokens", type=int, default=None, help="SaeVisConfig default 64"
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    ap.add_argument("--save-json", type=Path, default=None, help="SaeVisData.save_json output (untimed)")
+    ap.add_argument(
+        "--save-json", type=Path, default=None, help="SaeVisData.save_json output (untimed)"
+    )
     ap.add_argument("--skip-checks", action="store_true")
     a = ap.parse_args(argv)
 
@@ -266,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         data = SaeVisRunner(cfg).run(encoder=sae, model=model, tokens=tokens)
         seconds = time.perf_counter() - t1
     load1_after = os.getloadavg()[0]
+    rss_after = rss_mb()  # SaeVisData still alive here
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
 
     got = sorted(data.feature_data_dict)
@@ -289,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss_before_run_mb": round(ru_before, 1),
         "run_peak_rss_sampled_mb": None if sampler.peak is None else round(sampler.peak, 1),
         "rss_before_run_mb": None if rss_before is None else round(rss_before, 1),
+        "rss_after_run_mb": None if rss_after is None else round(rss_after, 1),
         "torch_threads": torch.get_num_threads(),
         "minibatch_size_features": cfg.minibatch_size_features,
         "minibatch_size_tokens": cfg.minibatch_size_tokens,

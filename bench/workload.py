@@ -184,7 +184,9 @@ def prepare(
 
     # tokens
     gen = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(0, cfg_kwargs["d_vocab"], (n_seq, seq_len), generator=gen, dtype=torch.int64)
+    tokens = torch.randint(
+        0, cfg_kwargs["d_vocab"], (n_seq, seq_len), generator=gen, dtype=torch.int64
+    )
     tokens[:, 0] = BOS
     save_file({"tokens": tokens}, str(out_dir / "tokens.safetensors"))
 
@@ -265,7 +267,9 @@ def prepare(
         hook_name=HOOK_NAME,
         calib_density=calib_density,
         heldout_density=heldout_density,
-        created_with={p: version(p) for p in ("torch", "transformer-lens", "sae-lens", "safetensors")},
+        created_with={
+            p: version(p) for p in ("torch", "transformer-lens", "sae-lens", "safetensors")
+        },
     )
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
     return out_dir
