@@ -173,10 +173,14 @@ class GramStats:
         self.cross.index_put_((idx[0], idx[1]), prod.values().float(), accumulate=True)
 
     def finalize(self) -> Float[Tensor, "r c"]:
-        """Mirror the computed upper triangle when symmetric; returns the cross sums."""
+        """Mirror the computed upper block triangle (in place) when symmetric."""
         if self.symmetric and self.strategy != "sparse":
-            upper = torch.triu(self.cross)
-            self.cross = upper + torch.triu(self.cross, diagonal=1).T
+            f = self.cross.shape[0]
+            for i in range(0, f, self.block):
+                ie = min(i + self.block, f)
+                for j in range(i + self.block, f, self.block):
+                    je = min(j + self.block, f)
+                    self.cross[j:je, i:ie] = self.cross[i:ie, j:je].T
             self.symmetric = False
         return self.cross
 
@@ -189,18 +193,41 @@ class GramStats:
         self.n_tokens += other.n_tokens
         return self
 
-    def correlations(
-        self, row_sum: Tensor, row_sumsq: Tensor
-    ) -> tuple[Float[Tensor, "r c"], Float[Tensor, "r c"]]:
-        """Pearson and cosine between row and column features."""
+    def top_correlated(
+        self,
+        row_sum: Tensor,
+        row_sumsq: Tensor,
+        k: int,
+        self_col: Int[Tensor, " r"] | None,
+        rows_per_chunk: int = 1024,
+    ) -> tuple[Float[Tensor, "r k"], Int[Tensor, "r k"], Float[Tensor, "r k"]]:
+        """Top-``k`` columns by Pearson correlation for each row, with their cosine.
+
+        Computed in row chunks so the full correlation matrix is never materialised.
+        A row's own column (``self_col``) and constant columns are never chosen
+        (their value is ``-inf`` when fewer than ``k`` remain).
+        """
         cross = self.finalize()
         n = self.n_tokens.clamp_min(1).float()
-        mr, mc = row_sum / n, self.col_sum / n
-        sr = (row_sumsq / n - mr * mr).clamp_min(0).sqrt()
+        mc = self.col_sum / n
         sc = (self.col_sumsq / n - mc * mc).clamp_min(0).sqrt()
-        pearson = (cross / n - mr[:, None] * mc[None, :]) / (sr[:, None] * sc[None, :])
-        cosine = cross / (row_sumsq.sqrt()[:, None] * self.col_sumsq.sqrt()[None, :])
-        return pearson, cosine
+        col_norm = self.col_sumsq.sqrt()
+        k = min(k, cross.shape[1])
+        outs: list[tuple[Tensor, Tensor, Tensor]] = []
+        for i in range(0, cross.shape[0], rows_per_chunk):
+            ie = min(i + rows_per_chunk, cross.shape[0])
+            mr = row_sum[i:ie] / n
+            sr = (row_sumsq[i:ie] / n - mr * mr).clamp_min(0).sqrt()
+            p = (cross[i:ie] / n - mr[:, None] * mc[None, :]) / (sr[:, None] * sc[None, :])
+            p = torch.nan_to_num(p, nan=float("-inf"), posinf=float("-inf"), neginf=float("-inf"))
+            p[:, sc <= 0] = float("-inf")
+            if self_col is not None:
+                rows = torch.arange(ie - i, device=p.device)
+                p[rows, self_col[i:ie]] = float("-inf")
+            tv, ti = p.topk(k, dim=1)
+            cos = cross[i:ie].gather(1, ti) / (row_sumsq[i:ie].sqrt()[:, None] * col_norm[ti])
+            outs.append((tv, ti, torch.nan_to_num(cos, nan=0.0)))
+        return tuple(torch.cat(parts) for parts in zip(*outs, strict=True))  # type: ignore[return-value]
 
 
 # --- windows -----------------------------------------------------------------------------------
@@ -212,19 +239,23 @@ def window_offsets(before: int, after: int, whole_length: int | None, device) ->
 
 
 def gather_windows(
-    acts_fbl: Float[Tensor, "f b l"],
+    acts_blf: Float[Tensor, "b l f"],
     b: Int[Tensor, " f *rest"],
     pos: Int[Tensor, " f *rest"],
     offsets: Int[Tensor, " w"],
     whole: bool,
 ) -> Float[Tensor, "f *rest w"]:
-    """Activations of feature ``f`` in sequence ``b`` around ``pos`` (zero outside)."""
-    f, nb, length = acts_fbl.shape
+    """Activations of feature ``f`` (row of ``b``/``pos``) in sequence ``b`` around ``pos``.
+
+    Positions outside the sequence read as zero (the window is clipped when read out).
+    """
+    nb, length, nf = acts_blf.shape
     base = torch.zeros_like(pos) if whole else pos
-    p = base[..., None] + offsets  # [f, *k, w]
+    p = base[..., None] + offsets  # [f, *rest, w]
     inside = (p >= 0) & (p < length)
-    flat = (b[..., None].clamp(0, nb - 1) * length + p.clamp(0, length - 1)).reshape(f, -1)
-    vals = acts_fbl.reshape(f, nb * length).gather(1, flat).reshape(p.shape)
+    fidx = torch.arange(nf, device=p.device).view(nf, *([1] * (p.ndim - 1)))
+    flat = (b[..., None].clamp(0, nb - 1) * length + p.clamp(0, length - 1)) * nf + fidx
+    vals = acts_blf.reshape(-1)[flat.reshape(-1)].reshape(p.shape)
     return torch.where(inside, vals, torch.zeros((), device=vals.device, dtype=vals.dtype))
 
 
@@ -246,9 +277,9 @@ class TopExamples:
         self.windows = torch.zeros((n_features, k, w), device=device)
 
     def update(
-        self, acts_bfl: Float[Tensor, "b f l"], seq_ids: Int[Tensor, " b"], sl: slice
+        self, acts_blf: Float[Tensor, "b l f"], seq_ids: Int[Tensor, " b"], sl: slice
     ) -> None:
-        best, arg = acts_bfl.max(dim=2)  # [b, f]
+        best, arg = acts_blf.max(dim=1)  # [b, f]
         cand = torch.where(best > 0, best, torch.full_like(best, float("-inf"))).T  # [f, b]
         vals = torch.cat([self.values[sl], cand], dim=1)
         top, idx = vals.topk(self.k, dim=1)
@@ -257,8 +288,7 @@ class TopExamples:
         b_local = (idx - k).clamp_min(0)
         new_pos = arg.T.gather(1, b_local)
         new_seq = seq_ids[b_local]
-        acts_fbl = acts_bfl.permute(1, 0, 2)
-        new_win = gather_windows(acts_fbl, b_local, new_pos, self.offsets, self.whole)
+        new_win = gather_windows(acts_blf, b_local, new_pos, self.offsets, self.whole)
         old = idx.clamp(max=k - 1)
         self.windows[sl] = torch.where(
             from_batch[..., None],
@@ -286,7 +316,13 @@ class TopExamples:
         return self
 
 
-# --- intervals and histograms (second pass, once the maxima are known) ------------------------
+# --- second pass: histograms and interval samples (once the maxima are known) ------------------
+def sparse_bins(sp: SparseActs, max_act: Float[Tensor, " f"], n_bins: int) -> Int[Tensor, " nnz"]:
+    """Equal-width ``(lo, hi]`` bin of each non-zero activation."""
+    scale = torch.where(max_act > 0, n_bins / max_act, torch.zeros_like(max_act))
+    return ((sp.value * scale[sp.feature]).ceil().long() - 1).clamp_(0, n_bins - 1)
+
+
 def bin_index(
     acts: Float[Tensor, "... f"], max_act: Float[Tensor, " f"], n_bins: int
 ) -> Int[Tensor, "... f"]:
@@ -296,15 +332,32 @@ def bin_index(
     return torch.where(acts > 0, idx, torch.full_like(idx, n_bins))
 
 
+class SparseActs:
+    """The non-zero activations of one chunk: token index, feature column, value.
+
+    Pass 2 touches only these (a few percent of entries for a sparse dictionary). On
+    CUDA ``nonzero`` waits for the count, one small sync per chunk.
+    """
+
+    def __init__(self, acts: Float[Tensor, "n f"]):
+        nz = acts.nonzero()
+        self.token, self.feature = nz[:, 0], nz[:, 1]
+        self.value = acts[self.token, self.feature]
+        self.n_features = acts.shape[1]
+
+
 class BinCounts:
     """Counts of non-zero activations per equal-width bin of ``(0, max]``."""
 
     def __init__(self, n_features: int, n_bins: int, device):
         self.n_bins = n_bins
-        self.counts = torch.zeros(n_features, n_bins + 1, device=device, dtype=torch.int64)
+        self.counts = torch.zeros(n_features, n_bins, device=device, dtype=torch.int64)
 
-    def update(self, bins_nf: Int[Tensor, "n f"], sl: slice) -> None:
-        self.counts[sl].scatter_add_(1, bins_nf.T, torch.ones_like(bins_nf.T))
+    def update(self, sp: SparseActs, bins: Int[Tensor, " nnz"], sl: slice) -> None:
+        flat = sp.feature * self.n_bins + bins
+        self.counts[sl] += torch.bincount(flat, minlength=sp.n_features * self.n_bins).view(
+            sp.n_features, self.n_bins
+        )
 
     def merge(self, other: BinCounts) -> BinCounts:
         self.counts += other.counts
@@ -312,7 +365,7 @@ class BinCounts:
 
     @property
     def result(self) -> Int[Tensor, "f bins"]:
-        return self.counts[:, : self.n_bins]
+        return self.counts
 
 
 class IntervalSampler:
@@ -343,29 +396,29 @@ class IntervalSampler:
 
     def update(
         self,
-        acts_bfl: Float[Tensor, "b f l"],
-        bins_bfl: Int[Tensor, "b f l"],
+        acts_blf: Float[Tensor, "b l f"],
+        sp: SparseActs,
+        bins: Int[Tensor, " nnz"],
         seq_ids: Int[Tensor, " b"],
         sl: slice,
     ) -> None:
-        b, f, length = acts_bfl.shape
+        b, length, f = acts_blf.shape
         k, nb = self.k, self.n_bins
-        pos = torch.arange(length, device=acts_bfl.device)
-        tok_hash = hash31(seq_ids[:, None] * 0x2545F49 + pos[None, :] * 0x5851F42 + 7)  # [b, l]
-        h = hash31(tok_hash[:, None, :] ^ self.feature_hash[sl][None, :, None])  # [b, f, l]
+        bseq, pos = sp.token // length, sp.token % length
+        tok_hash = hash31(seq_ids[bseq] * 0x2545F49 + pos * 0x5851F42 + 7)
+        h = hash31(tok_hash ^ self.feature_hash[sl][sp.feature])
         keys = (h << _POS_BITS) | pos
-        keys = torch.where(bins_bfl < nb, keys, torch.full_like(keys, -1))
-        best = torch.full((b, f, nb + 1), -1, device=keys.device, dtype=torch.int64)
-        best.scatter_reduce_(2, bins_bfl, keys, reduce="amax", include_self=True)
-        cand = best[:, :, :nb].permute(1, 2, 0)  # [f, nb, b]
+        best = torch.full((b * f * nb,), -1, device=keys.device, dtype=torch.int64)
+        slot = (bseq * f + sp.feature) * nb + bins
+        best.scatter_reduce_(0, slot, keys, reduce="amax", include_self=True)
+        cand = best.view(b, f, nb).permute(1, 2, 0)  # [f, nb, b]
         allk = torch.cat([self.keys[sl], cand], dim=2)
         top, idx = allk.topk(k, dim=2)
         from_batch = idx >= k
         b_local = (idx - k).clamp_min(0)
-        new_pos = top & _POS_MASK
-        acts_fbl = acts_bfl.permute(1, 0, 2)
+        new_pos = top.clamp_min(0) & _POS_MASK
         new_win = gather_windows(
-            acts_fbl, b_local.reshape(f, -1), new_pos.reshape(f, -1), self.offsets, self.whole
+            acts_blf, b_local.reshape(f, -1), new_pos.reshape(f, -1), self.offsets, self.whole
         ).reshape(f, nb, k, -1)
         old = idx.clamp(max=k - 1)
         w = new_win.shape[-1]
@@ -392,7 +445,7 @@ class IntervalSampler:
 
     @property
     def pos(self) -> Int[Tensor, "f bins k"]:
-        return self.keys & _POS_MASK
+        return self.keys.clamp_min(0) & _POS_MASK
 
     @property
     def valid(self) -> Bool[Tensor, "f bins k"]:

@@ -23,22 +23,16 @@ from torch import Tensor
 
 from core.config import ConfigError, RunConfig
 from core.dictionaries.protocol import Dictionary, DictionaryError
-from core.engine.features import (
-    Example,
-    FeatureData,
-    Histogram,
-    IntervalGroup,
-    LogitTable,
-    SweepInfo,
-    Table,
-)
+from core.engine.features import SweepInfo
+from core.engine.result import FeatureSet
 from core.engine.stats import (
     BinCounts,
     GramStats,
     IntervalSampler,
     MomentStats,
+    SparseActs,
     TopExamples,
-    bin_index,
+    sparse_bins,
     window_offsets,
 )
 from core.models import ModelAdapter, ModelError
@@ -53,7 +47,9 @@ class EngineError(ValueError):
 
 @dataclass
 class SweepResult:
-    features: dict[int, FeatureData]
+    """``features`` maps each index to its data (built lazily from columns)."""
+
+    features: FeatureSet
     info: SweepInfo
 
 
@@ -259,7 +255,7 @@ def run_sweep(
         for sl in chunks:
             a = encoder(x, feats[sl]) * mf[:, None]
             moments.update(a, x32, sl)
-            top.update(a.view(b, length, -1).permute(0, 2, 1), seq_ids, sl)
+            top.update(a.view(b, length, -1), seq_ids, sl)
             if gram is not None:
                 req_blocks.append(a)
         if gram is not None:
@@ -296,18 +292,26 @@ def run_sweep(
         encoder.reset()
         for sl in chunks:
             a = encoder(x, feats[sl]) * mf[:, None]
-            hist.update(bin_index(a, max_act[sl], config.n_hist_bins), sl)
-            ibins = bin_index(a, max_act[sl], config.n_intervals)
-            icounts.update(ibins, sl)
-            a_bfl = a.view(b, length, -1).permute(0, 2, 1)
-            i_bfl = ibins.view(b, length, -1).permute(0, 2, 1).contiguous()
-            sampler.update(a_bfl, i_bfl, seq_ids, sl)
+            sp = SparseActs(a)
+            hist.update(sp, sparse_bins(sp, max_act[sl], config.n_hist_bins), sl)
+            ibins = sparse_bins(sp, max_act[sl], config.n_intervals)
+            icounts.update(sp, ibins, sl)
+            sampler.update(a.view(b, length, -1), sp, ibins, seq_ids, sl)
         report((len(batches) + bi + 1) / n_units, f"pass 2: batch {bi + 1}/{len(batches)}")
     cache.clear()
 
     report(1.0, "assembling feature data")
-    features = assemble(
-        model, dictionary, feats, tokens, config, moments, top, gram, hist, icounts, sampler
+    cols = finalize_columns(
+        model, dictionary, feats, config, moments, top, gram, hist, icounts, sampler
+    )
+    window = None if whole else (config.window_before, config.window_after)
+    features = FeatureSet(
+        feats.tolist(),
+        cols,
+        tokens,
+        model.vocab_strings(),
+        window,
+        extras=dictionary.feature_extras(feats),
     )
     info = SweepInfo(
         model=model.identity(),
@@ -323,34 +327,19 @@ def run_sweep(
     return SweepResult(features=features, info=info)
 
 
-# ---- assembly: tensors -> plain data -------------------------------------------------------
+# ---- finalisation: accumulators -> columns --------------------------------------------------
 def decoder_tables(
     model: ModelAdapter, dictionary: Dictionary, feats: Tensor, config: RunConfig
 ) -> dict[str, Tensor]:
     """Logit effects and neuron alignment from the decoder, chunked over features."""
-    out: dict[str, list[Tensor]] = {
-        k: []
-        for k in [
-            "pos_v",
-            "pos_i",
-            "neg_v",
-            "neg_i",
-            "lh_counts",
-            "lh_lo",
-            "lh_hi",
-            "al_i",
-            "al_v",
-            "al_s",
-            "norm",
-        ]
-    }
-    d_model = model.model.cfg.d_model
-    has_logits = dictionary.d_out == d_model
+    keys = ["pos_v", "pos_i", "neg_v", "neg_i", "logit_counts", "logit_lo", "logit_hi"]
+    out: dict[str, list[Tensor]] = {k: [] for k in [*keys, "al_i", "al_v", "al_s", "dec_norm"]}
+    has_logits = dictionary.d_out == model.model.cfg.d_model
     nb = config.n_logit_bins
-    chunk = max(1, min(config.feature_chunk_size, (1 << 28) // max(model.d_vocab, 1)))
+    chunk = max(1, min(config.feature_chunk_size, (1 << 27) // max(model.d_vocab, 1)))
     for sl in _chunks(feats.numel(), chunk):
         w = dictionary.decoder_directions(feats[sl]).float()
-        out["norm"].append(w.norm(dim=-1))
+        out["dec_norm"].append(w.norm(dim=-1))
         k_al = min(config.n_table_rows, w.shape[1])
         v, i = w.abs().topk(k_al, dim=1)
         l1 = w.abs().sum(1, keepdim=True).clamp_min(1e-12)
@@ -361,42 +350,22 @@ def decoder_tables(
             logits = model.logit_directions(w).float()
             k = min(config.n_top_logits, logits.shape[1])
             pv, pi = logits.topk(k, dim=1)
-            nv, ni = (-logits).topk(k, dim=1)
+            nv, ni = logits.topk(k, dim=1, largest=False)
             lo, hi = logits.amin(1), logits.amax(1)
             scale = torch.where(hi > lo, nb / (hi - lo), torch.zeros_like(hi))
-            bins = ((logits - lo[:, None]) * scale[:, None]).floor().long().clamp_(0, nb - 1)
-            counts = torch.zeros(w.shape[0], nb, dtype=torch.int64, device=w.device)
-            counts.scatter_add_(1, bins, torch.ones_like(bins))
-            for key, val in zip(
-                ["pos_v", "pos_i", "neg_v", "neg_i", "lh_counts", "lh_lo", "lh_hi"],
-                [pv, pi, -nv, ni, counts, lo, hi],
-                strict=True,
-            ):
+            logits.sub_(lo[:, None]).mul_(scale[:, None])
+            idx = logits.to(torch.int64).clamp_(max=nb - 1)
+            idx += torch.arange(idx.shape[0], device=idx.device)[:, None] * nb
+            counts = torch.bincount(idx.view(-1), minlength=idx.shape[0] * nb).view(-1, nb)
+            for key, val in zip(keys, [pv, pi, nv, ni, counts, lo, hi], strict=True):
                 out[key].append(val)
     return {k: torch.cat(v).cpu() for k, v in out.items() if v}
 
 
-def _top_table(
-    values: Tensor, k: int, exclude: Tensor | None = None, extra: Tensor | None = None
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Top-k columns per row by ``values`` (NaN/excluded never chosen)."""
-    v = torch.nan_to_num(values, nan=float("-inf"))
-    if exclude is not None:
-        v = v.clone()
-        rows = torch.arange(v.shape[0], device=v.device)
-        ok = exclude >= 0
-        v[rows[ok], exclude[ok]] = float("-inf")
-    k = min(k, v.shape[1])
-    tv, ti = v.topk(k, dim=1)
-    te = extra.gather(1, ti) if extra is not None else None
-    return tv, ti, te
-
-
-def assemble(
+def finalize_columns(
     model: ModelAdapter,
     dictionary: Dictionary,
     feats: Tensor,
-    tokens: Tensor,
     config: RunConfig,
     moments: MomentStats,
     top: TopExamples,
@@ -404,157 +373,38 @@ def assemble(
     hist: BinCounts,
     icounts: BinCounts,
     sampler: IntervalSampler,
-) -> dict[int, FeatureData]:
-    n_req = feats.numel()
+) -> dict[str, Tensor]:
+    """All per-feature results as CPU tensors with one row per requested feature."""
     rows = config.n_table_rows
-    n_tok = float(moments.n_tokens)
-    count = moments.count.cpu()
-    max_act = moments.max.cpu()
-    sums = moments.sum.cpu()
-    neuron_p, neuron_c = moments.neuron_correlations()
-    np_v, np_i, np_c = _top_table(neuron_p, rows, extra=neuron_c)
+    n_tok = moments.n_tokens.clamp_min(1)
+    cols: dict[str, Tensor] = {
+        "n_tokens": moments.n_tokens,
+        "count": moments.count,
+        "density": (moments.count.double() / n_tok),
+        "max": moments.max,
+        "mean": moments.sum.double() / moments.count.clamp_min(1),
+        "top_values": top.values,
+        "top_seq": top.seq,
+        "top_pos": top.pos,
+        "top_windows": top.windows,
+        "int_seq": sampler.seq,
+        "int_pos": sampler.pos,
+        "int_windows": sampler.windows,
+        "int_counts": icounts.result,
+        "hist_counts": hist.result,
+    }
+    pearson, cosine = moments.neuron_correlations()
+    k = min(rows, pearson.shape[1])
+    cols["cn_p"], cols["cn_i"] = pearson.topk(k, dim=1)
+    cols["cn_c"] = cosine.gather(1, cols["cn_i"])
     if gram is not None:
-        pear, cos = gram.correlations(moments.sum, moments.sumsq)
-        col_ids = torch.arange(pear.shape[1], device=pear.device)
         if config.feature_correlation == "all":
             self_col = feats
         else:
-            self_col = torch.arange(n_req, device=pear.device)
-        cf_v, cf_i, cf_c = _top_table(pear, rows, exclude=self_col, extra=cos)
-        if config.feature_correlation == "requested":
-            cf_i = feats[cf_i]
-        del col_ids
-        cf = (cf_v.cpu(), cf_i.cpu(), cf_c.cpu())
-    else:
-        cf = None
-    dec = decoder_tables(model, dictionary, feats, config)
-    extras = dictionary.feature_extras(feats)
-
-    length = tokens.shape[1]
-    vocab = model.vocab_strings()
-    offsets = top.offsets.cpu()
-    whole = top.whole
-
-    def window(seq: int, pos: int, acts: list[float]) -> Example:
-        if whole:
-            start, end = 0, length
-            a = acts[:length]
-        else:
-            start = max(0, pos - config.window_before)
-            end = min(length, pos + config.window_after + 1)
-            lo = start - (pos - config.window_before)
-            a = acts[lo : lo + (end - start)]
-        ids = tokens[seq, start:end].tolist()
-        return Example(
-            seq=seq,
-            pos=pos,
-            value=a[pos - start],
-            start=start,
-            token_ids=ids,
-            tokens=[vocab[i] if 0 <= i < len(vocab) else f"<{i}>" for i in ids],
-            acts=a,
-        )
-
-    del offsets
-    top_vals = top.values.cpu().tolist()
-    top_seq = top.seq.cpu().tolist()
-    top_pos = top.pos.cpu().tolist()
-    top_win = top.windows.cpu().tolist()
-    s_seq = sampler.seq.cpu().tolist()
-    s_pos = sampler.pos.cpu().tolist()
-    s_valid = sampler.valid.cpu().tolist()
-    s_win = sampler.windows.cpu().tolist()
-    h_counts = hist.result.cpu().tolist()
-    i_counts = icounts.result.cpu().tolist()
-    np_lists = (np_v.cpu().tolist(), np_i.cpu().tolist(), np_c.cpu().tolist())
-    cf_lists = tuple(t.tolist() for t in cf) if cf is not None else None
-    dec_l = {k: v.tolist() for k, v in dec.items()}
-    feats_l = feats.cpu().tolist()
-
-    out: dict[int, FeatureData] = {}
-    for r, fi in enumerate(feats_l):
-        mx = float(max_act[r])
-        n_active = int(count[r])
-        examples = [
-            window(top_seq[r][j], top_pos[r][j], top_win[r][j])
-            for j in range(len(top_vals[r]))
-            if top_vals[r][j] > float("-inf") and top_seq[r][j] >= 0
-        ]
-        groups = []
-        nbi = config.n_intervals
-        for bidx in range(nbi):
-            lo, hi = mx * bidx / nbi, mx * (bidx + 1) / nbi
-            exs = [
-                window(s_seq[r][bidx][j], s_pos[r][bidx][j], s_win[r][bidx][j])
-                for j in range(config.n_interval_examples)
-                if s_valid[r][bidx][j]
-            ]
-            c = i_counts[r][bidx]
-            groups.append(
-                IntervalGroup(
-                    lo=lo, hi=hi, n_active=c, share=c / n_active if n_active else 0.0, examples=exs
-                )
-            )
-        nb = config.n_hist_bins
-        act_hist = Histogram(edges=[mx * i / nb for i in range(nb + 1)], counts=h_counts[r])
-        if "pos_v" in dec_l:
-            lo, hi = dec_l["lh_lo"][r], dec_l["lh_hi"][r]
-            nlb = config.n_logit_bins
-            logit_hist = Histogram(
-                edges=[lo + (hi - lo) * i / nlb for i in range(nlb + 1)],
-                counts=dec_l["lh_counts"][r],
-            )
-            top_l = LogitTable(
-                token_ids=dec_l["pos_i"][r],
-                tokens=[vocab[i] for i in dec_l["pos_i"][r]],
-                values=dec_l["pos_v"][r],
-            )
-            bot_l = LogitTable(
-                token_ids=dec_l["neg_i"][r],
-                tokens=[vocab[i] for i in dec_l["neg_i"][r]],
-                values=dec_l["neg_v"][r],
-            )
-        else:
-            logit_hist = Histogram(edges=[], counts=[])
-            top_l = bot_l = LogitTable(token_ids=[], tokens=[], values=[])
-        if cf_lists is not None and n_active > 0:
-            keep = [j for j, v in enumerate(cf_lists[0][r]) if v > float("-inf")]
-            corr_f = Table(
-                indices=[cf_lists[1][r][j] for j in keep],
-                columns={
-                    "pearson": [cf_lists[0][r][j] for j in keep],
-                    "cosine": [cf_lists[2][r][j] for j in keep],
-                },
-            )
-        else:
-            corr_f = Table(indices=[], columns={"pearson": [], "cosine": []})
-        if n_active > 0:
-            corr_n = Table(
-                indices=np_lists[1][r],
-                columns={"pearson": np_lists[0][r], "cosine": np_lists[2][r]},
-            )
-        else:
-            corr_n = Table(indices=[], columns={"pearson": [], "cosine": []})
-        out[fi] = FeatureData(
-            index=fi,
-            n_tokens=int(n_tok),
-            n_active=n_active,
-            density=n_active / n_tok if n_tok else 0.0,
-            max_act=mx,
-            mean_act=float(sums[r]) / n_active if n_active else 0.0,
-            act_hist=act_hist,
-            logit_hist=logit_hist,
-            top_logits=top_l,
-            bottom_logits=bot_l,
-            neuron_alignment=Table(
-                indices=dec_l["al_i"][r],
-                columns={"value": dec_l["al_v"][r], "l1_share": dec_l["al_s"][r]},
-            ),
-            correlated_neurons=corr_n,
-            correlated_features=corr_f,
-            top_examples=examples,
-            intervals=groups,
-            decoder_norm=dec_l["norm"][r],
-            extras={k: v[r] for k, v in extras.items()},
-        )
-    return out
+            self_col = torch.arange(feats.numel(), device=feats.device)
+        p, i, c = gram.top_correlated(moments.sum, moments.sumsq, rows, self_col)
+        cols["cf_p"], cols["cf_c"] = p, c
+        cols["cf_i"] = feats[i] if config.feature_correlation == "requested" else i
+    cols = {k: v.cpu() for k, v in cols.items()}
+    cols.update(decoder_tables(model, dictionary, feats, config))
+    return cols

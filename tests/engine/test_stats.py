@@ -9,9 +9,11 @@ from core.engine.stats import (
     GramStats,
     IntervalSampler,
     MomentStats,
+    SparseActs,
     TopExamples,
     bin_index,
     hash31,
+    sparse_bins,
     window_offsets,
 )
 
@@ -40,18 +42,14 @@ def test_merge_equals_union():
         m.update_tokens(xx, n)
         m.update(flat, xx, sl)
         g.update(flat, flat, n)
-        t.update(a.permute(0, 2, 1), torch.arange(seqs.start, seqs.stop), sl)
+        t.update(a, torch.arange(seqs.start, seqs.stop), sl)
         mx = acts.reshape(-1, f).amax(0)  # global max, known after pass 1
-        bins = bin_index(flat, mx, 5)
+        sp = SparseActs(flat)
+        bins = sparse_bins(sp, mx, 5)
         h = BinCounts(f, 5, "cpu")
-        h.update(bins, sl)
+        h.update(sp, bins, sl)
         s = IntervalSampler(feats, 5, 3, offs, False, 7, "cpu")
-        s.update(
-            a.permute(0, 2, 1),
-            bins.view(a.shape[0], length, f).permute(0, 2, 1).contiguous(),
-            torch.arange(seqs.start, seqs.stop),
-            sl,
-        )
+        s.update(a, sp, bins, torch.arange(seqs.start, seqs.stop), sl)
         return m, g, t, h, s
 
     whole = run(range(0, n_seq))
@@ -62,6 +60,10 @@ def test_merge_equals_union():
     for name in ["count", "sum", "sumsq", "max", "cross", "x_sum", "n_tokens"]:
         torch.testing.assert_close(getattr(m1, name), getattr(m0, name), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(g1.finalize(), g0.finalize(), rtol=1e-5, atol=1e-5)
+    # dense bins agree with the sparse ones
+    dense_bins = bin_index(acts.reshape(-1, f), acts.reshape(-1, f).amax(0), 5)
+    ref = torch.stack([torch.bincount(dense_bins[:, j], minlength=6)[:5] for j in range(f)])
+    assert torch.equal(h0.counts, ref)
     dense = acts.reshape(-1, f)
     torch.testing.assert_close(g0.finalize(), dense.T @ dense, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(t1.values, t0.values)
