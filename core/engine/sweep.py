@@ -336,7 +336,7 @@ def decoder_tables(
     out: dict[str, list[Tensor]] = {k: [] for k in [*keys, "al_i", "al_v", "al_s", "dec_norm"]}
     has_logits = dictionary.d_out == model.model.cfg.d_model
     nb = config.n_logit_bins
-    chunk = max(1, min(config.feature_chunk_size, (1 << 27) // max(model.d_vocab, 1)))
+    chunk = max(1, min(config.feature_chunk_size, (1 << 26) // max(model.d_vocab, 1)))
     for sl in _chunks(feats.numel(), chunk):
         w = dictionary.decoder_directions(feats[sl]).float()
         out["dec_norm"].append(w.norm(dim=-1))
@@ -351,11 +351,12 @@ def decoder_tables(
             k = min(config.n_top_logits, logits.shape[1])
             pv, pi = logits.topk(k, dim=1)
             nv, ni = logits.topk(k, dim=1, largest=False)
-            lo, hi = logits.amin(1), logits.amax(1)
+            lo, hi = torch.aminmax(logits, dim=1)
             scale = torch.where(hi > lo, nb / (hi - lo), torch.zeros_like(hi))
-            logits.sub_(lo[:, None]).mul_(scale[:, None])
-            idx = logits.to(torch.int64).clamp_(max=nb - 1)
-            idx += torch.arange(idx.shape[0], device=idx.device)[:, None] * nb
+            # bins [lo, lo + step), ..., the last one closed: floor((v - lo) * nb / (hi - lo))
+            rows = torch.arange(logits.shape[0], device=logits.device)[:, None] * nb
+            idx = logits.sub_(lo[:, None]).mul_(scale[:, None]).to(torch.int32)
+            idx = idx.clamp_(max=nb - 1).add_(rows)
             counts = torch.bincount(idx.view(-1), minlength=idx.shape[0] * nb).view(-1, nb)
             for key, val in zip(keys, [pv, pi, nv, ni, counts, lo, hi], strict=True):
                 out[key].append(val)

@@ -1,0 +1,561 @@
+"""Sources: turn what a user names (hub id, local path, the demo) into live objects.
+
+Three kinds of source, each described by a small spec dataclass with
+``to_dict``/``from_dict`` (so the app, the command line and the memo layer share one
+description) and loaded by one function:
+
+* :class:`ModelSpec` -> :func:`load_model` -> :class:`~core.models.ModelAdapter`
+* :class:`DictionarySpec` -> :func:`load_dictionary` -> :class:`~core.dictionaries.Dictionary`
+* :class:`DatasetSpec` -> :func:`load_tokens` -> token tensor + identity
+
+Pages never open files or call hubs themselves; they go through here. Every failure
+is a :class:`SourceError` whose message names the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from core.dictionaries.protocol import Dictionary, DictionaryError
+from core.models import ModelAdapter
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CACHE_ROOT = Path(os.environ.get("FEATURESCOPE_DATA_DIR") or PROJECT_ROOT / "cache")
+DEMO_SAE_DIR = PROJECT_ROOT / "assets" / "demo_sae"
+DEMO_MODEL_NAME = "SmolLM2-135M-Instruct"
+DEMO_BOS_ID = 0
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class SourceError(ValueError):
+    """A model, dictionary or dataset could not be loaded; the message says how to fix it."""
+
+
+class _Spec:
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SourceError(f"unknown {cls.__name__} field(s) {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ==== models ===================================================================================
+@dataclass
+class ModelSpec(_Spec):
+    """Which language model.
+
+    Attributes:
+        kind: ``"demo"`` (embedded SmolLM2), ``"hub"`` (a TransformerLens name such as
+            ``gpt2-small``, downloaded by TransformerLens), ``"local"`` (a Hugging Face
+            model directory with config, weights and tokenizer).
+        name: the TransformerLens name for ``hub``.
+        path: the directory for ``local``.
+        dtype: float32, bfloat16 or float16.
+        device: ``cpu``, ``cuda``... (``auto`` picks CUDA when present).
+        from_pretrained_kwargs: passed to ``HookedTransformer.from_pretrained`` (e.g.
+            ``{"center_writing_weights": false}``); a dictionary's own
+            ``model_from_pretrained_kwargs`` are merged in by :func:`load_model`.
+    """
+
+    kind: Literal["demo", "hub", "local"] = "demo"
+    name: str | None = None
+    path: str | None = None
+    dtype: str = "float32"
+    device: str = "auto"
+    from_pretrained_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def label(self) -> str:
+        if self.kind == "demo":
+            return DEMO_MODEL_NAME
+        return str(self.name if self.kind == "hub" else self.path)
+
+
+def _device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _dtype(name: str) -> torch.dtype:
+    if name not in _DTYPES:
+        raise SourceError(f"unknown dtype {name!r}: use float32, bfloat16 or float16")
+    return _DTYPES[name]
+
+
+def load_model(spec: ModelSpec, dictionary_kwargs: dict[str, Any] | None = None) -> ModelAdapter:
+    """Load the model a spec names.
+
+    Args:
+        spec: what to load.
+        dictionary_kwargs: ``model_from_pretrained_kwargs`` from the dictionary's
+            metadata (how the model was processed when the dictionary was trained);
+            they override the defaults, and ``spec.from_pretrained_kwargs`` override them.
+    """
+    dtype = _dtype(spec.dtype)
+    device = _device(spec.device)
+    kwargs = {**(dictionary_kwargs or {}), **spec.from_pretrained_kwargs}
+    if spec.kind == "demo":
+        from core.gguf_llama import load_demo_model
+
+        model = load_demo_model(CACHE_ROOT, device=device, dtype=dtype)
+        return ModelAdapter(model, {"kind": "demo", "name": DEMO_MODEL_NAME})
+    if spec.kind == "hub":
+        if not spec.name:
+            raise SourceError("a hub model needs a TransformerLens name, e.g. 'gpt2-small'")
+        from transformer_lens import HookedTransformer
+
+        try:
+            model = HookedTransformer.from_pretrained(
+                spec.name, device=device, dtype=spec.dtype, **kwargs
+            )
+        except (OSError, ValueError) as exc:
+            raise SourceError(
+                f"could not load model {spec.name!r} from the hub: {str(exc)[:300]}. Check the name "
+                "(TransformerLens names such as 'gpt2-small', 'pythia-70m') and the network; "
+                "without internet use a local model directory instead"
+            ) from exc
+        return ModelAdapter(model, {"kind": "hub", "name": spec.name, "kwargs": kwargs})
+    if spec.kind == "local":
+        return _load_local_model(spec, dtype, device, kwargs)
+    raise SourceError(f"unknown model kind {spec.kind!r}: use demo, hub or local")
+
+
+def _load_local_model(
+    spec: ModelSpec, dtype: torch.dtype, device: str, kwargs: dict[str, Any]
+) -> ModelAdapter:
+    """A Hugging Face model directory, converted with TransformerLens's own converters."""
+    if not spec.path:
+        raise SourceError("a local model needs the path of a Hugging Face model directory")
+    path = Path(spec.path).expanduser()
+    if not path.is_dir():
+        raise SourceError(f"model directory {path} does not exist")
+    if not (path / "config.json").exists():
+        raise SourceError(
+            f"{path} has no config.json: point at a Hugging Face model directory "
+            "(config.json, weights, tokenizer files), e.g. one written by save_pretrained"
+        )
+    import transformer_lens.loading_from_pretrained as tl_loading
+    from transformer_lens import HookedTransformer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(
+            str(path), local_files_only=True, dtype=dtype
+        )
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"could not read the model in {path}: {str(exc)[:300]}") from exc
+    fold_ln = kwargs.pop("fold_ln", True)
+    center_writing = kwargs.pop("center_writing_weights", True)
+    center_unembed = kwargs.pop("center_unembed", True)
+    try:
+        cfg = tl_loading.get_pretrained_model_config(
+            str(path), fold_ln=fold_ln, device=device, dtype=dtype, **kwargs
+        )
+        state = tl_loading.get_pretrained_state_dict(str(path), cfg, hf_model, dtype=dtype)
+    except (KeyError, ValueError, AttributeError, NotImplementedError) as exc:
+        raise SourceError(
+            f"TransformerLens cannot convert the model in {path} "
+            f"({getattr(hf_model.config, 'architectures', ['?'])[0]}): {str(exc)[:300]}"
+        ) from exc
+    model = HookedTransformer(cfg, tokenizer, move_to_device=False)
+    model.load_and_process_state_dict(
+        state, fold_ln=fold_ln, center_writing_weights=center_writing, center_unembed=center_unembed
+    )
+    model.to(device)
+    return ModelAdapter(model, {"kind": "local", "name": path.name, "path": str(path)})
+
+
+# ==== dictionaries =============================================================================
+@dataclass
+class DictionarySpec(_Spec):
+    """Which sparse dictionary.
+
+    Attributes:
+        kind: ``"demo"`` (the SAE shipped in ``assets/demo_sae``), ``"saelens"`` (a
+            SAELens release and id, downloaded by SAELens), ``"saelens_local"`` (a SAELens
+            directory: ``cfg.json`` + ``sae_weights.safetensors``), ``"clt"`` (a
+            cross-layer transcoder directory or Hugging Face repo id, with ``layer``).
+        release, sae_id: for ``saelens``.
+        path: directory (or repo id for ``clt``).
+        layer: the CLT layer whose features are shown.
+        weights_file: CLT weights file name inside ``path`` (default: the first found).
+    """
+
+    kind: Literal["demo", "saelens", "saelens_local", "clt"] = "demo"
+    release: str | None = None
+    sae_id: str | None = None
+    path: str | None = None
+    layer: int | None = None
+    weights_file: str | None = None
+
+    def label(self) -> str:
+        if self.kind == "demo":
+            return "demo TopK SAE (4096 features)"
+        if self.kind == "saelens":
+            return f"{self.release} / {self.sae_id}"
+        if self.kind == "clt":
+            return f"CLT {self.path} layer {self.layer}"
+        return str(self.path)
+
+
+def load_dictionary(spec: DictionarySpec, device: str = "cpu") -> Dictionary:
+    """Load a dictionary; shape and hook mismatches are checked against the model later."""
+    from sae_lens import SAE
+
+    from core.dictionaries.saelens import SAELensDictionary
+
+    device = _device(device)
+    if spec.kind in ("demo", "saelens_local"):
+        path = DEMO_SAE_DIR if spec.kind == "demo" else Path(spec.path or "").expanduser()
+        if spec.kind == "saelens_local" and not spec.path:
+            raise SourceError("a local SAELens dictionary needs the path of its directory")
+        if not path.is_dir():
+            raise SourceError(f"dictionary directory {path} does not exist")
+        if not (path / "cfg.json").exists():
+            raise SourceError(
+                f"{path} has no cfg.json: a SAELens directory holds cfg.json and "
+                "sae_weights.safetensors (written by sae.save_model)"
+            )
+        try:
+            sae = SAE.load_from_disk(str(path), device=device, dtype="float32")
+        except Exception as exc:  # safetensors/json/shape errors all mean a bad directory
+            raise SourceError(
+                f"could not load the SAELens dictionary in {path}: {_short(exc)}"
+            ) from exc
+        source = {"kind": spec.kind, "path": str(path)}
+        if spec.kind == "demo":
+            source["name"] = "demo-topk-sae"
+        return _wrap(SAELensDictionary, sae, source)
+    if spec.kind == "saelens":
+        if not spec.release or not spec.sae_id:
+            raise SourceError(
+                "a SAELens dictionary needs a release and an sae_id (see the release list)"
+            )
+        releases = saelens_releases()
+        if spec.release not in releases:
+            raise SourceError(
+                f"unknown SAELens release {spec.release!r}; pick one from the release list"
+            )
+        if spec.sae_id not in releases[spec.release]["ids"]:
+            raise SourceError(
+                f"release {spec.release!r} has no id {spec.sae_id!r}; "
+                f"it has e.g. {releases[spec.release]['ids'][:5]}"
+            )
+        try:
+            sae = SAE.from_pretrained(spec.release, spec.sae_id, device=device)
+        except Exception as exc:
+            raise SourceError(
+                f"could not download {spec.release}/{spec.sae_id}: {_short(exc)}. Without internet, "
+                "download it elsewhere and load the directory as a local SAELens dictionary"
+            ) from exc
+        return _wrap(
+            SAELensDictionary,
+            sae,
+            {"kind": "saelens", "release": spec.release, "sae_id": spec.sae_id},
+        )
+    if spec.kind == "clt":
+        if spec.layer is None:
+            raise SourceError("a cross-layer transcoder needs the layer whose features to show")
+        from core.dictionaries.clt import load_clt
+
+        try:
+            return load_clt(
+                spec.path or "", spec.layer, weights_file=spec.weights_file, device=device
+            )
+        except DictionaryError as exc:
+            raise SourceError(str(exc)) from exc
+    raise SourceError(f"unknown dictionary kind {spec.kind!r}")
+
+
+def _wrap(cls, sae, source: dict[str, Any]) -> Dictionary:
+    try:
+        return cls(sae, source=source)
+    except DictionaryError as exc:
+        raise SourceError(str(exc)) from exc
+
+
+def _short(exc: Exception) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) < 300 else text[:300] + "..."
+
+
+def model_kwargs_for(dictionary: Dictionary) -> dict[str, Any]:
+    """``model_from_pretrained_kwargs`` the dictionary was trained with (SAELens metadata)."""
+    sae = getattr(dictionary, "sae", None)
+    if sae is None:
+        return {}
+    kwargs = sae.cfg.metadata.get("model_from_pretrained_kwargs", None) or {}
+    return dict(kwargs)
+
+
+def saelens_releases(model: str | None = None) -> dict[str, dict[str, Any]]:
+    """Pretrained SAELens releases (read offline from the directory inside sae-lens).
+
+    Returns ``{release: {"model": ..., "repo_id": ..., "ids": [...]}}``, optionally
+    only those for ``model`` (a TransformerLens name such as ``gpt2-small``).
+    """
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    out = {}
+    for release, info in get_pretrained_saes_directory().items():
+        if model is not None and info.model != model:
+            continue
+        out[release] = {"model": info.model, "repo_id": info.repo_id, "ids": list(info.saes_map)}
+    return out
+
+
+# ==== datasets ==================================================================================
+@dataclass
+class DatasetSpec(_Spec):
+    """Which text.
+
+    Attributes:
+        kind: ``"demo"`` (the standard-library documentation corpus), ``"hub"`` (a
+            Hugging Face dataset path, streamed), ``"local"`` (a .txt, .jsonl/.json,
+            .parquet file, or a directory written by ``Dataset.save_to_disk``).
+        path: dataset path or file.
+        split: split for hub datasets.
+        name: dataset configuration name for hub datasets.
+        text_column: column holding text; detected when ``None``. A column
+            ``input_ids`` or ``tokens`` holding ids is used as already tokenised.
+        n_tokens: token budget (rows are added until it is reached).
+        context_length: tokens per row, BOS included.
+    """
+
+    kind: Literal["demo", "hub", "local"] = "demo"
+    path: str | None = None
+    split: str = "train"
+    name: str | None = None
+    text_column: str | None = None
+    n_tokens: int = 65_536
+    context_length: int = 128
+
+    def label(self) -> str:
+        return "Python stdlib docs (demo)" if self.kind == "demo" else str(self.path)
+
+
+def _validate_dataset(spec: DatasetSpec) -> None:
+    if not isinstance(spec.n_tokens, int) or spec.n_tokens < 1:
+        raise SourceError(f"the token budget must be a positive integer, got {spec.n_tokens!r}")
+    if spec.n_tokens > 200_000_000:
+        raise SourceError(
+            f"a token budget of {spec.n_tokens:,} is too large; use at most 200,000,000"
+        )
+    if not isinstance(spec.context_length, int) or not 2 <= spec.context_length <= 1 << 16:
+        raise SourceError(
+            f"context_length must be between 2 and 65536, got {spec.context_length!r}"
+        )
+
+
+def _rows_from_stream(
+    ids: Iterable[list[int]],
+    spec: DatasetSpec,
+    bos: int | None,
+    sep: int | None,
+    allow_empty: bool = False,
+) -> Tensor | None:
+    """Concatenate documents (separated by ``sep``) and cut rows, BOS first, SAELens-style."""
+    width = spec.context_length - (1 if bos is not None else 0)
+    n_rows = max(1, spec.n_tokens // spec.context_length)
+    rows: list[list[int]] = []
+    buf: list[int] = []
+    for doc in ids:
+        buf.extend(doc)
+        if sep is not None:
+            buf.append(sep)
+        while len(buf) >= width and len(rows) < n_rows:
+            rows.append(([bos] if bos is not None else []) + buf[:width])
+            buf = buf[width:]
+        if len(rows) >= n_rows:
+            break
+    if not rows:
+        if allow_empty:
+            return None
+        raise SourceError(
+            f"the dataset holds fewer than {spec.context_length} tokens: use a shorter context length "
+            "or more text"
+        )
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def _texts(records: Iterable[dict[str, Any]], column: str | None) -> Iterator[tuple[str, Any]]:
+    for rec in records:
+        if column is None:
+            for cand in ("input_ids", "tokens", "text", "content", "document", "sentence"):
+                if cand in rec:
+                    column = cand
+                    break
+            else:
+                strings = [k for k, v in rec.items() if isinstance(v, str)]
+                if not strings:
+                    raise SourceError(
+                        f"cannot find a text column among {sorted(rec)}: set text_column"
+                    )
+                column = strings[0]
+        if column not in rec:
+            raise SourceError(f"column {column!r} is missing; columns are {sorted(rec)}")
+        yield column, rec[column]
+
+
+def _records(spec: DatasetSpec) -> Iterator[dict[str, Any]]:
+    if spec.kind == "demo":
+        from core.demo_corpus import build_demo_corpus
+
+        yield from build_demo_corpus(CACHE_ROOT)
+        return
+    if not spec.path:
+        raise SourceError("a dataset needs a path (a hub dataset path or a local file)")
+    if spec.kind == "hub":
+        import datasets
+
+        try:
+            ds = datasets.load_dataset(spec.path, spec.name, split=spec.split, streaming=True)
+        except Exception as exc:
+            raise SourceError(
+                f"could not open dataset {spec.path!r} (split {spec.split!r}): {_short(exc)}. "
+                "Without internet use a local file"
+            ) from exc
+        yield from ds
+        return
+    path = Path(spec.path).expanduser()
+    if not path.exists():
+        raise SourceError(f"dataset file {path} does not exist")
+    if path.is_dir():
+        import datasets
+
+        try:
+            ds = datasets.load_from_disk(str(path))
+        except Exception as exc:
+            raise SourceError(
+                f"{path} is not a dataset directory written by Dataset.save_to_disk: {_short(exc)}"
+            ) from exc
+        if isinstance(ds, datasets.DatasetDict):
+            if spec.split not in ds:
+                raise SourceError(f"{path} has splits {list(ds)}, not {spec.split!r}")
+            ds = ds[spec.split]
+        yield from ds
+        return
+    suffix = path.suffix.lower()
+    if suffix in (".txt", ".md", ".text"):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        for doc in text.split("\n\n\n"):
+            if doc.strip():
+                yield {"text": doc}
+    elif suffix in (".jsonl", ".json"):
+        with path.open(encoding="utf-8") as fh:
+            first = fh.read(1)
+            fh.seek(0)
+            if first == "[":
+                try:
+                    data = json.load(fh)
+                except ValueError as exc:
+                    raise SourceError(f"{path} is not valid JSON: {exc}") from exc
+                yield from (d if isinstance(d, dict) else {"text": str(d)} for d in data)
+            else:
+                for n, line in enumerate(fh, 1):
+                    if line.strip():
+                        try:
+                            rec = json.loads(line)
+                        except ValueError as exc:
+                            raise SourceError(f"{path} line {n} is not valid JSON: {exc}") from exc
+                        yield rec if isinstance(rec, dict) else {"text": str(rec)}
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.ParquetFile(str(path))
+        except Exception as exc:
+            raise SourceError(f"{path} is not a readable Parquet file: {_short(exc)}") from exc
+        for batch in table.iter_batches(batch_size=1024):
+            yield from batch.to_pylist()
+    else:
+        raise SourceError(
+            f"unsupported dataset file type {suffix!r}: use .txt, .jsonl, .json or .parquet"
+        )
+
+
+def load_tokens(spec: DatasetSpec, model: ModelAdapter) -> tuple[Tensor, dict[str, Any]]:
+    """Token rows ``[n, context_length]`` for a dataset, tokenised once and cached.
+
+    Text is tokenised without special tokens, documents are joined with the BOS
+    token as separator and cut into rows of ``context_length`` with BOS first (the
+    SAELens convention). Pre-tokenised data (``input_ids``/``tokens`` columns) is
+    used as is (rows longer than the context are cut, shorter ones dropped).
+    The result is cached under ``cache/tokens`` keyed by the spec and the tokenizer.
+    """
+    _validate_dataset(spec)
+    tok = model.tokenizer
+    bos = model.bos_token_id
+    tok_id = hashlib.sha256(
+        json.dumps([model.name, model.d_vocab, bos, getattr(tok, "name_or_path", None)]).encode()
+    ).hexdigest()[:16]
+    cache_file = CACHE_ROOT / "tokens" / f"{spec.key()}-{tok_id}.safetensors"
+    identity = {**spec.to_dict(), "tokenizer": tok_id}
+    if spec.kind != "hub" and cache_file.exists():
+        try:
+            tokens = load_file(str(cache_file))["tokens"]
+            return tokens, identity
+        except Exception:
+            cache_file.unlink(missing_ok=True)
+
+    records = _records(spec)
+    ready: list[list[int]] = []
+
+    def ids() -> Iterator[list[int]]:
+        for column, value in _texts(records, spec.text_column):
+            if column in ("input_ids", "tokens"):
+                row = [int(v) for v in value]
+                if len(row) >= spec.context_length:  # already a row: keep it as it is
+                    ready.append(row[: spec.context_length])
+                    if len(ready) * spec.context_length >= spec.n_tokens:
+                        return
+                    continue
+                yield row
+            else:
+                if tok is None:
+                    raise SourceError("this model has no tokenizer: use a pre-tokenised dataset")
+                yield tok(str(value), add_special_tokens=False)["input_ids"]
+
+    streamed = _rows_from_stream(ids(), spec, bos, bos, allow_empty=True)
+    parts = [
+        t
+        for t in (torch.tensor(ready, dtype=torch.long) if ready else None, streamed)
+        if t is not None
+    ]
+    if not parts:
+        raise SourceError(
+            f"the dataset holds fewer than {spec.context_length} tokens: use a shorter context length "
+            "or more text"
+        )
+    tokens = torch.cat(parts)[: max(1, spec.n_tokens // spec.context_length)]
+    if tokens.max() >= model.d_vocab or tokens.min() < 0:
+        raise SourceError(
+            f"token ids go up to {int(tokens.max())} but the model's vocabulary has {model.d_vocab} "
+            "entries: the dataset was tokenised for another model"
+        )
+    if spec.kind != "hub":
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(".tmp")
+        save_file({"tokens": tokens.contiguous()}, str(tmp))
+        os.replace(tmp, cache_file)
+    return tokens, identity
