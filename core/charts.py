@@ -1,0 +1,247 @@
+"""Chart and table builders shared by the app and the HTML export.
+
+Charts are Altair specifications built from :class:`~core.engine.features.FeatureData`
+only; HTML fragments (highlighted examples, tables) are strings in which every piece
+of text that came from data (token strings, labels) is escaped. The app shows the
+same objects the exported page embeds, so both look alike.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from typing import Any
+
+import altair as alt
+import pandas as pd
+
+from core.engine.features import Example, FeatureData, Histogram, LogitTable, Table
+
+POS_COLOR = "#2b6cb0"
+NEG_COLOR = "#c53030"
+ACT_RGB = (234, 88, 12)  # orange: feature activation highlight
+
+#: dashboard components, in their default order (the layout control picks from these)
+COMPONENTS = [
+    "summary",
+    "act_hist",
+    "logit_hist",
+    "logit_tables",
+    "neuron_alignment",
+    "correlated_neurons",
+    "correlated_features",
+    "top_examples",
+    "intervals",
+    "extras",
+]
+
+
+# ---- Altair charts -------------------------------------------------------------------------------
+def _hist_frame(h: Histogram) -> pd.DataFrame:
+    lo = h.edges[:-1]
+    hi = h.edges[1:]
+    return pd.DataFrame(
+        {
+            "lo": lo,
+            "hi": hi,
+            "count": h.counts,
+            "mid": [(a + b) / 2 for a, b in zip(lo, hi, strict=True)],
+        }
+    )
+
+
+def activation_histogram(
+    fd: FeatureData, width: int | str = "container", height: int = 160
+) -> alt.Chart:
+    """Histogram of the feature's non-zero activations, bins ``(lo, hi]`` up to the max."""
+    df = _hist_frame(fd.act_hist)
+    title = f"Activation density {fd.density:.3%} (non-zero activations)"
+    return (
+        alt.Chart(df, title=title)
+        .mark_bar(color="#ea580c")
+        .encode(
+            x=alt.X("lo:Q", title="activation", bin="binned"),
+            x2="hi:Q",
+            y=alt.Y("count:Q", title="tokens"),
+            tooltip=[
+                alt.Tooltip("lo:Q", format=".3f", title="from"),
+                alt.Tooltip("hi:Q", format=".3f", title="to"),
+                alt.Tooltip("count:Q", title="tokens"),
+            ],
+        )
+        .properties(width=width, height=height)
+    )
+
+
+def logit_histogram(
+    fd: FeatureData, width: int | str = "container", height: int = 160
+) -> alt.Chart:
+    """Histogram of the decoder direction's logit effect over the whole vocabulary."""
+    df = _hist_frame(fd.logit_hist)
+    df["sign"] = ["negative" if m < 0 else "positive" for m in df["mid"]]
+    return (
+        alt.Chart(df, title="Logit effect over the vocabulary")
+        .mark_bar()
+        .encode(
+            x=alt.X("lo:Q", title="logit effect", bin="binned"),
+            x2="hi:Q",
+            y=alt.Y("count:Q", title="tokens"),
+            color=alt.Color(
+                "sign:N",
+                scale=alt.Scale(domain=["negative", "positive"], range=[NEG_COLOR, POS_COLOR]),
+                legend=None,
+            ),
+            tooltip=[
+                alt.Tooltip("lo:Q", format=".3f", title="from"),
+                alt.Tooltip("hi:Q", format=".3f", title="to"),
+                alt.Tooltip("count:Q", title="tokens"),
+            ],
+        )
+        .properties(width=width, height=height)
+    )
+
+
+def density_overview(
+    summary: dict[str, list], width: int | str = "container", height: int = 200
+) -> alt.Chart:
+    """Log10 density of every feature in the dictionary (dead features counted apart)."""
+    dens = [d for d in summary["density"] if d > 0]
+    df = pd.DataFrame({"log10_density": [math.log10(d) for d in dens]})
+    dead = len(summary["density"]) - len(dens)
+    return (
+        alt.Chart(df, title=f"Feature density (log10); {dead} dead features not shown")
+        .mark_bar(color="#4a5568")
+        .encode(
+            x=alt.X("log10_density:Q", bin=alt.Bin(maxbins=50), title="log10 density"), y="count()"
+        )
+        .properties(width=width, height=height)
+    )
+
+
+# ---- HTML fragments --------------------------------------------------------------------------------
+CSS = """
+.fs-ex{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:13px;line-height:1.9;
+ margin:2px 0;padding:2px 4px;border-bottom:1px solid #edf2f7;white-space:pre-wrap;word-break:break-all}
+.fs-tok{position:relative;border-radius:3px;padding:1px 0;cursor:default}
+.fs-tok.fs-q{outline:1.5px solid #1a202c;font-weight:600}
+.fs-tok .fs-tip{visibility:hidden;opacity:0;position:absolute;z-index:10;left:0;top:1.8em;min-width:150px;
+ background:#1a202c;color:#f7fafc;padding:4px 6px;border-radius:4px;font-size:12px;line-height:1.4;
+ white-space:pre;transition:opacity .1s}
+.fs-tok:hover .fs-tip{visibility:visible;opacity:1}
+.fs-meta{color:#718096;font-size:11px;margin-right:6px}
+.fs-table{border-collapse:collapse;font-size:13px;margin:2px 0 8px 0}
+.fs-table td,.fs-table th{padding:2px 8px;border-bottom:1px solid #edf2f7;text-align:left}
+.fs-table th{color:#4a5568;font-weight:600}
+.fs-pos{color:#2b6cb0}.fs-neg{color:#c53030}
+.fs-group{margin:10px 0 4px 0;font-weight:600;color:#2d3748;font-size:14px}
+.fs-group small{font-weight:400;color:#718096}
+"""
+
+
+def esc(text: Any) -> str:
+    """HTML-escape any value (quotes included)."""
+    return html.escape(str(text), quote=True)
+
+
+def visible_token(tok: str) -> str:
+    """Token text with whitespace made visible, for display (escape separately)."""
+    return (
+        tok.replace("\n", "↵").replace("\t", "⇥")
+        if tok.strip()
+        else tok.replace(" ", "·").replace("\n", "↵")
+    )
+
+
+def _bg(act: float, max_act: float) -> str:
+    if act <= 0 or max_act <= 0:
+        return "transparent"
+    a = min(1.0, act / max_act)
+    r, g, b = ACT_RGB
+    return f"rgba({r},{g},{b},{0.12 + 0.78 * a:.3f})"
+
+
+def example_html(ex: Example, max_act: float, extra_lines: list[str] | None = None) -> str:
+    """One highlighted context; hovering a token shows token, activation and position."""
+    parts = [f'<span class="fs-meta">seq {ex.seq}</span>']
+    q = ex.qualifying_index
+    for j, (tok, act) in enumerate(zip(ex.tokens, ex.acts, strict=True)):
+        pos = ex.start + j
+        tip = f"token {tok!r}\nactivation {act:.4f}\nposition {pos}"
+        eff = ex.effects.get("per_token") if ex.effects else None
+        if eff and j < len(eff) and eff[j]:
+            tip += "\n" + str(eff[j])
+        cls = "fs-tok fs-q" if j == q else "fs-tok"
+        parts.append(
+            f'<span class="{cls}" style="background:{_bg(act, max_act)}" data-act="{act:.4f}" data-pos="{pos}">'
+            f'{esc(visible_token(tok))}<span class="fs-tip">{esc(tip)}</span></span>'
+        )
+    for line in extra_lines or []:
+        parts.append(f'<span class="fs-meta">{esc(line)}</span>')
+    return f'<div class="fs-ex">{"".join(parts)}</div>'
+
+
+def examples_html(examples: list[Example], max_act: float, title: str | None = None) -> str:
+    head = f'<div class="fs-group">{esc(title)}</div>' if title else ""
+    if not examples:
+        return head + '<div class="fs-meta">no examples</div>'
+    return head + "".join(example_html(e, max_act) for e in examples)
+
+
+def intervals_html(fd: FeatureData) -> str:
+    out = []
+    for g in reversed(fd.intervals):
+        title = f"Interval ({g.lo:.3f}, {g.hi:.3f}]"
+        sub = f" {g.n_active} tokens, {g.share:.2%} of activations"
+        out.append(
+            f'<div class="fs-group">{esc(title)}<small>{esc(sub)}</small></div>'
+            + (
+                "".join(example_html(e, fd.max_act) for e in g.examples)
+                or '<div class="fs-meta">no examples</div>'
+            )
+        )
+    return "".join(out)
+
+
+def logit_table_html(top: LogitTable, bottom: LogitTable) -> str:
+    rows = []
+    for j in range(max(len(top.tokens), len(bottom.tokens))):
+        neg = (
+            f'<td>{esc(visible_token(bottom.tokens[j]))}</td><td class="fs-neg">{bottom.values[j]:+.3f}</td>'
+            if j < len(bottom.tokens)
+            else "<td></td><td></td>"
+        )
+        pos = (
+            f'<td>{esc(visible_token(top.tokens[j]))}</td><td class="fs-pos">{top.values[j]:+.3f}</td>'
+            if j < len(top.tokens)
+            else "<td></td><td></td>"
+        )
+        rows.append(f"<tr>{neg}{pos}</tr>")
+    return (
+        '<table class="fs-table"><tr><th>negative logits</th><th></th><th>positive logits</th><th></th></tr>'
+        + "".join(rows)
+        + "</table>"
+    )
+
+
+def table_html(table: Table, index_name: str, link: str | None = None) -> str:
+    """A ranked table; ``link`` (e.g. ``"?feature={}"``) makes indices links."""
+    if not table.indices:
+        return '<div class="fs-meta">none</div>'
+    cols = list(table.columns)
+    head = "".join(f"<th>{esc(c)}</th>" for c in [index_name, *cols])
+    rows = []
+    for j, idx in enumerate(table.indices):
+        cell = f'<a href="{esc(link.format(idx))}" target="_self">{idx}</a>' if link else str(idx)
+        vals = "".join(f"<td>{table.columns[c][j]:+.3f}</td>" for c in cols)
+        rows.append(f"<tr><td>{cell}</td>{vals}</tr>")
+    return f'<table class="fs-table"><tr>{head}</tr>{"".join(rows)}</table>'
+
+
+def summary_html(fd: FeatureData) -> str:
+    return (
+        '<table class="fs-table">'
+        f"<tr><th>density</th><td>{fd.density:.4%}</td><th>active tokens</th><td>{fd.n_active:,}</td></tr>"
+        f"<tr><th>max activation</th><td>{fd.max_act:.4f}</td><th>mean (active)</th><td>{fd.mean_act:.4f}</td></tr>"
+        f"<tr><th>decoder norm</th><td>{fd.decoder_norm:.4f}</td><th>tokens swept</th><td>{fd.n_tokens:,}</td></tr>"
+        "</table>"
+    )

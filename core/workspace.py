@@ -1,0 +1,355 @@
+"""One loaded (model, dictionary, token set) and every question the UI asks of it.
+
+The app pages and the exports talk to a :class:`Workspace` only; it returns plain
+Python data (dicts, lists, :class:`~core.engine.features.FeatureData`), so the pages
+never import torch. Forward passes on a shared model are serialised by one lock per
+model, and every hook is registered for one call only, so sessions sharing the
+workspace never see each other's state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from core.config import RunConfig
+from core.dictionaries.protocol import Dictionary
+from core.engine import compute_features
+from core.engine.cached import base_key, token_fingerprint
+from core.engine.features import FeatureData
+from core.memo import Memo
+from core.models import ModelAdapter
+from core.sources import (
+    DatasetSpec,
+    DictionarySpec,
+    ModelSpec,
+    load_dictionary,
+    load_model,
+    load_tokens,
+    model_kwargs_for,
+)
+
+Progress = Callable[[float, str], None]
+_LOCKS: dict[int, threading.RLock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: ModelAdapter) -> threading.RLock:
+    """The lock that serialises forward passes on one model object."""
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(id(model.model), threading.RLock())
+
+
+class WorkspaceError(ValueError):
+    """A request the workspace cannot answer (message says why and what to do)."""
+
+
+@dataclass
+class PromptResult:
+    """Feature activations on a user's text."""
+
+    tokens: list[str]
+    top_overall: list[dict[str, Any]]  # {"feature", "max", "mean", "position"}
+    per_token: list[list[dict[str, Any]]]  # per position: [{"feature", "act"}]
+
+
+class Workspace:
+    """A model, a dictionary and a token set, with the memo layer in front.
+
+    Args:
+        model, dictionary, tokens: the live objects (see :mod:`core.sources`).
+        dataset: identity of the token set.
+        memo: the memo layer (``None`` computes every time).
+        config: defaults for feature computation (features are set per call).
+        specs: the specs that built this workspace (for labels and deep links).
+    """
+
+    def __init__(
+        self,
+        model: ModelAdapter,
+        dictionary: Dictionary,
+        tokens: torch.Tensor,
+        dataset: dict[str, Any] | None = None,
+        memo: Memo | None = None,
+        config: RunConfig | None = None,
+        specs: dict[str, Any] | None = None,
+    ):
+        self.model = model
+        self.dictionary = dictionary
+        self.tokens = tokens
+        self.dataset = dict(dataset or {})
+        self.memo = memo
+        self.config = config or RunConfig()
+        self.specs = dict(specs or {})
+        self.lock = model_lock(model)
+        self._unit_dirs: torch.Tensor | None = None
+        self._vocab_index: dict[str, list[int]] | None = None
+
+    @classmethod
+    def from_specs(
+        cls,
+        model_spec: ModelSpec,
+        dictionary_spec: DictionarySpec,
+        dataset_spec: DatasetSpec,
+        memo: Memo | None = None,
+        config: RunConfig | None = None,
+    ) -> Workspace:
+        dictionary = load_dictionary(dictionary_spec, device=model_spec.device)
+        model = load_model(model_spec, dictionary_kwargs=model_kwargs_for(dictionary))
+        tokens, identity = load_tokens(dataset_spec, model)
+        specs = {
+            "model": model_spec.to_dict(),
+            "dictionary": dictionary_spec.to_dict(),
+            "dataset": dataset_spec.to_dict(),
+        }
+        return cls(model, dictionary, tokens, identity, memo, config, specs)
+
+    # --- description -----------------------------------------------------------------------
+    @property
+    def n_features(self) -> int:
+        return self.dictionary.n_features
+
+    def describe(self) -> dict[str, Any]:
+        """What is loaded, for the sidebar."""
+        return {
+            "model": self.model.name,
+            "dictionary": self.dictionary.identity(),
+            "dataset": self.dataset,
+            "n_features": self.n_features,
+            "n_sequences": int(self.tokens.shape[0]),
+            "context_length": int(self.tokens.shape[1]),
+            "n_tokens": int(self.tokens.numel()),
+            "device": str(self.model.device),
+            "hook": self.config.hook or self.dictionary.hook_in,
+        }
+
+    def identity_key(self) -> str:
+        """Short stable id of (model, dictionary, tokens): goes into deep links."""
+        return base_key(self.model, self.dictionary, self.tokens, self.config, [])[:12]
+
+    def memory_estimate(self, n_features: int) -> dict[str, float]:
+        """Rough peak memory (MB) of computing ``n_features`` features, for the load page."""
+        cfg = self.config
+        n_tok = self.tokens.numel()
+        chunk = min(n_features, cfg.feature_chunk_size)
+        batch_tok = cfg.batch_size * self.tokens.shape[1]
+        acts = batch_tok * chunk * 4 * 3
+        hook_cache = n_tok * self.dictionary.d_in * 4
+        gram = (
+            n_features * self.n_features * 4
+            if cfg.feature_correlation == "all"
+            else n_features**2 * 4
+        )
+        per_feature = n_features * (self.dictionary.d_in * 4 + 4096)
+        return {
+            "activations_mb": acts / 2**20,
+            "hook_cache_mb": hook_cache / 2**20,
+            "correlations_mb": gram / 2**20,
+            "per_feature_mb": per_feature / 2**20,
+            "total_mb": (acts + hook_cache + gram + per_feature) / 2**20,
+        }
+
+    # --- features ------------------------------------------------------------------------
+    def check_index(self, i: int) -> int:
+        try:
+            i = int(i)
+        except (TypeError, ValueError) as exc:
+            raise WorkspaceError(f"feature index must be a whole number, got {i!r}") from exc
+        if not 0 <= i < self.n_features:
+            raise WorkspaceError(
+                f"feature {i} does not exist: this dictionary has {self.n_features} features "
+                f"(0-{self.n_features - 1})"
+            )
+        return i
+
+    def features(
+        self, indices: list[int], progress: Progress | None = None
+    ) -> dict[int, FeatureData]:
+        """Feature data (from the memo when present); one sweep computes all missing."""
+        idx = [self.check_index(i) for i in indices]
+        cfg = dataclasses.replace(self.config, features=idx)
+        with self.lock:
+            return compute_features(
+                self.model,
+                self.dictionary,
+                self.tokens,
+                cfg,
+                self.memo,
+                dataset=self.dataset,
+                progress=progress,
+            )
+
+    def feature(self, i: int, progress: Progress | None = None) -> FeatureData:
+        i = self.check_index(i)
+        return self.features([i], progress)[i]
+
+    def cached(self, i: int) -> FeatureData | None:
+        """The feature's data if it is in the memo, without computing."""
+        if self.memo is None:
+            return None
+        i = self.check_index(i)
+        cfg = dataclasses.replace(self.config, features=[i])
+        key = base_key(self.model, self.dictionary, self.tokens, cfg, [i])
+        return self.memo.get_feature(f"{key}:{i}")
+
+    def summary(self, progress: Progress | None = None) -> dict[str, list]:
+        """Whole-dictionary table (index, density, max, mean, top tokens), computed once."""
+        key = f"{self.identity_key()}:summary:{token_fingerprint(self.tokens)[:12]}"
+        if self.memo is not None:
+            got = self.memo.get_json(key)
+            if got is not None:
+                return got
+        data = self.features(list(range(self.n_features)), progress)
+        out: dict[str, list] = {
+            k: [] for k in ["feature", "density", "max_act", "mean_act", "n_active", "top_tokens"]
+        }
+        for i, fd in data.items():
+            out["feature"].append(i)
+            out["density"].append(fd.density)
+            out["max_act"].append(fd.max_act)
+            out["mean_act"].append(fd.mean_act)
+            out["n_active"].append(fd.n_active)
+            out["top_tokens"].append(fd.top_logits.tokens[:3])
+        if self.memo is not None:
+            self.memo.put_json(key, out)
+        return out
+
+    # --- search ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def activations_on_text(
+        self, text: str, features: list[int] | None = None, max_tokens: int = 1024
+    ):
+        """Token strings and feature activations ``[positions, features]`` on ``text``."""
+        if not text or not text.strip():
+            raise WorkspaceError("the prompt is empty: type some text")
+        ids = self.model.to_tokens(text)
+        if ids.shape[1] > max_tokens:
+            raise WorkspaceError(f"the prompt has {ids.shape[1]} tokens; the limit is {max_tokens}")
+        hook = self.config.hook or self.dictionary.hook_in
+        with self.lock:
+            x = self.model.run_to_hooks(ids.to(self.model.device), [hook])[hook]
+        x = x.reshape(x.shape[1], -1).to(self.dictionary_dtype)
+        sel = None if features is None else torch.tensor(features, device=x.device)
+        acts = self.dictionary.encode(x, sel).float().cpu()
+        bos = self.model.bos_token_id
+        if bos is not None:
+            acts[ids[0].cpu() == bos] = 0.0
+        return self.model.token_strings(ids[0]), acts
+
+    @property
+    def dictionary_dtype(self) -> torch.dtype:
+        w = self.dictionary.decoder_directions(torch.tensor([0]))
+        return w.dtype
+
+    def prompt_search(self, text: str, k: int = 10) -> PromptResult:
+        """Features most active on ``text``, overall and per token."""
+        toks, acts = self.activations_on_text(text)
+        mx, pos = acts.max(dim=0)
+        order = torch.argsort(mx, descending=True)[:k]
+        top = [
+            {
+                "feature": int(f),
+                "max": float(mx[f]),
+                "mean": float(acts[:, f].mean()),
+                "position": int(pos[f]),
+                "token": toks[int(pos[f])],
+            }
+            for f in order
+            if mx[f] > 0
+        ]
+        per = []
+        for p in range(acts.shape[0]):
+            v, i = acts[p].topk(min(k, acts.shape[1]))
+            per.append(
+                [{"feature": int(a), "act": float(b)} for b, a in zip(v, i, strict=True) if b > 0]
+            )
+        return PromptResult(tokens=toks, top_overall=top, per_token=per)
+
+    def feature_on_text(self, i: int, text: str) -> dict[str, Any]:
+        """One feature's activation on each token of ``text``."""
+        i = self.check_index(i)
+        toks, acts = self.activations_on_text(text, features=[i])
+        return {"tokens": toks, "acts": acts[:, 0].tolist()}
+
+    def _token_ids(self, token: str) -> list[int]:
+        if self._vocab_index is None:
+            index: dict[str, list[int]] = {}
+            for i, s in enumerate(self.model.vocab_strings()):
+                index.setdefault(s, []).append(i)
+            self._vocab_index = index
+        if token in self._vocab_index:
+            return self._vocab_index[token]
+        if token.isdigit() and int(token) < self.model.d_vocab:
+            return [int(token)]
+        tok = self.model.tokenizer
+        if tok is not None:
+            ids = tok(token, add_special_tokens=False)["input_ids"]
+            if len(ids) == 1:
+                return ids
+            raise WorkspaceError(
+                f"{token!r} is {len(ids)} tokens for this model; search for a single token "
+                f"(e.g. {self.model.token_strings(ids[:1])[0]!r})"
+            )
+        raise WorkspaceError(f"{token!r} is not a token of this model")
+
+    @torch.no_grad()
+    def token_search(self, token: str, k: int = 20) -> dict[str, Any]:
+        """Features whose decoder direction most promotes / suppresses ``token``'s logit."""
+        if self.dictionary.d_out != self.model.model.cfg.d_model:
+            raise WorkspaceError(
+                "this dictionary does not write to the residual stream: no logit effects"
+            )
+        ids = self._token_ids(token)
+        tid = ids[0]
+        col = self.model.model.W_U[:, tid]
+        effects = []
+        for s in range(0, self.n_features, 8192):
+            idx = torch.arange(s, min(s + 8192, self.n_features), device=col.device)
+            w = self.dictionary.decoder_directions(idx).to(col.dtype)
+            effects.append(self.model.logit_directions(w)[:, tid].float().cpu())
+        eff = torch.cat(effects)
+        k = min(k, eff.numel())
+        pv, pi = eff.topk(k)
+        nv, ni = eff.topk(k, largest=False)
+        return {
+            "token": self.model.token_strings([tid])[0],
+            "token_id": tid,
+            "promote": [
+                {"feature": int(i), "effect": float(v)} for v, i in zip(pv, pi, strict=True)
+            ],
+            "suppress": [
+                {"feature": int(i), "effect": float(v)} for v, i in zip(nv, ni, strict=True)
+            ],
+        }
+
+    @torch.no_grad()
+    def similar(self, i: int, k: int = 10) -> list[dict[str, Any]]:
+        """Nearest features to ``i`` by decoder cosine similarity."""
+        i = self.check_index(i)
+        if self._unit_dirs is None:
+            w = self.dictionary.decoder_directions(None).float()
+            self._unit_dirs = w / w.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        cos = self._unit_dirs @ self._unit_dirs[i]
+        cos[i] = float("-inf")
+        v, idx = cos.topk(min(k, self.n_features - 1))
+        return [{"feature": int(a), "cosine": float(b)} for b, a in zip(v, idx, strict=True)]
+
+    def vocab_size(self) -> int:
+        return self.model.d_vocab
+
+
+def workspace_from_dicts(
+    model: dict, dictionary: dict, dataset: dict, memo: Memo | None = None
+) -> Workspace:
+    """Build from plain spec dicts (what the app keeps in its state and URLs)."""
+    return Workspace.from_specs(
+        ModelSpec.from_dict(model),
+        DictionarySpec.from_dict(dictionary),
+        DatasetSpec.from_dict(dataset),
+        memo,
+    )
