@@ -123,6 +123,14 @@ def check_fit(
         )
 
 
+def _gram_dtype(config: RunConfig, dtype: torch.dtype) -> torch.dtype:
+    if config.gram_precision == "auto":
+        return torch.float32 if dtype == torch.float16 else dtype
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.int8}[
+        config.gram_precision
+    ]
+
+
 def _chunks(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
@@ -208,7 +216,7 @@ def run_sweep(
             device,
             symmetric=not need_all_cols,
             strategy=config.gram_strategy,
-            dtype=dtype if dtype != torch.float16 else torch.float32,
+            dtype=_gram_dtype(config, dtype),
         )
     encoder = _Encoder(dictionary, dtype)
     chunks = _chunks(n_req, config.feature_chunk_size)

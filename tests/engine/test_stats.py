@@ -102,3 +102,23 @@ def test_bin_index_edges():
     mx = torch.tensor([1.0, 2.0])
     b = bin_index(acts, mx, 4)
     assert b.tolist() == [[4, 1], [1, 3], [3, 4]]  # (lo, hi] bins; zeros -> n_bins
+
+
+def test_low_precision_grams_are_close():
+    g = torch.Generator().manual_seed(3)
+    a = torch.relu(torch.randn(300, 40, generator=g) - 1.0)
+    n = torch.tensor(300.0)
+    ref = GramStats(40, 40, torch.device("cpu"), symmetric=True, strategy="dense", block=16)
+    ref.update(a, a, n)
+    s, ss = a.sum(0), (a * a).sum(0)
+    p_ref, i_ref, _ = ref.top_correlated(s, ss, 3, torch.arange(40))
+    for dtype in (torch.int8, torch.bfloat16):
+        for sym in (True, False):
+            q = GramStats(
+                40, 40, torch.device("cpu"), symmetric=sym, strategy="dense", block=16, dtype=dtype
+            )
+            q.update(a, a, n)
+            rel = (q.finalize() - ref.finalize()).abs().max() / ref.finalize().abs().max()
+            assert rel < 0.01, (dtype, sym, rel)
+            p, _, _ = q.top_correlated(s, ss, 3, torch.arange(40))
+            assert (p - p_ref).abs().max() < 0.01
