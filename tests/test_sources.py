@@ -94,7 +94,9 @@ def test_every_saelens_architecture_round_trips(arch, tmp_path, tiny_tokens):
     acts = sae.encode(cache[d.hook_in].reshape(-1, D)).reshape(*tiny_tokens.shape, -1)
     for f in (0, 5):
         for e in res.features[f].top_examples:
-            assert e.value == pytest.approx(float(acts[e.seq, e.pos, f].detach()), rel=1e-4, abs=1e-5)
+            assert e.value == pytest.approx(
+                float(acts[e.seq, e.pos, f].detach()), rel=1e-4, abs=1e-5
+            )
 
 
 def test_saelens_release_list_is_offline():
