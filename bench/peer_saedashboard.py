@@ -272,9 +272,14 @@ def main(argv: list[str] | None = None) -> int:
     rss_before = rss_mb()
     load1_before = os.getloadavg()[0]
     with RssSampler() as sampler:
+        ru0 = resource.getrusage(resource.RUSAGE_SELF)
         t1 = time.perf_counter()
         data = SaeVisRunner(cfg).run(encoder=sae, model=model, tokens=tokens)
         seconds = time.perf_counter() - t1
+        ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    # user+sys CPU of this process during the run: less sensitive than wall
+    # time to other load on a shared machine
+    cpu_seconds = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     load1_after = os.getloadavg()[0]
     rss_after = rss_mb()  # SaeVisData still alive here
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
@@ -296,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         "cache_state": cache_state,
         "seconds": round(seconds, 3),
         "seconds_per_feature": round(seconds / (fb - fa), 4),
+        "cpu_seconds": round(cpu_seconds, 2),
         "peak_rss_mb": round(peak_rss, 1),
         "peak_rss_before_run_mb": round(ru_before, 1),
         "run_peak_rss_sampled_mb": None if sampler.peak is None else round(sampler.peak, 1),
