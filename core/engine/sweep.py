@@ -23,6 +23,7 @@ from torch import Tensor
 
 from core.config import ConfigError, RunConfig
 from core.dictionaries.protocol import Dictionary, DictionaryError
+from core.engine.activations import ActivationStore
 from core.engine.features import SweepInfo
 from core.engine.result import FeatureSet
 from core.engine.stats import (
@@ -162,6 +163,7 @@ def run_sweep(
     config: RunConfig,
     dataset: dict[str, Any] | None = None,
     progress: Progress | None = None,
+    activation_store: ActivationStore | None = None,
 ) -> SweepResult:
     """Compute :class:`FeatureData` for ``config.features`` of ``dictionary``.
 
@@ -172,6 +174,8 @@ def run_sweep(
         config: what to compute; see :class:`~core.config.RunConfig`.
         dataset: JSON-able identity of the token source, stored in the result.
         progress: called with (fraction done, message).
+        activation_store: where hook activations are kept between runs; when it holds
+            this (model, hook, tokens, dtype), no forward pass runs at all.
     """
     t_start = time.perf_counter()
     report = progress or (lambda frac, msg: None)
@@ -229,21 +233,36 @@ def run_sweep(
     keep_cache = bytes_per_batch * len(batches) <= config.activation_cache_bytes
     forward_passes = 0
     nan_flag = torch.zeros((), device=device, dtype=torch.bool)
+    stored: Tensor | None = None
+    store_key = ""
+    if activation_store is not None:
+        from core.engine.cached import token_fingerprint
 
-    def hook_acts(bsl: slice) -> tuple[Tensor, Tensor, Tensor]:
+        store_key = activation_store.key(
+            model.fingerprint(), hook, token_fingerprint(tokens), dtype
+        )
+        stored = activation_store.load(store_key, (n_seq, length))
+        keep_cache = keep_cache or stored is not None
+
+    def hook_acts(bsl: slice) -> tuple[Tensor, Tensor]:
+        """Raw hook activations [tokens, width] and the validity mask of a batch."""
         nonlocal forward_passes
-        tok = tokens[bsl].to(device)
-        x = model.run_to_hooks(tok, [hook])[hook]
-        forward_passes += 1
+        if stored is not None:
+            x = stored[bsl].to(device)
+        else:
+            x = model.run_to_hooks(tokens[bsl].to(device), [hook])[hook]
+            forward_passes += 1
         x = x.reshape(x.shape[0] * x.shape[1], -1).to(dtype)
-        m = valid[bsl].to(device).reshape(-1)
-        x = x * m[:, None].to(dtype)
-        return x, m, tok
+        return x, valid[bsl].to(device).reshape(-1)
 
     n_units = len(batches) * 2
     # ---- pass 1 -------------------------------------------------------------------
+    raw: list[Tensor] = []
     for bi, bsl in enumerate(batches):
-        x, m, _ = hook_acts(bsl)
+        x, m = hook_acts(bsl)
+        if activation_store is not None and stored is None and keep_cache:
+            raw.append(x.view(bsl.stop - bsl.start, length, -1))
+        x = x * m[:, None].to(dtype)
         if bi == 0 and bool(torch.isnan(x).any()):
             raise EngineError(
                 f"the model produced NaN activations at {hook!r}: check the weights; in float16 "
@@ -281,6 +300,10 @@ def run_sweep(
             "try bfloat16 or float32"
         )
 
+    if raw and activation_store is not None:
+        activation_store.save(store_key, torch.cat(raw))
+        raw.clear()
+
     # ---- pass 2: histograms and interval samples -------------------------------------
     max_act = moments.max
     hist = BinCounts(n_req, config.n_hist_bins, device)
@@ -293,7 +316,8 @@ def run_sweep(
             x = cache[bi]
             m = valid[bsl].to(device).reshape(-1)
         else:
-            x, m, _ = hook_acts(bsl)
+            x, m = hook_acts(bsl)
+            x = x * m[:, None].to(dtype)
         b = bsl.stop - bsl.start
         seq_ids = torch.arange(bsl.start, bsl.stop, device=device)
         mf = m.to(torch.float32)

@@ -236,3 +236,27 @@ def test_subset_encode_matches_full_encode(setup):
         assert (full > 0).any(), kind
         torch.testing.assert_close(d.encode(xs, idx), full, rtol=1e-5, atol=1e-6)
         assert d.encode_is_separable == (kind != "topk")
+
+
+def test_activation_store_skips_the_model(setup, tmp_path):
+    from core.engine.activations import ActivationStore
+
+    model, tokens, x = setup
+    sae = make_sae("standard", 32, 64, HOOK, sample=x.reshape(-1, 32), density=0.15)
+    ma, d = ModelAdapter(model, bos_token_id=BOS), SAELensDictionary(sae)
+    store = ActivationStore(tmp_path / "acts")
+    plain = run_sweep(ma, d, tokens, RunConfig(features=[3, 9], batch_size=8))
+    first = run_sweep(ma, d, tokens, RunConfig(features=[1], batch_size=8), activation_store=store)
+    assert first.info.forward_passes == 5 and len(list((tmp_path / "acts").iterdir())) == 1
+    second = run_sweep(
+        ma, d, tokens, RunConfig(features=[3, 9], batch_size=8), activation_store=store
+    )
+    assert second.info.forward_passes == 0
+    for f in (3, 9):
+        assert second.features[f] == plain.features[f]
+    # a damaged file is dropped and the activations recomputed
+    (f,) = list((tmp_path / "acts").iterdir())
+    f.write_bytes(f.read_bytes()[:100])
+    third = run_sweep(ma, d, tokens, RunConfig(features=[3], batch_size=8), activation_store=store)
+    alone = run_sweep(ma, d, tokens, RunConfig(features=[3], batch_size=8))  # same GEMM shapes
+    assert third.info.forward_passes == 5 and third.features[3] == alone.features[3]
