@@ -33,15 +33,19 @@ WORKLOAD = ROOT / "bench" / ".workload"
 SCENARIOS: dict[str, tuple[str, str, dict]] = {
     "floor": ("floor", "", {}),
     "ours64": ("ours", "0:64", {"feature_correlation": "requested"}),
-    "ours64_all": ("ours", "0:64", {"feature_correlation": "all"}),
     "peer64": ("peer", "0:64", {}),
-    "ours1024": ("ours", "0:1024", {"feature_correlation": "requested"}),
-    "ours1024_all": ("ours", "0:1024", {"feature_correlation": "all"}),
-    "peer1024": ("peer", "0:1024", {"cache": True}),
+    "ours64_all": ("ours", "0:64", {"feature_correlation": "all"}),
+    "ours1024_cold": ("ours", "0:1024", {"feature_correlation": "requested", "store": "fresh"}),
+    "peer1024_cold": ("peer", "0:1024", {"cache": "cold"}),
+    "ours1024_warm": ("ours", "0:1024", {"feature_correlation": "requested", "store": "warm"}),
+    "peer1024_warm": ("peer", "0:1024", {"cache": "warm"}),
+    "ours1024_all_warm": ("ours", "0:1024", {"feature_correlation": "all", "store": "warm"}),
     "ours_all": ("ours", "all", {"feature_correlation": "all"}),
+    "ours_all_int8": ("ours", "all", {"feature_correlation": "all", "gram_precision": "int8"}),
     "ours_all_bf16": ("ours", "all", {"feature_correlation": "all", "dtype": "bfloat16"}),
 }
-ORDER = ["floor", "ours64", "peer64", "ours64_all", "ours1024", "peer1024", "ours1024_all", "ours_all", "ours_all_bf16"]
+ORDER = list(SCENARIOS)
+STORE = ROOT / "bench" / "out" / "activations"
 
 
 class PeakRss:
@@ -88,7 +92,11 @@ def load_workload(device: str = "cpu"):
     tokens = load_file(str(WORKLOAD / "tokens.safetensors"))["tokens"]
     sae = SAE.load_from_disk(str(WORKLOAD / "sae"), device=device)
     torch.manual_seed(0)
-    return ModelAdapter(model, {"name": "bench-gpt2-shaped"}, bos_token_id=50256), SAELensDictionary(sae), tokens
+    return (
+        ModelAdapter(model, {"name": "bench-gpt2-shaped"}, bos_token_id=50256),
+        SAELensDictionary(sae),
+        tokens,
+    )
 
 
 def run_one(name: str, device: str, batch_size: int) -> dict:
@@ -115,9 +123,17 @@ def run_one(name: str, device: str, batch_size: int) -> dict:
                 features=parse_features(feats, dictionary.n_features),
                 batch_size=batch_size,
                 device=device,
-                **{k: v for k, v in opts.items() if k != "cache"},
+                **{k: v for k, v in opts.items() if k not in ("cache", "store")},
             )
-            res = run_sweep(model, dictionary, tokens, cfg)
+            store = None
+            if opts.get("store"):
+                from core.engine.activations import ActivationStore
+
+                store = ActivationStore(STORE)
+                if opts["store"] == "fresh":
+                    for f in STORE.glob("*.safetensors"):
+                        f.unlink()
+            res = run_sweep(model, dictionary, tokens, cfg, activation_store=store)
             n_feat = len(res.features)
             passes = res.info.forward_passes
             assert n_feat == len(cfg.features or range(dictionary.n_features))
@@ -144,10 +160,18 @@ def run_one(name: str, device: str, batch_size: int) -> dict:
 
 def run_peer(name: str, tmp: Path) -> dict:
     _, feats, opts = SCENARIOS[name]
-    cmd = [str(PEER_PY), str(ROOT / "bench" / "peer_saedashboard.py"), "--workload", str(WORKLOAD), "--features", feats]
+    cmd = [
+        str(PEER_PY),
+        str(ROOT / "bench" / "peer_saedashboard.py"),
+        "--workload",
+        str(WORKLOAD),
+        "--features",
+        feats,
+    ]
     if opts.get("cache"):
-        cache_dir = tmp / f"peer-cache-{name}"
-        cmd += ["--cache-dir", str(cache_dir), "--warm-cache"]
+        cmd += ["--cache-dir", str(tmp / "peer-cache")]
+        if opts["cache"] == "warm":
+            cmd.append("--warm-cache")
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -160,7 +184,9 @@ def run_peer(name: str, tmp: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--scenarios", default=",".join(ORDER))
     ap.add_argument("--only", choices=["ours", "peer"], default=None)
@@ -187,12 +213,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--- {name}", file=sys.stderr, flush=True)
         if SCENARIOS[name][0] == "peer":
             if not PEER_PY.exists():
-                results.append({"scenario": name, "error": "peer venv missing: bash bench/setup_peer.sh"})
+                results.append(
+                    {"scenario": name, "error": "peer venv missing: bash bench/setup_peer.sh"}
+                )
                 continue
             r = run_peer(name, tmp)
         else:
-            cmd = [sys.executable, __file__, "--one", name, "--device", args.device, "--batch-size", str(args.batch_size)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            cmd = [
+                sys.executable,
+                __file__,
+                "--one",
+                name,
+                "--device",
+                args.device,
+                "--batch-size",
+                str(args.batch_size),
+            ]
+            proc = subprocess.run(
+                cmd,
+                capture_output=True,
+                text=True,
+                check=False,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+            )
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
             r = json.loads(lines[-1]) if lines else {"scenario": name, "error": proc.stderr[-2000:]}
         print(json.dumps(r), file=sys.stderr, flush=True)
@@ -207,26 +250,40 @@ def main(argv: list[str] | None = None) -> int:
     ratios["peer64_over_ours64"] = ratio("peer64", "ours64")
     ratios["ours64_over_floor"] = ratio("ours64", "floor")
     ratios["ours64_all_over_ours64"] = ratio("ours64_all", "ours64")
-    ratios["peer1024_over_ours1024"] = ratio("peer1024", "ours1024")
-    ratios["peer1024_over_ours1024_all"] = ratio("peer1024", "ours1024_all")
-    if "peer1024" in by and "ours_all" in by:
-        est = by["peer1024"]["seconds"] * 24576 / 1024
+    ratios["peer1024_cold_over_ours1024_cold"] = ratio("peer1024_cold", "ours1024_cold")
+    ratios["peer1024_warm_over_ours1024_warm"] = ratio("peer1024_warm", "ours1024_warm")
+    ratios["peer1024_warm_over_ours1024_cold"] = ratio("peer1024_warm", "ours1024_cold")
+    best_peer = min(
+        (by[k]["seconds"] for k in ("peer1024_cold", "peer1024_warm") if k in by), default=None
+    )
+    if best_peer is not None:
+        est = best_peer * 24576 / 1024
         ratios["peer_all_extrapolated_seconds"] = est
-        ratios["peer_all_extrapolated_over_ours_all"] = est / by["ours_all"]["seconds"]
+        for k in ("ours_all", "ours_all_int8", "ours_all_bf16"):
+            if k in by:
+                ratios[f"peer_all_extrapolated_over_{k}"] = est / by[k]["seconds"]
     summary = {
         "device": args.device,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
         "workload": json.loads((WORKLOAD / "workload.json").read_text()),
         "results": results,
         "ratios": ratios,
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    out = Path(args.out) if args.out else ROOT / "bench" / f"results-{args.device.split(':')[0]}.json"
+    out = (
+        Path(args.out) if args.out else ROOT / "bench" / f"results-{args.device.split(':')[0]}.json"
+    )
     out.write_text(json.dumps(summary, indent=2))
     print(f"{'scenario':<16}{'seconds':>10}{'peak MB':>10}{'passes':>8}")
     for r in results:
         if "seconds" in r:
-            print(f"{r['scenario']:<16}{r['seconds']:>10.1f}{r.get('peak_rss_mb') or 0:>10.0f}{r.get('forward_passes', ''):>8}")
+            print(
+                f"{r['scenario']:<16}{r['seconds']:>10.1f}{r.get('peak_rss_mb') or 0:>10.0f}{r.get('forward_passes', ''):>8}"
+            )
         else:
             print(f"{r['scenario']:<16}  ERROR {r.get('error', '')[:200]}")
     for k, v in ratios.items():
