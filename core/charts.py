@@ -245,3 +245,21 @@ def summary_html(fd: FeatureData) -> str:
         f"<tr><th>decoder norm</th><td>{fd.decoder_norm:.4f}</td><th>tokens swept</th><td>{fd.n_tokens:,}</td></tr>"
         "</table>"
     )
+
+
+# ---- additions for the app ---------------------------------------------------------------------------
+def tokens_html(tokens: list[str], acts: list[float], max_act: float | None = None) -> str:
+    """A user's text highlighted by one feature's activation (same hover as examples).
+
+    ``max_act`` sets the colour scale (e.g. the feature's max over the dataset, so the
+    colours compare with the examples); the text's own max is used when it is ``None``.
+    """
+    scale = max_act if max_act and max_act > 0 else max([a for a in acts if a > 0], default=0.0)
+    parts = []
+    for pos, (tok, act) in enumerate(zip(tokens, acts, strict=True)):
+        tip = f"token {tok!r}\nactivation {act:.4f}\nposition {pos}"
+        parts.append(
+            f'<span class="fs-tok" style="background:{_bg(act, scale)}" data-act="{act:.4f}" data-pos="{pos}">'
+            f'{esc(visible_token(tok))}<span class="fs-tip">{esc(tip)}</span></span>'
+        )
+    return f'<div class="fs-ex">{"".join(parts)}</div>'

@@ -1,0 +1,543 @@
+"""Shared app state: which sources a session uses, the shared workspaces, jobs and links.
+
+* **Sources** are a small dict kept in ``st.session_state``: either three spec dicts
+  (``{"model": ..., "dictionary": ..., "dataset": ...}``, see :mod:`core.sources`), a
+  precomputed output directory (``{"precomputed": path}``), or, for tests only, a
+  factory named by the ``FEATURESCOPE_TEST_WORKSPACE`` environment variable
+  (``{"factory": "module:function"}``; never read from a URL).
+* **Workspaces** are built once per process per sources (``st.cache_resource``, bounded)
+  and shared by every session; computed data lives in the memo layer.
+* **Jobs** compute many features in a background thread, pass by pass, so a user can
+  leave the page and come back; every finished pass is in the memo, so a stopped job
+  resumes where it stopped.
+* **Links** put the feature, the workspace identity, the sources and the layout in the
+  URL, so a link opens the same dashboard in another browser.
+
+Nothing here imports torch directly; the workspace does that.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import importlib
+import importlib.util
+import json
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+import streamlit as st
+
+log = logging.getLogger("featurescope.app")
+
+TEST_ENV = "FEATURESCOPE_TEST_WORKSPACE"
+MAX_WORKSPACES = int(os.environ.get("FEATURESCOPE_MAX_WORKSPACES", "2"))
+SOURCES_KEY = "fs_sources"
+PARTS = ("model", "dictionary", "dataset")
+DEMO_SOURCES: dict[str, Any] = {"model": {"kind": "demo"}, "dictionary": {"kind": "demo"}}
+DEMO_SOURCES["dataset"] = {"kind": "demo"}
+FEATURE_PAGE = "pages/feature.py"
+SEARCH_PAGE = "pages/search.py"
+LOAD_PAGE = "pages/load.py"
+
+
+# ---- optional modules of other parts of the project ------------------------------------------
+def has_module(name: str) -> bool:
+    """True when ``name`` (dotted) can be imported; a missing parent counts as missing."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def can_open_precomputed() -> bool:
+    return has_module("core.runner")
+
+
+def can_export_html() -> bool:
+    return has_module("core.export") and has_module("core.export.html")
+
+
+# ---- sources ---------------------------------------------------------------------------------------
+def _spec_classes() -> dict[str, type]:
+    from core.sources import DatasetSpec, DictionarySpec, ModelSpec
+
+    return {"model": ModelSpec, "dictionary": DictionarySpec, "dataset": DatasetSpec}
+
+
+def canonical(sources: dict[str, Any]) -> dict[str, Any]:
+    """Sources with every spec field filled in (raises ``SourceError`` on unknown fields)."""
+    if "factory" in sources:
+        return {"factory": str(sources["factory"])}
+    if "precomputed" in sources:
+        return {"precomputed": str(sources["precomputed"])}
+    classes = _spec_classes()
+    return {p: classes[p].from_dict(dict(sources.get(p) or {})).to_dict() for p in PARTS}
+
+
+def default_sources() -> dict[str, Any]:
+    """The test factory when ``FEATURESCOPE_TEST_WORKSPACE`` is set, else the embedded demo."""
+    factory = os.environ.get(TEST_ENV)
+    if factory:
+        return {"factory": factory}
+    return canonical(DEMO_SOURCES)
+
+
+def encode_sources(sources: dict[str, Any]) -> str | None:
+    """Short URL form of the sources (``None`` for a test factory, which never travels)."""
+    if "factory" in sources:
+        return None
+    if "precomputed" in sources:
+        minimal: dict[str, Any] = {"p": sources["precomputed"]}
+    else:
+        classes = _spec_classes()
+        minimal = {}
+        for part in PARTS:
+            default = classes[part]().to_dict()
+            diff = {k: v for k, v in sources[part].items() if default.get(k) != v}
+            if diff:
+                minimal[part[:2]] = diff
+        if not minimal:
+            return "demo"
+    raw = json.dumps(minimal, separators=(",", ":"), sort_keys=True).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_sources(text: str) -> dict[str, Any]:
+    """Inverse of :func:`encode_sources`; raises ``ValueError`` with a readable message."""
+    if text == "demo":
+        return canonical(DEMO_SOURCES)
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        minimal = json.loads(raw)
+    except ValueError as exc:
+        raise ValueError("the link's src= parameter is damaged (copy the whole link)") from exc
+    if not isinstance(minimal, dict):
+        raise ValueError("the link's src= parameter is damaged (copy the whole link)")
+    if "p" in minimal:
+        return {"precomputed": str(minimal["p"])}
+    full = {p: minimal.get(p[:2], {}) for p in PARTS}
+    if not all(isinstance(v, dict) for v in full.values()):
+        raise ValueError("the link's src= parameter is damaged (copy the whole link)")
+    return canonical(full)
+
+
+def init_session() -> None:
+    """First run of a session: take the sources from the URL (``src=``) or the default."""
+    if SOURCES_KEY in st.session_state:
+        return
+    src = st.query_params.get("src")
+    sources = default_sources()
+    if src:
+        try:
+            sources = decode_sources(src)
+        except ValueError as exc:
+            st.session_state["fs_link_error"] = str(exc)
+    st.session_state[SOURCES_KEY] = sources
+
+
+def sources() -> dict[str, Any]:
+    init_session()
+    return st.session_state[SOURCES_KEY]
+
+
+def set_sources(new: dict[str, Any]) -> None:
+    st.session_state[SOURCES_KEY] = canonical(new)
+    st.session_state.pop("fs_load_error", None)
+
+
+def sources_label(src: dict[str, Any]) -> str:
+    """One line naming the sources."""
+    if "factory" in src:
+        return f"test workspace ({src['factory']})"
+    if "precomputed" in src:
+        return f"precomputed output {src['precomputed']}"
+    from core.sources import DatasetSpec, DictionarySpec, ModelSpec
+
+    m = ModelSpec.from_dict(src["model"]).label()
+    d = DictionarySpec.from_dict(src["dictionary"]).label()
+    t = DatasetSpec.from_dict(src["dataset"])
+    return f"{m} · {d} · {t.label()} ({t.n_tokens:,} tokens)"
+
+
+# ---- workspaces ------------------------------------------------------------------------------------
+@st.cache_resource(show_spinner=False)
+def shared_memo():
+    """The process's memo layer (``$FEATURESCOPE_CACHE_DIR`` or ``cache/memo``)."""
+    from core.memo import Memo
+
+    return Memo()
+
+
+def _import_factory(name: str) -> Callable[[], Any]:
+    module, _, func = name.partition(":")
+    if not module or not func:
+        raise ValueError(f"{TEST_ENV} must look like 'package.module:function', got {name!r}")
+    return getattr(importlib.import_module(module), func)
+
+
+@st.cache_resource(max_entries=MAX_WORKSPACES, show_spinner=False)
+def _open(key: str) -> Any:
+    """Build the workspace for canonical sources (JSON ``key``); shared by all sessions."""
+    src = json.loads(key)
+    if "factory" in src:
+        return _import_factory(src["factory"])()
+    if "precomputed" in src:
+        from core.runner import open_precomputed  # type: ignore[import-not-found]
+
+        return open_precomputed(src["precomputed"])
+    from core.sources import DatasetSpec, DictionarySpec, ModelSpec
+    from core.workspace import Workspace
+
+    return Workspace.from_specs(
+        ModelSpec.from_dict(src["model"]),
+        DictionarySpec.from_dict(src["dictionary"]),
+        DatasetSpec.from_dict(src["dataset"]),
+        memo=shared_memo(),
+    )
+
+
+def open_workspace(src: dict[str, Any]) -> Any:
+    """The shared workspace for ``src`` (loads it the first time; may raise)."""
+    return _open(json.dumps(src, sort_keys=True))
+
+
+def workspace() -> Any | None:
+    """This session's workspace, loading it with a spinner; ``None`` (and the error kept
+    in ``st.session_state["fs_load_error"]``) when it cannot be loaded."""
+    src = sources()
+    err_key = json.dumps(src, sort_keys=True)
+    if st.session_state.get("fs_load_error_for") == err_key:
+        return None
+    try:
+        with st.spinner(f"Loading {sources_label(src)} …", show_time=True):
+            return open_workspace(src)
+    except Exception as exc:
+        st.session_state["fs_load_error"] = error_message(exc)
+        st.session_state["fs_load_error_for"] = err_key
+        return None
+
+
+def retry_load() -> None:
+    """Forget a failed load so the next run tries again."""
+    st.session_state.pop("fs_load_error_for", None)
+    st.session_state.pop("fs_load_error", None)
+
+
+def require_workspace() -> Any:
+    """The workspace, or an explanation plus a link to the Sources page and ``st.stop()``."""
+    ws = workspace()
+    if ws is None:
+        st.error(
+            "Nothing is loaded: " + st.session_state.get("fs_load_error", "unknown error"),
+            icon=":material/error:",
+        )
+        st.page_link(LOAD_PAGE, label="Choose sources", icon=":material/database:")
+        st.stop()
+    return ws
+
+
+_IDENTITIES: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+def identity(ws: Any) -> str:
+    """The workspace's short identity key (computed once per workspace object)."""
+    try:
+        return _IDENTITIES[ws]
+    except (KeyError, TypeError):
+        pass
+    try:
+        key = str(ws.identity_key())
+    except Exception:  # a precomputed object may not know it
+        key = "unknown"
+    with contextlib.suppress(TypeError):
+        _IDENTITIES[ws] = key
+    return key
+
+
+# ---- errors ----------------------------------------------------------------------------------------
+def error_message(exc: BaseException) -> str:
+    """A plain message for the user: core's own errors verbatim, others named."""
+    if isinstance(exc, ValueError | KeyError | FileNotFoundError) or type(exc).__name__ in (
+        "MemoError",
+        "SourceError",
+        "WorkspaceError",
+    ):
+        text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+        return text[0].upper() + text[1:] if text else type(exc).__name__
+    log.exception("unexpected error in the app")
+    return f"{type(exc).__name__}: {exc} (unexpected; the server log has the details)"
+
+
+@contextlib.contextmanager
+def shown_errors(prefix: str = "") -> Iterator[None]:
+    """Show any error raised inside as ``st.error`` (no traceback) and carry on."""
+    try:
+        yield
+    except Exception as exc:
+        st.error(f"{prefix}{error_message(exc)}", icon=":material/error:")
+
+
+# ---- links -----------------------------------------------------------------------------------------
+def feature_params(ws: Any, i: int, layout: list[str] | None = None) -> dict[str, str]:
+    """Query parameters of the deep link to feature ``i`` (URL parameters are strings)."""
+    from core.charts import COMPONENTS
+
+    params = {"feature": str(i), "ws": identity(ws)}
+    src = encode_sources(sources())
+    if src:
+        params["src"] = src
+    if layout is not None and list(layout) != list(COMPONENTS):
+        params["layout"] = ",".join(layout)
+    return params
+
+
+def feature_href(ws: Any, i: int, layout: list[str] | None = None) -> str:
+    """Relative URL of feature ``i``'s page (works from every page of the app)."""
+    return "feature?" + urlencode(feature_params(ws, i, layout))
+
+
+def feature_link_template(ws: Any, layout: list[str] | None = None) -> str:
+    """``feature_href`` with ``{}`` in place of the index (for ``charts.table_html``)."""
+    return feature_href(ws, 0, layout).replace("feature=0", "feature={}", 1)
+
+
+def open_feature(ws: Any, i: int, layout: list[str] | None = None) -> None:
+    """Go to feature ``i``'s page in this session."""
+    st.switch_page(FEATURE_PAGE, query_params=feature_params(ws, i, layout))
+
+
+# ---- background jobs ---------------------------------------------------------------------------
+class _Stopped(Exception):
+    """Raised inside a progress callback to stop a job between batches."""
+
+
+@dataclass
+class Job:
+    """Features computed in a background thread, one pass per chunk of features."""
+
+    ident: str
+    label: str
+    chunks: list[list[int]]
+    then_summary: bool = False
+    done_features: int = 0
+    done_chunks: int = 0
+    fraction: float = 0.0
+    message: str = "starting"
+    started: float = field(default_factory=time.time)
+    finished: float | None = None
+    error: str | None = None
+    stopped: bool = False
+    result: Any = None
+    stop_event: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def total(self) -> int:
+        return sum(len(c) for c in self.chunks)
+
+    @property
+    def running(self) -> bool:
+        return self.finished is None
+
+    def elapsed(self) -> float:
+        return (self.finished or time.time()) - self.started
+
+    def eta(self) -> float | None:
+        if self.fraction <= 0.01 or not self.running:
+            return None
+        return self.elapsed() * (1 - self.fraction) / self.fraction
+
+
+_JOBS: dict[str, Job] = {}
+_JOBS_LOCK = threading.Lock()
+
+
+def job_for(ws: Any) -> Job | None:
+    with _JOBS_LOCK:
+        return _JOBS.get(identity(ws))
+
+
+def start_job(
+    ws: Any, indices: list[int], per_pass: int, label: str, then_summary: bool = False
+) -> Job:
+    """Start computing ``indices`` in passes of ``per_pass`` features (one job per workspace)."""
+    ident = identity(ws)
+    per_pass = max(1, int(per_pass))
+    chunks = [indices[s : s + per_pass] for s in range(0, len(indices), per_pass)]
+    with _JOBS_LOCK:
+        old = _JOBS.get(ident)
+        if old is not None and old.running:
+            raise ValueError(f"'{old.label}' is already running on this workspace; wait or stop it")
+        job = Job(ident, label, chunks, then_summary)
+        _JOBS[ident] = job
+    threading.Thread(target=_run_job, args=(job, ws), name=f"fs-job-{ident}", daemon=True).start()
+    return job
+
+
+def _run_job(job: Job, ws: Any) -> None:
+    n = max(1, len(job.chunks))
+    try:
+        for k, chunk in enumerate(job.chunks):
+            if job.stop_event.is_set():
+                raise _Stopped
+
+            def progress(frac: float, msg: str, k: int = k, size: int = len(chunk)) -> None:
+                if job.stop_event.is_set():
+                    raise _Stopped
+                job.fraction = (k + min(max(frac, 0.0), 1.0)) / n
+                job.message = f"pass {k + 1}/{n} ({size} features): {msg}"
+
+            job.message = f"pass {k + 1}/{n}: waiting for the model"
+            ws.features(chunk, progress=progress)
+            job.done_chunks = k + 1
+            job.done_features += len(chunk)
+            job.fraction = (k + 1) / n
+        if job.then_summary:
+            job.message = "building the summary table"
+            job.result = ws.summary()
+        job.message = f"done: {job.done_features:,} features"
+    except _Stopped:
+        job.stopped = True
+        job.message = (
+            f"stopped after {job.done_features:,} of {job.total:,} features "
+            "(those are kept; starting again resumes)"
+        )
+    except Exception as exc:
+        job.error = error_message(exc)
+        job.message = "failed"
+    finally:
+        job.finished = time.time()
+
+
+def stop_job(ws: Any) -> None:
+    job = job_for(ws)
+    if job is not None:
+        job.stop_event.set()
+
+
+def format_seconds(s: float | None) -> str:
+    if s is None:
+        return "?"
+    s = int(s)
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def job_caption(job: Job) -> str:
+    eta = job.eta()
+    tail = f", about {format_seconds(eta)} left" if eta is not None else ""
+    return f"{job.label}: {job.message} · {format_seconds(job.elapsed())} elapsed{tail}"
+
+
+# ---- sidebar ---------------------------------------------------------------------------------------
+def _dict_label(d: Any) -> str:
+    if not isinstance(d, dict):
+        return str(d)
+    name = (
+        d.get("name")
+        or (f"{d['release']} / {d.get('sae_id')}" if d.get("release") else None)
+        or d.get("path")
+        or d.get("kind")
+        or "?"
+    )
+    bits = [str(name)]
+    if d.get("architecture"):
+        bits.append(str(d["architecture"]))
+    if d.get("layer") is not None:
+        bits.append(f"layer {d['layer']}")
+    return " · ".join(bits)
+
+
+def describe_lines(ws: Any) -> list[tuple[str, str]]:
+    """(label, value) rows describing the loaded workspace, for the sidebar and pages."""
+    d = ws.describe()
+    rows = [("Model", str(d.get("model", "?")))]
+    dic = _dict_label(d.get("dictionary"))
+    n = d.get("n_features", getattr(ws, "n_features", None))
+    if n is not None:
+        dic += f" · {int(n):,} features"
+    rows.append(("Dictionary", dic))
+    if d.get("hook"):
+        rows.append(("Hook", str(d["hook"])))
+    data = d.get("dataset")
+    data_label = _dict_label(data)
+    if isinstance(data, dict) and data.get("kind") == "demo":
+        data_label = "Python stdlib docs (demo)"
+    if d.get("n_tokens"):
+        data_label += (
+            f" · {int(d['n_tokens']):,} tokens"
+            f" ({d.get('n_sequences', '?')} × {d.get('context_length', '?')})"
+        )
+    rows.append(("Dataset", data_label))
+    rows.append(("Device", str(d.get("device", "cpu"))))
+    return rows
+
+
+def sidebar(ws: Any | None) -> None:
+    """What is loaded (always visible), plus a running job's progress."""
+    with st.sidebar:
+        if ws is None:
+            st.caption("**Nothing loaded**")
+            st.caption(st.session_state.get("fs_load_error", ""))
+            return
+        lines = "  \n".join(f"**{k}** {_md(v)}" for k, v in describe_lines(ws))
+        st.caption(lines + f"  \n**Id** `{identity(ws)}`")
+        job = job_for(ws)
+        if job is not None and job.running:
+            st.progress(job.fraction, text=f"{job.label}: {int(job.fraction * 100)}%")
+
+
+def _md(text: str) -> str:
+    """Escape markdown specials in data shown through ``st.markdown``/``st.caption``."""
+    for ch in "\\`*_[]<>#|~$":
+        text = text.replace(ch, "\\" + ch)
+    return text
+
+
+md = _md
+
+
+# ---- the whole-dictionary summary ----------------------------------------------------------------
+_SUMMARIES: dict[str, dict[str, list]] = {}
+
+
+class _NotReady(Exception):
+    """Raised from a progress callback: the summary would need a sweep."""
+
+
+def _only_if_cached(frac: float, msg: str) -> None:
+    if frac < 1.0:
+        raise _NotReady
+
+
+def summary_if_ready(ws: Any) -> dict[str, list] | None:
+    """The summary table when it can be had without a sweep (cached or all features
+    computed), else ``None``. The check runs once per session and job."""
+    ident = identity(ws)
+    if ident in _SUMMARIES:
+        return _SUMMARIES[ident]
+    job = job_for(ws)
+    if job is not None and job.running:
+        return None
+    if job is not None and job.result is not None:
+        _SUMMARIES[ident] = job.result
+        return job.result
+    if not hasattr(ws, "features"):  # a precomputed output has its summary
+        _SUMMARIES[ident] = ws.summary()
+        return _SUMMARIES[ident]
+    probe = (ident, job.finished if job is not None else None)
+    if st.session_state.get("fs_summary_missing") == probe:
+        return None
+    try:
+        got = ws.summary(progress=_only_if_cached)
+    except _NotReady:
+        st.session_state["fs_summary_missing"] = probe
+        return None
+    _SUMMARIES[ident] = got
+    return got

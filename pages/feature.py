@@ -1,0 +1,210 @@
+"""Feature page: the whole dashboard of one feature.
+
+The URL is the state: ``?feature=12&ws=<identity>&src=<sources>&layout=a,b`` opens the
+same dashboard for someone else. Prev/next, the jump box and clicks on related features
+rewrite ``feature=``; the layout control rewrites ``layout=``.
+"""
+
+from __future__ import annotations
+
+import random
+from urllib.parse import urlencode
+
+import streamlit as st
+
+from core import charts
+from pages import _state as state
+from pages import _ui as ui
+
+ui.inject_css()
+ws = state.require_workspace()
+n = int(ws.n_features)
+ident = state.identity(ws)
+
+if st.session_state.get("fs_link_error"):
+    st.warning(
+        f"{st.session_state.pop('fs_link_error')}; showing the default sources instead.",
+        icon=":material/link_off:",
+    )
+
+# --- the link's workspace identity ------------------------------------------------------------
+link_ws = st.query_params.get("ws")
+if link_ws and link_ws != ident:
+    st.warning(
+        f"This link was made for workspace `{link_ws}`, but the loaded workspace is `{ident}` "
+        f"({state.md(state.sources_label(state.sources()))}): the model, dictionary or token set "
+        "differ, so feature numbers may not mean the same thing. Load the link's sources on "
+        "the Sources page to see what its author saw.",
+        icon=":material/warning:",
+    )
+
+# --- layout (kept in the URL) ---------------------------------------------------------------------
+raw_layout = st.query_params.get("layout")
+url_layout, unknown = ui.parse_layout(raw_layout)
+if unknown:
+    st.warning(
+        f"Unknown layout component(s) {', '.join(unknown)} ignored; components are "
+        f"{', '.join(charts.COMPONENTS)}.",
+        icon=":material/view_quilt:",
+    )
+if st.session_state.get("fs_layout_url") != raw_layout or "fs_layout" not in st.session_state:
+    st.session_state["fs_layout"] = url_layout
+    st.session_state["fs_layout_url"] = raw_layout
+
+
+def _layout_changed() -> None:
+    chosen = [c for c in charts.COMPONENTS if c in st.session_state["fs_layout"]]
+    order = [c for c in st.session_state["fs_layout"] if c in chosen]
+    if not order or order == list(charts.COMPONENTS):
+        st.query_params.pop("layout", None)
+        st.session_state["fs_layout_url"] = None
+    else:
+        st.query_params["layout"] = ",".join(order)
+        st.session_state["fs_layout_url"] = ",".join(order)
+
+
+# --- which feature --------------------------------------------------------------------------------
+raw = st.query_params.get("feature")
+if raw is None:
+    raw = str(st.session_state.get("fs_last_feature", 0))
+
+
+def _go(i: int) -> None:
+    st.query_params["feature"] = str(i % n)
+
+
+def _jump() -> None:
+    text = (st.session_state.get("fs_jump") or "").strip()
+    if text:
+        st.query_params["feature"] = text
+    st.session_state["fs_jump"] = ""
+
+
+def _random() -> None:
+    st.query_params["feature"] = str(random.randrange(n))
+
+
+try:
+    index: int | None = ui.check_index(ws, raw)
+except ValueError as exc:
+    index = None
+    bad_message = state.error_message(exc)
+
+current = index if index is not None else int(st.session_state.get("fs_last_feature", 0))
+if current >= n:
+    current = 0
+
+# --- header: title and navigation ----------------------------------------------------------------
+head = st.container(horizontal=True, vertical_alignment="bottom", gap="small")
+with head:
+    title = f"Feature {index:,}" if index is not None else "Feature"
+    st.markdown(f"## {title}", width="content")
+    st.button(
+        "Prev",
+        icon=":material/chevron_left:",
+        key="fs_prev",
+        shortcut="Shift+Left",
+        on_click=_go,
+        args=(current - 1,),
+    )
+    st.button(
+        "Next",
+        icon=":material/chevron_right:",
+        key="fs_next",
+        shortcut="Shift+Right",
+        on_click=_go,
+        args=(current + 1,),
+    )
+    st.text_input(
+        "Jump to feature",
+        key="fs_jump",
+        placeholder=f"0–{n - 1}",
+        on_change=_jump,
+        width=140,
+        label_visibility="collapsed",
+        help="type a feature index and press Enter",
+    )
+    st.button("Random", icon=":material/casino:", key="fs_random", on_click=_random)
+    with st.popover("Layout", icon=":material/view_quilt:"):
+        st.multiselect(
+            "Components, in order",
+            charts.COMPONENTS,
+            key="fs_layout",
+            on_change=_layout_changed,
+            format_func=lambda c: ui.COMPONENT_INFO.get(c, (c, ""))[0],
+            help="Which parts of the dashboard show, in the order picked; kept in the link "
+            "and used by the HTML download.",
+        )
+        st.caption("Narrow parts go to the left column, examples to the right.")
+
+if index is None:
+    st.error(bad_message, icon=":material/error:")
+    st.caption(
+        f"This dictionary has {n:,} features. Type an index in the box above, or use the "
+        "arrows to continue from the last feature."
+    )
+    st.stop()
+
+st.session_state["fs_last_feature"] = index
+layout = [c for c in st.session_state["fs_layout"] if c in charts.COMPONENTS] or list(
+    charts.COMPONENTS
+)
+params = state.feature_params(ws, index, layout)
+for k, v in params.items():
+    if st.query_params.get(k) != v:
+        st.query_params[k] = v
+
+# --- data -------------------------------------------------------------------------------------------
+fd, how = None, ""
+with state.shown_errors():
+    fd, how = ui.get_feature(ws, index)
+if fd is None:
+    st.stop()
+
+desc = ws.describe()
+with head:
+    with st.popover("Share", icon=":material/link:"):
+        st.caption("This page's address is a link to this dashboard (feature, layout, sources):")
+        st.code("feature?" + urlencode(params), language=None, wrap_lines=True)
+    if state.can_export_html():
+        ui.export_button(ws, fd, layout, params)
+
+st.caption(
+    f"density **{fd.density:.4%}** · max **{fd.max_act:.3f}** · mean (active) "
+    f"**{fd.mean_act:.3f}** · {fd.n_active:,} of {fd.n_tokens:,} tokens · "
+    f"{state.md(str(desc.get('hook', '')))} · {n:,} features · {how}"
+)
+
+ui.render_dashboard(fd, ws, layout)
+
+# --- your own text ----------------------------------------------------------------------------------
+if hasattr(ws, "feature_on_text"):
+    st.divider()
+    st.markdown(
+        "**Test on your own text**",
+        help="The feature's activation on each token of your text, coloured on the same "
+        "scale as the examples above (its max over the dataset).",
+    )
+    with st.form("fs_try_form", border=False, enter_to_submit=False):
+        text = st.text_area(
+            "Text",
+            key="fs_try_text",
+            height=80,
+            label_visibility="collapsed",
+            placeholder="Type or paste text, then Run",
+        )
+        run = st.form_submit_button("Run", icon=":material/play_arrow:")
+    if run:
+        with state.shown_errors():
+            st.session_state["fs_try"] = (ident, index, text, ws.feature_on_text(index, text))
+    got = st.session_state.get("fs_try")
+    if got and got[0] == ident and got[1] == index:
+        res = got[3]
+        acts = res["acts"]
+        top = max(range(len(acts)), key=acts.__getitem__) if acts else 0
+        st.html(charts.tokens_html(res["tokens"], acts, fd.max_act))
+        st.caption(
+            f"max activation {max(acts, default=0.0):.3f} at position {top} "
+            f"({charts.visible_token(res['tokens'][top]) if acts else ''}); "
+            f"{sum(a > 0 for a in acts)} of {len(acts)} tokens active"
+        )

@@ -1,0 +1,301 @@
+"""Sources page: what is loaded, loading other sources, and precomputing features.
+
+Loading builds the workspace once per process (shared by every session). Precomputing
+runs in a background thread, pass by pass; each finished pass is in the memo, so the
+page can be left, and a stopped run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from pages import _state as state
+from pages import _ui as ui
+
+ui.inject_css()
+st.markdown("## Sources")
+
+ws = state.workspace()
+src = state.sources()
+load_error = st.session_state.get("fs_load_error")
+
+
+@st.cache_data(show_spinner=False)
+def _releases(model: str | None) -> dict[str, dict[str, Any]]:
+    from core.sources import saelens_releases
+
+    return saelens_releases(model)
+
+
+@st.cache_data(show_spinner=False)
+def _tl_model_names() -> list[str]:
+    try:
+        from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES
+    except ImportError:
+        return []
+    return list(OFFICIAL_MODEL_NAMES)
+
+
+def _try_load(new: dict[str, Any]) -> None:
+    """Load ``new`` sources; switch this session to them only when loading works."""
+    try:
+        new = state.canonical(new)
+        with st.spinner(f"Loading {state.sources_label(new)} …", show_time=True):
+            state.open_workspace(new)
+    except Exception as exc:
+        st.error(
+            f"{state.error_message(exc)}. The loaded sources did not change.",
+            icon=":material/error:",
+        )
+        return
+    state.set_sources(new)
+    state.retry_load()
+    st.rerun()
+
+
+# ---- what is loaded ------------------------------------------------------------------------------
+if ws is not None:
+    d = ws.describe()
+    with st.container(border=True):
+        cols = st.columns([3, 1, 1, 1])
+        with cols[0]:
+            st.markdown("  \n".join(f"**{k}** {state.md(v)}" for k, v in state.describe_lines(ws)))
+            st.caption(f"Workspace id `{state.identity(ws)}` (it goes into links)")
+        cols[1].metric("Features", f"{int(ws.n_features):,}")
+        cols[2].metric("Tokens", f"{int(d.get('n_tokens', 0)):,}")
+        cols[3].metric("Device", str(d.get("device", "cpu")))
+        links = st.container(horizontal=True)
+        links.page_link(
+            state.FEATURE_PAGE,
+            label="Open feature 0",
+            icon=":material/insights:",
+            query_params=state.feature_params(ws, 0),
+        )
+        links.page_link(state.SEARCH_PAGE, label="Search features", icon=":material/search:")
+elif load_error:
+    st.error(f"Could not load {state.sources_label(src)}: {load_error}", icon=":material/error:")
+    c = st.container(horizontal=True)
+    if c.button("Try again", icon=":material/refresh:"):
+        state.retry_load()
+        st.rerun()
+    if src != state.default_sources() and c.button("Back to the default", icon=":material/undo:"):
+        state.set_sources(state.default_sources())
+        st.rerun()
+
+# ---- precompute ------------------------------------------------------------------------------------
+if ws is not None and hasattr(ws, "features"):
+    st.markdown(
+        "#### Precompute features",
+        help="Feature pages open instantly for precomputed features; the statistics "
+        "search needs all of them.",
+    )
+    n = int(ws.n_features)
+    job = ui.job_panel(ws)
+    if job is None or not job.running:
+        c1, c2, c3 = st.columns([2, 1, 2], vertical_alignment="bottom")
+        which = c1.text_input(
+            "Features",
+            value="all",
+            key="fs_pre_features",
+            help="'all', a range like 0:512 (end excluded), or a list like 1,5,9",
+        )
+        per_pass = c2.number_input(
+            "Features per pass",
+            min_value=1,
+            max_value=max(1, n),
+            value=ui.default_per_pass(ws),
+            step=256,
+            key="fs_pre_per_pass",
+            help="Each pass runs the model once over the whole token set: larger passes are "
+            "faster overall, smaller ones are saved more often.",
+        )
+        indices: list[int] | None = None
+        with state.shown_errors():
+            from core.config import parse_features
+
+            parsed = parse_features(which, n)
+            indices = list(range(n)) if parsed is None else [ui.check_index(ws, i) for i in parsed]
+            indices = sorted(set(indices))
+        if indices:
+            mem = ws.memory_estimate(min(int(per_pass), len(indices)))
+            passes = -(-len(indices) // int(per_pass))
+            st.caption(
+                f"{len(indices):,} features in {passes} pass(es) over "
+                f"{int(ws.describe().get('n_tokens', 0)):,} tokens · peak memory about "
+                f"**{mem['total_mb']:,.0f} MB** (hook cache {mem['hook_cache_mb']:,.0f}, "
+                f"activations {mem['activations_mb']:,.0f}, correlations "
+                f"{mem['correlations_mb']:,.0f}, results {mem['per_feature_mb']:,.0f}) · "
+                "features already in the cache are skipped"
+            )
+            if c3.button("Compute", type="primary", icon=":material/play_arrow:"):
+                with state.shown_errors():
+                    state.start_job(ws, indices, int(per_pass), label=f"{len(indices):,} features")
+                    st.rerun()
+
+# ---- choose sources --------------------------------------------------------------------------------
+st.markdown("#### Load other sources")
+
+tab_specs, *tab_pre = st.tabs(
+    ["Model, dictionary, dataset"]
+    + (["Precomputed output"] if state.can_open_precomputed() else [])
+)
+with tab_specs:
+    cm, cd, ct = st.columns(3, gap="large")
+    with cm:
+        st.markdown("**Model**")
+        m_kind = st.radio(
+            "Model source",
+            ["demo", "hub", "local"],
+            format_func={
+                "demo": "Demo: SmolLM2-135M (offline)",
+                "hub": "TransformerLens name",
+                "local": "Local Hugging Face directory",
+            }.__getitem__,
+            key="fs_m_kind",
+            label_visibility="collapsed",
+        )
+        model: dict[str, Any] = {"kind": m_kind}
+        if m_kind == "hub":
+            names = _tl_model_names()
+            model["name"] = st.selectbox(
+                "Model name",
+                names,
+                index=names.index("gpt2-small") if "gpt2-small" in names else None,
+                accept_new_options=True,
+                key="fs_m_name",
+                help="Downloaded by TransformerLens (needs the network the first time).",
+            )
+        elif m_kind == "local":
+            model["path"] = st.text_input(
+                "Directory",
+                key="fs_m_path",
+                placeholder="/path/to/model (config.json, weights, tokenizer)",
+            )
+        with st.expander("Device and precision"):
+            model["device"] = st.selectbox("Device", ["auto", "cpu", "cuda"], key="fs_m_dev")
+            model["dtype"] = st.selectbox(
+                "dtype", ["float32", "bfloat16", "float16"], key="fs_m_dtype"
+            )
+    with cd:
+        st.markdown("**Dictionary**")
+        d_kind = st.radio(
+            "Dictionary source",
+            ["demo", "saelens", "saelens_local", "clt"],
+            format_func={
+                "demo": "Demo TopK SAE",
+                "saelens": "SAELens release",
+                "saelens_local": "Local SAELens directory",
+                "clt": "Local cross-layer transcoder",
+            }.__getitem__,
+            key="fs_d_kind",
+            label_visibility="collapsed",
+        )
+        dictionary: dict[str, Any] = {"kind": d_kind}
+        if d_kind == "saelens":
+            model_name = model.get("name") if m_kind == "hub" else None
+            releases = _releases(model_name) if model_name else {}
+            if not releases:
+                if model_name:
+                    st.caption(f"No release lists {model_name!r}; showing all releases.")
+                releases = _releases(None)
+            rel = st.selectbox(
+                "Release",
+                sorted(releases),
+                format_func=lambda r: f"{r} ({releases[r]['model']})",
+                key="fs_d_release",
+            )
+            dictionary["release"] = rel
+            if rel:
+                dictionary["sae_id"] = st.selectbox(
+                    "SAE id", releases[rel]["ids"], key="fs_d_sae_id"
+                )
+        elif d_kind in ("saelens_local", "clt"):
+            dictionary["path"] = st.text_input(
+                "Directory",
+                key="fs_d_path",
+                placeholder="/path/to/sae (cfg.json + sae_weights.safetensors)"
+                if d_kind == "saelens_local"
+                else "/path/to/clt or a Hugging Face repo id",
+            )
+            if d_kind == "clt":
+                dictionary["layer"] = int(
+                    st.number_input("Layer", min_value=0, value=0, step=1, key="fs_d_layer")
+                )
+                wf = st.text_input("Weights file (optional)", key="fs_d_weights")
+                dictionary["weights_file"] = wf or None
+    with ct:
+        st.markdown("**Dataset**")
+        t_kind = st.radio(
+            "Dataset source",
+            ["demo", "hub", "local"],
+            format_func={
+                "demo": "Demo: Python stdlib docs",
+                "hub": "Hugging Face dataset",
+                "local": "Local file (.txt, .jsonl, .parquet)",
+            }.__getitem__,
+            key="fs_t_kind",
+            label_visibility="collapsed",
+        )
+        dataset: dict[str, Any] = {"kind": t_kind}
+        if t_kind == "hub":
+            dataset["path"] = st.text_input(
+                "Dataset path", key="fs_t_path", placeholder="e.g. NeelNanda/pile-10k"
+            )
+            c1, c2 = st.columns(2)
+            dataset["split"] = c1.text_input("Split", value="train", key="fs_t_split")
+            dataset["name"] = c2.text_input("Configuration", key="fs_t_name") or None
+        elif t_kind == "local":
+            dataset["path"] = st.text_input(
+                "File or directory", key="fs_t_path_local", placeholder="/path/to/texts.jsonl"
+            )
+        if t_kind != "demo":
+            dataset["text_column"] = (
+                st.text_input("Text column", key="fs_t_col", placeholder="detected") or None
+            )
+        c1, c2 = st.columns(2)
+        dataset["n_tokens"] = int(
+            c1.number_input(
+                "Token budget",
+                min_value=256,
+                max_value=200_000_000,
+                value=65_536,
+                step=8192,
+                key="fs_t_budget",
+                help="Tokens swept for every feature: more tokens, better statistics, "
+                "slower passes.",
+            )
+        )
+        dataset["context_length"] = int(
+            c2.number_input(
+                "Context length",
+                min_value=2,
+                max_value=65_536,
+                value=128,
+                step=32,
+                key="fs_t_ctx",
+            )
+        )
+    new = {"model": model, "dictionary": dictionary, "dataset": dataset}
+    b = st.container(horizontal=True)
+    if b.button("Load", type="primary", icon=":material/download:", key="fs_load_btn"):
+        _try_load(new)
+    if src != state.default_sources() and b.button(
+        "Back to the default", icon=":material/undo:", key="fs_default_btn"
+    ):
+        _try_load(state.default_sources())
+    st.caption(
+        "Models, dictionaries and token sets load once per server process and are shared "
+        "by every session; computed features are kept on disk, so nothing is computed twice."
+    )
+
+if tab_pre:
+    with tab_pre[0]:
+        path = st.text_input(
+            "Output directory",
+            key="fs_pre_path",
+            placeholder="/path/to/run (written by the batch runner)",
+        )
+        if st.button("Open", icon=":material/folder_open:", key="fs_pre_open"):
+            _try_load({"precomputed": path})

@@ -1,0 +1,274 @@
+"""Search page: find features by prompt, by token, by statistics or by similarity.
+
+Every result table opens a feature: click a row to open it here, or its link to open it
+in a new tab.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from core import charts
+from pages import _state as state
+from pages import _ui as ui
+
+ui.inject_css()
+ws = state.require_workspace()
+n = int(ws.n_features)
+ident = state.identity(ws)
+
+MODES = {
+    "prompt": "By prompt",
+    "token": "By token",
+    "stats": "By statistics",
+    "similar": "By similarity",
+}
+head = st.container(horizontal=True, vertical_alignment="bottom")
+head.markdown("## Search", width="content")
+mode = head.segmented_control(
+    "Search",
+    list(MODES),
+    format_func=MODES.__getitem__,
+    default="prompt",
+    required=True,
+    key="mode",
+    bind="query-params",
+    label_visibility="collapsed",
+)
+needs_model = not hasattr(ws, "prompt_search")
+
+
+def _no_model(what: str) -> None:
+    st.info(
+        f"Search {what} needs the model, and this is a precomputed output without one. "
+        "Load the model and dictionary on the Sources page.",
+        icon=":material/info:",
+    )
+
+
+# ---- by prompt --------------------------------------------------------------------------------------
+if mode == "prompt":
+    st.caption("Type text: the features most active on it overall, and per token (pick a token).")
+    if needs_model:
+        _no_model("by prompt")
+        st.stop()
+    with st.form("fs_prompt_form", border=False):
+        text = st.text_area(
+            "Prompt",
+            key="fs_prompt",
+            height=90,
+            placeholder="e.g. Return a new sorted list from the items in iterable.",
+            label_visibility="collapsed",
+        )
+        c1, c2 = st.columns([1, 5], vertical_alignment="bottom")
+        k = c2.slider("Features per list", 5, 50, 10, key="fs_prompt_k", width=260)
+        go = c1.form_submit_button("Find features", type="primary", icon=":material/search:")
+    if go:
+        with state.shown_errors():
+            r = ws.prompt_search(text, k=k)
+            st.session_state["fs_prompt_result"] = {
+                "ident": ident,
+                "text": text,
+                "tokens": r.tokens,
+                "top": r.top_overall,
+                "per": r.per_token,
+            }
+            st.session_state.pop("fs_tok_pick", None)
+    res = st.session_state.get("fs_prompt_result")
+    if res and res["ident"] == ident:
+        left, right = st.columns(2, gap="large")
+        with left:
+            st.markdown(
+                "**Most active overall**",
+                help="Highest activation anywhere in the prompt; mean over all its tokens.",
+            )
+            rows = [
+                {
+                    "feature": r["feature"],
+                    "max": r["max"],
+                    "mean": r["mean"],
+                    "at token": charts.visible_token(r["token"]),
+                    "position": r["position"],
+                }
+                for r in res["top"]
+            ]
+            ui.feature_table(
+                ws,
+                rows,
+                key="fs_prompt_top",
+                columns={
+                    "max": st.column_config.NumberColumn(format="%.3f"),
+                    "mean": st.column_config.NumberColumn(format="%.3f"),
+                },
+            )
+        with right:
+            tokens = res["tokens"]
+            st.markdown("**Per token**", help="Pick a token to see its most active features.")
+            pick = st.pills(
+                "Token",
+                list(range(len(tokens))),
+                format_func=lambda p: charts.visible_token(tokens[p]) or "∅",
+                key="fs_tok_pick",
+                label_visibility="collapsed",
+            )
+            if pick is None:
+                st.caption("Pick a token above.")
+            else:
+                st.caption(f"Position {pick}: {state.md(charts.visible_token(tokens[pick]))!s}")
+                ui.feature_table(
+                    ws,
+                    [{"feature": f["feature"], "activation": f["act"]} for f in res["per"][pick]],
+                    key=f"fs_tok_table_{pick}",
+                    columns={"activation": st.column_config.NumberColumn(format="%.3f")},
+                )
+
+# ---- by token ---------------------------------------------------------------------------------------
+elif mode == "token":
+    st.caption(
+        "Features whose decoder direction most promotes or suppresses a token's logit "
+        "(direct effect through the unembedding)."
+    )
+    if needs_model:
+        _no_model("by token")
+        st.stop()
+    with st.form("fs_token_form", border=False):
+        c1, c2, c3 = st.columns([3, 2, 1], vertical_alignment="bottom")
+        token = c1.text_input(
+            "Token",
+            key="fs_token",
+            help="The exact token string, leading space included (e.g. ' the'), or a token id.",
+        )
+        k = c2.slider("Features per list", 5, 50, 15, key="fs_token_k")
+        go = c3.form_submit_button("Search", type="primary", icon=":material/search:")
+    if go:
+        with state.shown_errors():
+            st.session_state["fs_token_result"] = (ident, ws.token_search(token, k=k))
+    got = st.session_state.get("fs_token_result")
+    if got and got[0] == ident:
+        res = got[1]
+        st.caption(f"Token {state.md(repr(res['token']))} (id {res['token_id']})")
+        fmt = {"effect": st.column_config.NumberColumn(format="%+.4f")}
+        left, right = st.columns(2, gap="large")
+        with left:
+            st.markdown("**Promote**")
+            ui.feature_table(ws, res["promote"], key="fs_token_promote", columns=fmt)
+        with right:
+            st.markdown("**Suppress**")
+            ui.feature_table(ws, res["suppress"], key="fs_token_suppress", columns=fmt)
+
+# ---- by statistics ----------------------------------------------------------------------------------
+elif mode == "stats":
+    st.caption(
+        "Every feature's density, activation and top promoted tokens: sort by a column, "
+        "filter, e.g. to find dead or dense features."
+    )
+    summary = state.summary_if_ready(ws)
+    if summary is None:
+        job = ui.job_panel(ws)
+        if job is None or not job.running:
+            d = ws.describe()
+            est = ws.memory_estimate(min(n, ui.default_per_pass(ws)))["total_mb"]
+            st.info(
+                f"The table needs all {n:,} features computed over {d.get('n_tokens', 0):,} "
+                f"tokens (peak memory about {est:,.0f} MB per pass). Finished passes are kept: "
+                "you can leave and come back, or stop and resume.",
+                icon=":material/table_chart:",
+            )
+            if st.button("Compute the table", type="primary", icon=":material/play_arrow:"):
+                with state.shown_errors():
+                    state.start_job(
+                        ws,
+                        list(range(n)),
+                        ui.default_per_pass(ws),
+                        label="Summary of all features",
+                        then_summary=True,
+                    )
+                    st.rerun()
+    else:
+        df = pd.DataFrame(summary)
+        df["top_tokens"] = [
+            " ".join(repr(charts.visible_token(t)) for t in toks) for toks in df["top_tokens"]
+        ]
+        dead = int((df["n_active"] == 0).sum())
+        st.caption(
+            f"{len(df):,} features · {dead:,} dead · median density "
+            f"{df['density'].median():.4%} · densest {df['density'].max():.3%}"
+        )
+        fcol, ccol = st.columns([1, 2], gap="large")
+        with fcol:
+            show = st.segmented_control(
+                "Show",
+                ["all", "dead", "alive", "dense"],
+                default="all",
+                required=True,
+                key="fs_stats_show",
+                help="dense: density above the threshold below",
+            )
+            dense_at = st.number_input(
+                "Dense above (%)", 0.0, 100.0, 1.0, step=0.5, key="fs_stats_dense"
+            )
+            min_max = st.number_input(
+                "Min max activation", value=0.0, step=0.1, key="fs_stats_min_max"
+            )
+            tok_filter = st.text_input(
+                "Top tokens contain", key="fs_stats_tok", placeholder="e.g. def"
+            )
+        with ccol:
+            if (df["density"] > 0).any():
+                st.altair_chart(charts.density_overview(summary), width="stretch")
+        view = df
+        if show == "dead":
+            view = view[view["n_active"] == 0]
+        elif show == "alive":
+            view = view[view["n_active"] > 0]
+        elif show == "dense":
+            view = view[view["density"] > dense_at / 100]
+        if min_max > 0:
+            view = view[view["max_act"] >= min_max]
+        if tok_filter:
+            view = view[view["top_tokens"].str.contains(tok_filter, regex=False)]
+        st.caption(f"{len(view):,} features match · click a row to open it")
+        ui.feature_table(
+            ws,
+            view.to_dict("records"),
+            key="fs_stats_table",
+            height=460,
+            columns={
+                "density": st.column_config.NumberColumn(format="percent"),
+                "max_act": st.column_config.NumberColumn("max act", format="%.3f"),
+                "mean_act": st.column_config.NumberColumn("mean act", format="%.3f"),
+                "n_active": st.column_config.NumberColumn("active tokens", format="%d"),
+                "top_tokens": st.column_config.TextColumn("top promoted tokens"),
+            },
+        )
+
+# ---- by similarity ----------------------------------------------------------------------------------
+elif mode == "similar":
+    st.caption("Nearest features by cosine similarity of their decoder directions.")
+    if not hasattr(ws, "similar"):
+        _no_model("by similarity")
+        st.stop()
+    c1, c2 = st.columns([1, 3], vertical_alignment="bottom")
+    i = c1.number_input(
+        "Feature",
+        0,
+        n - 1,
+        min(int(st.session_state.get("fs_last_feature", 0)), n - 1),
+        key="fs_sim_feature",
+    )
+    k = c2.slider("Neighbours", 5, 50, 15, key="fs_sim_k", width=300)
+    with state.shown_errors():
+        near = ws.similar(int(i), k=k)
+        st.page_link(
+            state.FEATURE_PAGE,
+            label=f"open feature {int(i)}",
+            icon=":material/insights:",
+            query_params=state.feature_params(ws, int(i)),
+        )
+        ui.feature_table(
+            ws,
+            near,
+            key="fs_sim_table",
+            columns={"cosine": st.column_config.NumberColumn(format="%.3f")},
+        )

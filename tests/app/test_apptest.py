@@ -1,0 +1,288 @@
+"""Headless tests of every page with ``streamlit.testing.v1.AppTest``, from ``app.py``.
+
+The app builds its workspace from ``tests.app.fixtures:make_workspace`` (a tiny random
+model and SAE); ``tiny_ws`` is an identical workspace the tests use for expected values.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import time
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core import charts
+from tests.app.conftest import APP
+from tests.app.fixtures import PROMPT
+
+pytestmark = pytest.mark.usefixtures("app_env")
+
+
+def new_app(page: str | None = None, **params: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120)
+    for k, v in params.items():
+        at.query_params[k] = v
+    if page:
+        at.switch_page(page)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def html_text(at: AppTest) -> str:
+    return "\n".join(str(h.value) for h in at.get("html"))
+
+
+def texts(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
+def wait_for_job(at: AppTest, ws, timeout: float = 90) -> None:
+    from pages import _state as state
+
+    t0 = time.time()
+    while True:
+        job = state.job_for(ws)
+        if job is not None and not job.running:
+            break
+        assert time.time() - t0 < timeout, "background job did not finish"
+        time.sleep(0.2)
+    assert job.error is None, job.error
+    at.run()
+
+
+# ---- load page and sidebar -----------------------------------------------------------------------
+def test_load_page_describes_workspace_and_precomputes(tiny_ws):
+    at = new_app()
+    side = texts(at.sidebar.caption)
+    for word in ("tiny-test", "tiny-test-sae", "64 features", "random words", "cpu"):
+        assert word in side
+    assert tiny_ws.identity_key() in side
+    assert "Sources" in texts(at.markdown)
+    assert [m.value for m in at.metric][:2] == ["64", "1,152"]
+
+    at.text_input(key="fs_pre_features").input("40:56").run()
+    at.number_input(key="fs_pre_per_pass").set_value(8).run()
+    assert "16 features in 2 pass(es)" in texts(at.caption)
+    assert "peak memory about" in texts(at.caption)
+    next(b for b in at.button if b.label == "Compute").click().run()
+    wait_for_job(at, tiny_ws)
+    assert "16 features: done" in texts(at.success)
+    assert all(tiny_ws.cached(i) is not None for i in range(40, 56))
+
+    at.text_input(key="fs_pre_features").input("0:70").run()
+    assert "feature 64 does not exist" in texts(at.error).lower()
+
+
+def test_load_form_local_sources_and_errors(tmp_path, tiny_ws):
+    import sae_lens as sl
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tests.app.fixtures import WORDS, make_tokenizer
+
+    tok = make_tokenizer()
+    cfg = GPT2Config(
+        vocab_size=len(tok.get_vocab()), n_positions=64, n_ctx=64, n_embd=32, n_layer=2, n_head=4
+    )
+    torch.manual_seed(0)
+    GPT2LMHeadModel(cfg).save_pretrained(tmp_path / "tiny-gpt2")
+    tok.save_pretrained(tmp_path / "tiny-gpt2")
+    sae = sl.StandardSAE(sl.StandardSAEConfig(d_in=32, d_sae=24))
+    sae.cfg.metadata.hook_name = "blocks.1.hook_resid_pre"
+    sae.save_model(str(tmp_path / "sae"))
+    (tmp_path / "text.txt").write_text(" ".join(WORDS * 40))
+
+    at = new_app()
+    at.radio(key="fs_m_kind").set_value("local").run()
+    at.text_input(key="fs_m_path").input(str(tmp_path / "missing")).run()
+    at.button(key="fs_load_btn").click().run()
+    assert not at.exception
+    assert "does not exist" in texts(at.error)
+    assert "tiny-test" in texts(at.markdown)  # the old workspace is kept
+
+    at.text_input(key="fs_m_path").input(str(tmp_path / "tiny-gpt2")).run()
+    at.radio(key="fs_d_kind").set_value("saelens_local").run()
+    at.text_input(key="fs_d_path").input(str(tmp_path / "sae")).run()
+    at.radio(key="fs_t_kind").set_value("local").run()
+    at.text_input(key="fs_t_path_local").input(str(tmp_path / "text.txt")).run()
+    at.number_input(key="fs_t_budget").set_value(512).run()
+    at.number_input(key="fs_t_ctx").set_value(32).run()
+    at.button(key="fs_load_btn").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, texts(at.error)
+    # (AppTest keeps the sidebar of the first run only; the page repeats the description)
+    shown = texts(at.markdown)
+    assert "tiny-gpt2" in shown and "24 features" in shown and "512 tokens" in shown
+
+
+# ---- search page ---------------------------------------------------------------------------------
+def test_search_by_prompt(tiny_ws):
+    at = new_app("pages/search.py")
+    at.text_area(key="fs_prompt").input(PROMPT)
+    next(b for b in at.button if b.label == "Find features").click().run()
+    assert not at.exception
+    expected = tiny_ws.prompt_search(PROMPT, k=10)
+    top = at.dataframe[0].value
+    assert list(top["feature"]) == [r["feature"] for r in expected.top_overall]
+    first = int(top["feature"].iloc[0])
+    assert top["open"].iloc[0].startswith(f"feature?feature={first}&ws={tiny_ws.identity_key()}")
+
+    pos = max(range(len(expected.tokens)), key=lambda p: len(expected.per_token[p]))
+    at.pills(key="fs_tok_pick").set_value(pos).run()
+    per = at.dataframe[1].value
+    assert list(per["feature"]) == [r["feature"] for r in expected.per_token[pos]]
+    assert f"Position {pos}" in texts(at.caption)
+
+    at.text_area(key="fs_prompt").input("   ")
+    next(b for b in at.button if b.label == "Find features").click().run()
+    assert "prompt is empty" in texts(at.error)
+
+
+def test_search_by_token_similarity_and_statistics(tiny_ws):
+    at = new_app("pages/search.py")
+    at.segmented_control(key="mode").set_value("token").run()
+    at.text_input(key="fs_token").input("cat")
+    next(b for b in at.button if b.label == "Search").click().run()
+    expected = tiny_ws.token_search("cat", k=15)
+    assert list(at.dataframe[0].value["feature"]) == [r["feature"] for r in expected["promote"]]
+    assert list(at.dataframe[1].value["feature"]) == [r["feature"] for r in expected["suppress"]]
+    at.text_input(key="fs_token").input("cat dog")
+    next(b for b in at.button if b.label == "Search").click().run()
+    assert "2 tokens" in texts(at.error)
+
+    at.segmented_control(key="mode").set_value("similar").run()
+    at.number_input(key="fs_sim_feature").set_value(7).run()
+    near = tiny_ws.similar(7, k=15)
+    assert list(at.dataframe[0].value["feature"]) == [r["feature"] for r in near]
+
+    at.segmented_control(key="mode").set_value("stats").run()
+    if not at.dataframe:  # not computed yet in this test session
+        next(b for b in at.button if b.label == "Compute the table").click().run()
+        wait_for_job(at, tiny_ws, timeout=120)
+    table = at.dataframe[0].value
+    assert len(table) == 64
+    summary = tiny_ws.summary()
+    assert list(table["feature"]) == summary["feature"]
+    assert at.get("vega_lite_chart"), "density overview chart"
+    at.segmented_control(key="fs_stats_show").set_value("dense").run()
+    at.number_input(key="fs_stats_dense").set_value(14.0).run()
+    dense = [f for f, d in zip(summary["feature"], summary["density"], strict=True) if d > 0.14]
+    assert list(at.dataframe[0].value["feature"]) == dense
+
+
+# ---- feature page --------------------------------------------------------------------------------
+def test_feature_page_dashboard(tiny_ws):
+    at = new_app("pages/feature.py", feature="3")
+    fd = tiny_ws.feature(3)
+    assert "## Feature 3" in texts(at.markdown)
+    page = html_text(at)
+    for ex in fd.top_examples[:3]:
+        for tok in ex.tokens:
+            assert html.escape(charts.visible_token(tok)) in page
+    assert f"activation {fd.top_examples[0].value:.4f}" in page  # the hover text
+    assert "<table" in page and "negative logits" in page
+    assert len(at.get("vega_lite_chart")) == 2  # activation and logit histograms
+    assert f"{fd.density:.4%}" in texts(at.caption)
+    # correlated features link to their pages, with the workspace identity
+    j = fd.correlated_features.indices[0]
+    assert f'href="feature?feature={j}&amp;ws={tiny_ws.identity_key()}' in page
+    assert at.query_params["feature"] == "3"
+    assert at.query_params["ws"] == tiny_ws.identity_key()
+
+    at.button(key="fs_next").click().run()
+    assert "## Feature 4" in texts(at.markdown)
+    assert "from the cache" in texts(at.caption)  # prefetched with feature 3
+    at.button(key="fs_prev").click().run()
+    assert "## Feature 3" in texts(at.markdown)
+    at.text_input(key="fs_jump").input("12").run()
+    assert "## Feature 12" in texts(at.markdown)
+
+    near = tiny_ws.similar(12, k=8)[0]["feature"]
+    at.pills(key="fs_sim_12").set_value(near).run()
+    assert f"## Feature {near}" in texts(at.markdown)
+
+    at.text_area(key="fs_try_text").input(PROMPT)
+    next(b for b in at.button if b.label == "Run").click().run()
+    res = tiny_ws.feature_on_text(near, PROMPT)
+    assert f"{sum(a > 0 for a in res['acts'])} of {len(res['acts'])} tokens active" in texts(
+        at.caption
+    )
+
+
+def test_layout_control_and_export(tiny_ws):
+    at = new_app("pages/feature.py", feature="5", layout="top_examples,act_hist,bogus")
+    assert "Unknown layout component(s) bogus" in texts(at.warning)
+    assert len(at.get("vega_lite_chart")) == 1
+    assert "negative logits" not in html_text(at)
+    assert at.multiselect(key="fs_layout").value == ["top_examples", "act_hist"]
+    assert at.query_params["layout"] == "top_examples,act_hist"
+
+    at.multiselect(key="fs_layout").set_value(["act_hist", "logit_hist", "logit_tables"]).run()
+    assert at.query_params["layout"] == "act_hist,logit_hist,logit_tables"
+    assert len(at.get("vega_lite_chart")) == 2
+    assert "negative logits" in html_text(at)
+
+    from pages import _state as state
+
+    if state.can_export_html():
+        assert at.get("download_button")
+        from pages import _ui as ui
+
+        fd = tiny_ws.feature(5)
+        page = ui.export_page(tiny_ws, fd, ["act_hist", "top_examples"], {"feature": "5"})
+        assert "<html" in page.lower() and "Feature 5" in page
+
+
+def test_deep_link_from_root_and_identity_mismatch(tiny_ws):
+    key = tiny_ws.identity_key()
+    at = new_app(feature="9", ws=key)
+    assert "## Feature 9" in texts(at.markdown)
+    assert not at.warning
+
+    at = new_app(feature="9", ws="0123456789ab")
+    assert "## Feature 9" in texts(at.markdown)
+    warning = texts(at.warning)
+    assert "0123456789ab" in warning and key in warning
+
+
+def test_bad_feature_index_keeps_app_working(tiny_ws):
+    at = new_app("pages/feature.py", feature="99999")
+    assert "feature 99999 does not exist" in texts(at.error).lower()
+    assert "0-63" in texts(at.error)
+    at = new_app("pages/feature.py", feature="abc")
+    err = texts(at.error)
+    assert "whole number" in err and "'abc'" in err and "0-63" in err
+    at.text_input(key="fs_jump").input("2").run()
+    assert not at.error
+    assert "## Feature 2" in texts(at.markdown)
+    assert len(at.get("vega_lite_chart")) == 2
+
+
+def test_source_links_round_trip(app_env):
+    from pages import _state as state
+
+    demo = state.canonical(state.DEMO_SOURCES)
+    assert state.encode_sources(demo) == "demo"
+    assert state.decode_sources("demo") == demo
+    custom = state.canonical(
+        {
+            "model": {"kind": "hub", "name": "gpt2-small"},
+            "dictionary": {
+                "kind": "saelens",
+                "release": "gpt2-small-res-jb",
+                "sae_id": "blocks.8.hook_resid_pre",
+            },
+            "dataset": {"kind": "local", "path": "/data/x.jsonl", "n_tokens": 4096},
+        }
+    )
+    assert state.decode_sources(state.encode_sources(custom)) == custom
+    assert state.encode_sources({"factory": "a:b"}) is None
+    with pytest.raises(ValueError, match="damaged"):
+        state.decode_sources("!!!")
+    bad = base64.urlsafe_b64encode(json.dumps({"mo": {"x": 1}}).encode()).decode()
+    with pytest.raises(ValueError, match="unknown ModelSpec"):
+        state.decode_sources(bad)
