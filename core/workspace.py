@@ -342,6 +342,76 @@ class Workspace:
     def vocab_size(self) -> int:
         return self.model.d_vocab
 
+    # --- effects and steering -------------------------------------------------------------
+    def effects(self, i: int, progress: Progress | None = None) -> FeatureData:
+        """Feature ``i``'s page data with exact per-token effects on every shown example.
+
+        Each example's ``effects`` gets ``loss`` (next-token loss without the feature minus
+        with it: positive = the feature helped), ``top_up`` / ``top_down`` (log-prob
+        changes the feature causes, clean minus ablated), ``per_token`` hover strings and
+        ``loss_qualifying`` / ``loss_sum`` sort keys; see :mod:`core.effects`. Memoised per
+        (feature, base key); statistics of the last call are in ``last_effects_stats``.
+        """
+        from core.effects import compute_effects
+        from core.engine.sweep import prepare_tokens
+
+        i = self.check_index(i)
+        fd = self.feature(i, progress)
+        cfg = dataclasses.replace(self.config, features=[i])
+        tokens = prepare_tokens(self.tokens, cfg)
+        stats: dict[str, Any] = {}
+        with self.lock:
+            out = compute_effects(
+                self.model,
+                self.dictionary,
+                tokens,
+                {i: fd},
+                hook=cfg.hook,
+                ignore_bos=cfg.ignore_bos,
+                ignore_padding=cfg.ignore_padding,
+                memo=self.memo,
+                key_prefix=base_key(self.model, self.dictionary, tokens, cfg, [i]),
+                progress=progress,
+                stats=stats,
+            )
+        self.last_effects_stats = stats
+        return out[i]
+
+    def steer(
+        self,
+        i: int,
+        prompt: str,
+        coefficient: float | None = None,
+        clamp: float | None = None,
+        max_new_tokens: int = 32,
+        seed: int = 0,
+        temperature: float = 0.0,
+    ) -> dict[str, Any]:
+        """Continue ``prompt`` with feature ``i`` steered and unsteered, side by side.
+
+        Give ``coefficient`` (add that multiple of the decoder direction at every
+        position; negative pushes away) or ``clamp`` (hold the feature at that value).
+        Greedy by default; ``temperature > 0`` samples both from the same seed. Raises
+        :class:`core.effects.EffectsError` for a model without tokenizer, an empty
+        prompt or ``max_new_tokens`` above 256. See :func:`core.effects.steer`.
+        """
+        from core.effects import steer
+
+        i = self.check_index(i)
+        with self.lock:
+            return steer(
+                self.model,
+                self.dictionary,
+                i,
+                prompt,
+                coefficient=coefficient,
+                clamp=clamp,
+                max_new_tokens=max_new_tokens,
+                seed=seed,
+                temperature=temperature,
+                hook=self.config.hook,
+            )
+
 
 def workspace_from_dicts(
     model: dict, dictionary: dict, dataset: dict, memo: Memo | None = None

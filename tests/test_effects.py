@@ -1,0 +1,389 @@
+"""Exact per-token effects and steering against plain TransformerLens references.
+
+The references run the *full* model twice per example (with and without the feature's
+contribution, removed by a plain hook written here) on a 4-layer model with the
+dictionary in layer 1, so three blocks, the final norm and the unembedding follow.
+"""
+
+from __future__ import annotations
+
+import pytest
+import sae_lens as sl
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from core.config import RunConfig
+from core.dictionaries.saelens import SAELensDictionary
+from core.effects import EffectsError, compute_effects, steer
+from core.engine import run_sweep
+from core.memo import Memo
+from core.models import ModelAdapter
+from core.workspace import Workspace
+from tests.conftest import make_model, make_sae
+
+D = 32
+FEATS = [0, 3, 7]
+CFG = dict(
+    n_top_examples=4,
+    n_intervals=3,
+    n_interval_examples=2,
+    window_before=3,
+    window_after=3,
+    feature_correlation="none",
+)
+TOL = 2e-4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models: one intra-op thread avoids OpenMP spin-waiting on shared cores (~20x)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model4():
+    return make_model(n_layers=4)
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    g = torch.Generator().manual_seed(1)
+    toks = torch.randint(1, 61, (24, 16), generator=g)
+    toks[:, 0] = 0  # BOS
+    return toks
+
+
+def _sae(model, tokens, hook: str) -> sl.SAE:
+    _, cache = model.run_with_cache(tokens, names_filter=hook)
+    return make_sae("standard", D, 16, hook, sample=cache[hook].reshape(-1, D), density=0.3)
+
+
+def _transcoder(model, tokens, hook_in: str, hook_out: str) -> sl.SAE:
+    torch.manual_seed(0)
+    tc = sl.Transcoder(sl.TranscoderConfig(d_in=D, d_sae=16, d_out=D, apply_b_dec_to_input=False))
+    tc.cfg.metadata.hook_name = hook_in
+    tc.cfg.metadata.hook_name_out = hook_out
+    _, cache = model.run_with_cache(tokens, names_filter=hook_in)
+    x = cache[hook_in].reshape(-1, D)
+    with torch.no_grad():
+        tc.W_enc.copy_(torch.randn_like(tc.W_enc))
+        tc.W_dec.copy_(torch.randn_like(tc.W_dec) * 0.5)
+        tc.b_dec.zero_()
+        tc.b_enc.copy_(-torch.quantile(x @ tc.W_enc, 0.7, dim=0))
+    return tc
+
+
+def _pages(adapter, dictionary, tokens):
+    res = run_sweep(adapter, dictionary, tokens, RunConfig(features=FEATS, **CFG))
+    return dict(res.features)
+
+
+def _examples(fd):
+    return [*fd.top_examples, *(e for g in fd.intervals for e in g.examples)]
+
+
+@torch.no_grad()
+def _reference(model, sae, read_hook, write_hook, items, tokens):
+    """Full clean and ablated runs, batched over (sequence, feature) items.
+
+    Returns ``{(seq, f): (contribution [s, vocab], activation [s])}`` with
+    contribution = log p_clean - log p_ablated, the feature removed by a plain hook.
+    """
+    seqs = sorted({s for s, _ in items})
+    toks = tokens[seqs]
+    _, cache = model.run_with_cache(toks, names_filter=read_hook)
+    x = cache[read_hook]
+    n, s = toks.shape
+    acts = sae.encode(x.reshape(n * s, -1)).reshape(n, s, -1) * (toks != 0)[..., None]
+    rows = [seqs.index(q) for q, _ in items]
+    a = torch.stack([acts[r, :, f] for r, (_, f) in zip(rows, items, strict=True)])
+    d = sae.W_dec[[f for _, f in items]]
+
+    def remove(act, hook):
+        shape = (*a.shape, *([1] * (act.ndim - 2)))
+        return act - a.view(shape) * d.view(d.shape[0], 1, *act.shape[2:])
+
+    clean = torch.log_softmax(model(toks), -1)[rows]
+    ablated = torch.log_softmax(
+        model.run_with_hooks(toks[rows], fwd_hooks=[(write_hook, remove)]), -1
+    )
+    return {it: (clean[i] - ablated[i], a[i]) for i, it in enumerate(items)}
+
+
+def _check_against_reference(model, sae, read_hook, write_hook, pages, tokens):
+    items = sorted({(e.seq, f) for f, fd in pages.items() for e in _examples(fd)})
+    ref = _reference(model, sae, read_hook, write_hook, items, tokens)
+    n_checked = 0
+    for f, fd in pages.items():
+        assert fd.extras["effects"]["write_hook"] == write_hook
+        for e in _examples(fd):
+            contrib, a = ref[(e.seq, f)]
+            eff = e.effects
+            assert len(eff["loss"]) == len(eff["per_token"]) == len(e.tokens)
+            for j in range(len(e.tokens)):
+                p = e.start + j
+                if p + 1 < tokens.shape[1]:
+                    want = float(contrib[p, tokens[e.seq, p + 1]])
+                    assert eff["loss"][j] == pytest.approx(want, abs=TOL, rel=1e-3)
+                else:
+                    assert eff["loss"][j] is None
+                if not bool((a[: p + 1] != 0).any()):
+                    assert eff["loss"][j] in (0.0, None) and eff["top_up"][j] == []
+                    continue
+                ref_up = contrib[p].topk(5)
+                ref_dn = contrib[p].topk(5, largest=False)
+                got_up = [v for _, v in eff["top_up"][j]]
+                got_dn = [v for _, v in eff["top_down"][j]]
+                torch.testing.assert_close(torch.tensor(got_up), ref_up.values, atol=TOL, rtol=1e-3)
+                torch.testing.assert_close(torch.tensor(got_dn), ref_dn.values, atol=TOL, rtol=1e-3)
+                # the named tokens carry those values in the reference too
+                for tid, (_, v) in zip(eff["top_up_ids"][j], eff["top_up"][j], strict=True):
+                    assert float(contrib[p, tid]) == pytest.approx(v, abs=TOL, rel=1e-3)
+                assert eff["per_token"][j].startswith("loss effect")
+                n_checked += 1
+    assert n_checked > 20
+
+
+@pytest.mark.parametrize(
+    "hook",
+    ["blocks.1.hook_resid_pre", "blocks.1.hook_resid_post", "blocks.1.hook_mlp_out", "hook_embed"],
+)
+def test_sae_effects_match_full_model_reference(model4, tokens, hook):
+    sae = _sae(model4, tokens, hook)
+    adapter = ModelAdapter(model4, bos_token_id=0)
+    d = SAELensDictionary(sae)
+    pages = _pages(adapter, d, tokens)
+    stats: dict = {}
+    out = compute_effects(adapter, d, tokens, pages, stats=stats)
+    assert list(out) == FEATS
+    # one clean pass per batch of distinct sequences, ablated passes batched over pairs
+    assert stats["pairs"] > stats["sequences"] > 0
+    if hook != "hook_embed":
+        assert stats["forward_passes"] == -(-stats["sequences"] // 16) + -(-stats["pairs"] // 16)
+    _check_against_reference(model4, sae, hook, hook, out, tokens)
+    # the inputs are untouched
+    assert all(e.effects == {} for fd in pages.values() for e in _examples(fd))
+
+
+def test_exact_differs_from_direct_path(model4, tokens):
+    """The direct path (d_f through ln_final's scale and W_U only) is measurably different."""
+    hook = "blocks.1.hook_resid_pre"
+    sae = _sae(model4, tokens, hook)
+    adapter = ModelAdapter(model4, bos_token_id=0)
+    d = SAELensDictionary(sae)
+    out = compute_effects(adapter, d, tokens, _pages(adapter, d, tokens))
+    items = sorted({(e.seq, f) for f, fd in out.items() for e in _examples(fd)})
+    seqs = sorted({s for s, _ in items})
+    with torch.no_grad():
+        logits, cache = model4.run_with_cache(
+            tokens[seqs], names_filter=[hook, "ln_final.hook_scale"]
+        )
+    n, s = len(seqs), tokens.shape[1]
+    acts = sae.encode(cache[hook].reshape(n * s, -1)).reshape(n, s, -1).detach()
+    acts = acts * (tokens[seqs] != 0)[..., None]
+    scale = cache["ln_final.hook_scale"][..., 0]  # [n, s]
+    exact, direct = [], []
+    for f, fd in out.items():
+        dirs = adapter.logit_directions(sae.W_dec[f : f + 1].detach())[0]  # [vocab]
+        for e in _examples(fd):
+            r = seqs.index(e.seq)
+            a = acts[r, :, f]
+            change = a[:, None] * dirs[None] / scale[r][:, None]  # direct logit change
+            contrib = torch.log_softmax(logits[r], -1) - torch.log_softmax(logits[r] - change, -1)
+            for j, v in enumerate(e.effects["loss"]):
+                p = e.start + j
+                if v is not None and bool((a[: p + 1] != 0).any()):
+                    exact.append(v)
+                    direct.append(float(contrib[p, tokens[e.seq, p + 1]]))
+    exact_t, direct_t = torch.tensor(exact), torch.tensor(direct)
+    rel = float((exact_t - direct_t).norm() / exact_t.norm())
+    assert len(exact) > 30
+    assert rel > 0.3, f"direct path too close to exact ({rel:.3f}); the test model is too shallow"
+
+
+def test_transcoder_effects_match_reference(model4, tokens):
+    hook_in, hook_out = "blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out"
+    tc = _transcoder(model4, tokens, hook_in, hook_out)
+    adapter = ModelAdapter(model4, bos_token_id=0)
+    d = SAELensDictionary(tc)
+    assert (d.hook_in, d.hook_out) == (hook_in, hook_out)
+    out = compute_effects(adapter, d, tokens, list(_pages(adapter, d, tokens).values()), k=5)
+    _check_against_reference(model4, tc, hook_in, hook_out, out, tokens)
+
+
+def test_memo_second_call_runs_no_forward_pass(model4, tokens, tmp_path, monkeypatch):
+    hook = "blocks.1.hook_resid_pre"
+    adapter = ModelAdapter(model4, bos_token_id=0)
+    d = SAELensDictionary(_sae(model4, tokens, hook))
+    pages = _pages(adapter, d, tokens)
+    memo = Memo(tmp_path / "memo")
+    calls = {"n": 0}
+    forward = model4.forward
+
+    def counting(*args, **kwargs):
+        calls["n"] += 1
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model4, "forward", counting)
+    first = compute_effects(adapter, d, tokens, pages, memo=memo)
+    assert calls["n"] > 0
+    calls["n"] = 0
+    stats: dict = {}
+    second = compute_effects(adapter, d, tokens, pages, memo=memo, stats=stats)
+    assert calls["n"] == 0 and stats["forward_passes"] == 0 and stats["from_memo"] == len(FEATS)
+    assert {f: fd.to_dict() for f, fd in first.items()} == {
+        f: fd.to_dict() for f, fd in second.items()
+    }
+    # a different k is a different entry; one feature alone reuses the others' entries
+    compute_effects(adapter, d, tokens, pages, k=3, memo=memo)
+    assert calls["n"] > 0
+    calls["n"] = 0
+    compute_effects(adapter, d, tokens, {FEATS[1]: pages[FEATS[1]]}, memo=memo)
+    assert calls["n"] == 0
+
+
+def test_workspace_effects_memoised(model4, tokens, tmp_path):
+    hook = "blocks.1.hook_resid_pre"
+    adapter = ModelAdapter(model4, bos_token_id=0)
+    d = SAELensDictionary(_sae(model4, tokens, hook))
+    ws = Workspace(adapter, d, tokens, memo=Memo(tmp_path / "m"), config=RunConfig(**CFG))
+    fd = ws.effects(3)
+    assert ws.last_effects_stats["forward_passes"] > 0
+    assert all(len(e.effects["per_token"]) == len(e.tokens) for e in _examples(fd))
+    assert fd.extras["effects"]["method"] == "exact ablation"
+    again = ws.effects(3)
+    assert ws.last_effects_stats["forward_passes"] == 0
+    assert again.to_dict() == fd.to_dict()
+    with pytest.raises(EffectsError, match="tokenizer"):
+        ws.steer(3, "w1 w2", coefficient=1.0)
+
+
+def test_bad_effects_input(model4, tokens):
+    adapter = ModelAdapter(model4, bos_token_id=0)
+    d = SAELensDictionary(_sae(model4, tokens, "blocks.1.hook_resid_pre"))
+    pages = _pages(adapter, d, tokens)
+    with pytest.raises(EffectsError, match="k must be"):
+        compute_effects(adapter, d, tokens, pages, k=0)
+    with pytest.raises(EffectsError, match="outside the tokens"):
+        compute_effects(adapter, d, tokens[:2, :4], pages)
+
+
+# --- steering -----------------------------------------------------------------------------
+def _with_tokenizer(seed: int = 0):
+    vocab = {f"w{i}": i for i in range(61)}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="w1"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="w0", eos_token="w2", pad_token="w0", unk_token="w1"
+    )
+    m = make_model(n_layers=4, seed=seed)
+    m.tokenizer = tok
+    m.cfg.tokenizer_prepends_bos = False
+    return m
+
+
+@torch.no_grad()
+def _reference_generate(m, ids, write_hook, edit, n):
+    """No cache, full recompute per step, plain hook editing every non-BOS position."""
+    out: list[int] = []
+    seq = ids
+    for _ in range(n):
+        logits = m.run_with_hooks(seq, fwd_hooks=[(write_hook, edit)])
+        t = int(logits[0, -1].argmax())
+        if t == 2:  # eos
+            break
+        out.append(t)
+        seq = torch.cat([seq, torch.tensor([[t]])], dim=1)
+    return out
+
+
+def test_steer_matches_plain_hook_reference():
+    m = _with_tokenizer()
+    hook = "blocks.1.hook_resid_pre"
+    prompt = "w5 w9 w13 w7 w22"
+    ids = m.to_tokens(prompt)
+    sae = _sae(m, torch.randint(1, 61, (8, 16), generator=torch.Generator().manual_seed(3)), hook)
+    adapter, d = ModelAdapter(m), SAELensDictionary(sae)
+    f = 5
+    dvec = sae.W_dec[f].detach()
+
+    res0 = steer(adapter, d, f, prompt, coefficient=0.0, max_new_tokens=8)
+    assert res0["steered"] == res0["unsteered"] and res0["diverges_at"] is None
+    plain = _reference_generate(m, ids, hook, lambda act, hook: act, 8)
+    assert res0["unsteered"] == m.tokenizer.decode(plain)
+
+    coef = 8.0
+
+    def add(act, hook):
+        keep = torch.ones(act.shape[1])
+        keep[0] = 0.0  # BOS untouched
+        return act + coef * keep[None, :, None] * dvec
+
+    res = steer(adapter, d, f, prompt, coefficient=coef, max_new_tokens=8)
+    assert res["steered"] == m.tokenizer.decode(_reference_generate(m, ids, hook, add, 8))
+    assert res["diverges_at"] is not None and res["mode"] == "coefficient"
+
+    def clamp_fn(act, hook):
+        a = sae.encode(act[0])[:, f]
+        amount = 6.0 - a
+        amount[0] = 0.0
+        return act + amount[None, :, None] * dvec
+
+    res = steer(adapter, d, f, prompt, clamp=6.0, max_new_tokens=8)
+    assert res["steered"] == m.tokenizer.decode(_reference_generate(m, ids, hook, clamp_fn, 8))
+    assert res["mode"] == "clamp" and res["unsteered"] == res0["unsteered"]
+
+    # sampling: same seed for both rows, reproducible
+    s1 = steer(adapter, d, f, prompt, coefficient=0.0, temperature=1.0, seed=7, max_new_tokens=10)
+    s2 = steer(adapter, d, f, prompt, coefficient=0.0, temperature=1.0, seed=7, max_new_tokens=10)
+    assert s1["steered"] == s1["unsteered"] == s2["steered"]
+
+
+def test_steer_transcoder_clamp_and_errors(model4, tokens):
+    m = _with_tokenizer()
+    hook_in, hook_out = "blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out"
+    tc = _transcoder(m, tokens, hook_in, hook_out)
+    adapter, d = ModelAdapter(m), SAELensDictionary(tc)
+    prompt = "w5 w9 w13"
+    store = {}
+
+    def read(act, hook):
+        store["x"] = act
+        return act
+
+    def write(act, hook):
+        a = tc.encode(store["x"][0])[:, 2]
+        amount = -a  # clamp to 0 = ablate
+        amount[0] = 0.0
+        return act + amount[None, :, None] * tc.W_dec[2]
+
+    ids = m.to_tokens(prompt)
+    ref: list[int] = []
+    seq = ids
+    with torch.no_grad():
+        for _ in range(8):
+            logits = m.run_with_hooks(seq, fwd_hooks=[(hook_in, read), (hook_out, write)])
+            t = int(logits[0, -1].argmax())
+            if t == 2:
+                break
+            ref.append(t)
+            seq = torch.cat([seq, torch.tensor([[t]])], dim=1)
+    res = steer(adapter, d, 2, prompt, clamp=0.0, max_new_tokens=8)
+    assert res["steered"] == m.tokenizer.decode(ref) and res["hook"] == hook_out
+
+    with pytest.raises(EffectsError, match="256"):
+        steer(adapter, d, 2, prompt, coefficient=1.0, max_new_tokens=257)
+    with pytest.raises(EffectsError, match="exactly one"):
+        steer(adapter, d, 2, prompt)
+    with pytest.raises(EffectsError, match="exactly one"):
+        steer(adapter, d, 2, prompt, coefficient=1.0, clamp=1.0)
+    with pytest.raises(EffectsError, match="empty"):
+        steer(adapter, d, 2, "  ", coefficient=1.0)
+    with pytest.raises(EffectsError, match="context"):
+        steer(adapter, d, 2, " ".join(["w3"] * 30), coefficient=1.0, max_new_tokens=10)
+    with pytest.raises(EffectsError, match="tokenizer"):
+        steer(ModelAdapter(model4), d, 2, prompt, coefficient=1.0)
