@@ -170,7 +170,8 @@ def _table_or_none(html: str) -> None:
 
 def render_component(name: str, fd: Any, ws: Any, layout: list[str]) -> None:
     """Draw one dashboard component of feature ``fd``."""
-    section(name)
+    if name not in ("act_hist", "logit_hist"):  # the charts carry their own titles
+        section(name)
     if name == "summary":
         st.html(charts.summary_html(fd))
         if fd.n_active == 0:

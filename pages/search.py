@@ -111,6 +111,7 @@ if mode == "prompt":
                 format_func=lambda p: charts.visible_token(tokens[p]) or "∅",
                 key="fs_tok_pick",
                 label_visibility="collapsed",
+                wrap=True,
             )
             if pick is None:
                 st.caption("Pick a token above.")
