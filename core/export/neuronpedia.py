@@ -1,0 +1,305 @@
+"""Neuronpedia batch files (``batch-N.json``) in the layout of SAEDashboard's runner.
+
+Neuronpedia's import scripts read, per batch file, the top-level keys ``model_id``,
+``layer``, ``sae_set``, ``sae_id_suffix`` and ``features``; per feature the
+dashboard tables, histograms and an ``activations`` list of highlighted prompts.
+:func:`batch_to_neuronpedia` builds that object from our
+:class:`~core.engine.features.FeatureData`; :func:`write_batch` validates it against
+``neuronpedia_schema.json`` (next to this module) and writes it atomically.
+
+Field mapping (checked against SAEDashboard 0.8.0's converter):
+
+* ``neuron_alignment_{indices,values,l1}``: the decoder's largest-magnitude neurons,
+  their weights and their share of the decoder row's L1 norm (our ``value`` and
+  ``l1_share`` columns).
+* ``correlated_{neurons,features}_l1``: despite the name, the reference writes the
+  *cosine similarity* of the activation vectors there; so do we (our ``cosine``
+  column). ``..._pearson`` is the Pearson correlation.
+* ``neg_str/neg_values``, ``pos_str/pos_values``: bottom and top logit effects.
+* ``frac_nonzero``: activation density (fraction of swept tokens where it fires).
+* ``freq_hist_data_bar_values`` / ``..._heights``: activation histogram bin centres and
+  counts; ``logits_hist_data_bar_values`` / ``..._heights`` likewise for the logit
+  effects over the vocabulary.
+* ``activations``: first the top examples (``bin_min = -1``, ``bin_max`` = the
+  maximum activation, ``bin_contains = -1``), then one block per activation interval
+  from the highest down (``bin_min``/``bin_max`` = the interval, ``bin_contains`` =
+  its share of the feature's activations). ``qualifying_token_index`` follows the
+  reference convention: one less than the qualifying token's index in ``tokens``
+  (:data:`QUALIFYING_INDEX_OFFSET`).
+* ``decoder_weights_dist``: for attention-output dictionaries (``hook_z``) the share
+  of the decoder row's norm per head, as the reference computes it; otherwise ``[]``.
+* ``vector``: the feature's decoder direction (taken from the dictionary by the
+  caller: :class:`FeatureData` does not hold it), or ``[]``.
+
+Every float is rounded to 5 decimals; non-finite values are refused.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.engine.features import Example, FeatureData, Histogram
+from core.export import ExportError, atomic_write
+
+SCHEMA_PATH = Path(__file__).with_name("neuronpedia_schema.json")
+#: added to the qualifying token's index in ``tokens`` (SAEDashboard's converter writes
+#: the sequence position minus one); kept so files read the same as the reference's
+QUALIFYING_INDEX_OFFSET = -1
+DECIMALS = 5
+
+
+@dataclass
+class NeuronpediaMeta:
+    """What a batch file says about the dictionary and the prompts.
+
+    Attributes:
+        model_id: Neuronpedia model id (e.g. ``gpt2-small``).
+        layer: the layer number the source sits at.
+        sae_set: the source set name (the reference's ``np_set_name`` or ``sae_set``).
+        sae_id_suffix: optional suffix after the set (``__suffix``), else ``None``.
+        dataset: the dataset the prompts came from (path or Hugging Face id).
+        n_prompts_total: number of prompts (token rows) swept.
+        n_tokens_in_prompt: tokens per prompt.
+        log_sparsity: the density threshold as log10 (written to ``skipped_indexes.json``).
+    """
+
+    model_id: str
+    layer: int
+    sae_set: str
+    sae_id_suffix: str | None = None
+    dataset: str = ""
+    n_prompts_total: int = 0
+    n_tokens_in_prompt: int = 0
+    log_sparsity: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model_id": self.model_id,
+            "layer": self.layer,
+            "sae_set": self.sae_set,
+            "sae_id_suffix": self.sae_id_suffix,
+            "dataset": self.dataset,
+            "n_prompts_total": self.n_prompts_total,
+            "n_tokens_in_prompt": self.n_tokens_in_prompt,
+            "log_sparsity": self.log_sparsity,
+            "extra": dict(self.extra),
+        }
+
+
+def _r(v: float) -> float:
+    v = float(v)
+    if not math.isfinite(v):
+        raise ExportError(f"non-finite value {v!r} cannot go into a Neuronpedia file")
+    r = round(v, DECIMALS)
+    return r + 0.0  # turns -0.0 into 0.0
+
+
+def _rl(values: Sequence[float]) -> list[float]:
+    return [_r(v) for v in values]
+
+
+def _centres(h: Histogram) -> tuple[list[float], list[int]]:
+    if not h.counts or len(h.edges) != len(h.counts) + 1:
+        return [], []
+    centres = [(a + b) / 2 for a, b in zip(h.edges[:-1], h.edges[1:], strict=True)]
+    return _rl(centres), [int(c) for c in h.counts]
+
+
+def _activation(ex: Example, bin_min: float, bin_max: float, bin_contains: float) -> dict:
+    return {
+        "bin_min": _r(bin_min),
+        "bin_max": _r(bin_max),
+        "bin_contains": _r(bin_contains),
+        "tokens": list(ex.tokens),
+        "values": _rl(ex.acts),
+        "qualifying_token_index": ex.qualifying_index + QUALIFYING_INDEX_OFFSET,
+    }
+
+
+def head_distribution(direction: Sequence[float], n_heads: int) -> list[float]:
+    """Share of a ``hook_z`` decoder row's norm per attention head (sums to 1).
+
+    ``direction`` is the flattened ``[n_heads * d_head]`` decoder row.
+    """
+    d = list(direction)
+    if n_heads < 1 or len(d) % n_heads:
+        raise ExportError(f"a decoder row of width {len(d)} does not split into {n_heads} heads")
+    d_head = len(d) // n_heads
+    norms = [
+        math.sqrt(sum(x * x for x in d[h * d_head : (h + 1) * d_head])) for h in range(n_heads)
+    ]
+    total = sum(norms)
+    return [_r(n / total) if total > 0 else 0.0 for n in norms]
+
+
+def feature_to_neuronpedia(
+    fd: FeatureData,
+    meta: NeuronpediaMeta,
+    vector: Sequence[float] | None = None,
+    decoder_weights_dist: Sequence[float] | None = None,
+) -> dict[str, Any]:
+    """One feature in the Neuronpedia batch layout (see the module docstring)."""
+    acts: list[dict[str, Any]] = [_activation(ex, -1, fd.max_act, -1) for ex in fd.top_examples]
+    for g in reversed(fd.intervals):
+        acts.extend(_activation(ex, g.lo, g.hi, g.share) for ex in g.examples)
+    fv, fh = _centres(fd.act_hist)
+    lv, lh = _centres(fd.logit_hist)
+    na, cn, cf = fd.neuron_alignment, fd.correlated_neurons, fd.correlated_features
+    return {
+        "feature_index": int(fd.index),
+        "neuron_alignment_indices": [int(i) for i in na.indices],
+        "neuron_alignment_values": _rl(na.columns.get("value", [])),
+        "neuron_alignment_l1": _rl(na.columns.get("l1_share", [])),
+        "correlated_neurons_indices": [int(i) for i in cn.indices],
+        "correlated_neurons_l1": _rl(cn.columns.get("cosine", [])),
+        "correlated_neurons_pearson": _rl(cn.columns.get("pearson", [])),
+        "correlated_features_indices": [int(i) for i in cf.indices],
+        "correlated_features_l1": _rl(cf.columns.get("cosine", [])),
+        "correlated_features_pearson": _rl(cf.columns.get("pearson", [])),
+        "neg_str": list(fd.bottom_logits.tokens),
+        "neg_values": _rl(fd.bottom_logits.values),
+        "pos_str": list(fd.top_logits.tokens),
+        "pos_values": _rl(fd.top_logits.values),
+        "frac_nonzero": _r(fd.density),
+        "freq_hist_data_bar_values": fv,
+        "freq_hist_data_bar_heights": fh,
+        "logits_hist_data_bar_heights": lh,
+        "logits_hist_data_bar_values": lv,
+        "n_prompts_total": int(meta.n_prompts_total),
+        "n_tokens_in_prompt": int(meta.n_tokens_in_prompt),
+        "dataset": str(meta.dataset),
+        "decoder_weights_dist": _rl(decoder_weights_dist or []),
+        "activations": acts,
+        "vector": _rl(vector if vector is not None else []),
+    }
+
+
+def batch_to_neuronpedia(
+    features: Sequence[FeatureData],
+    meta: NeuronpediaMeta,
+    vectors: Mapping[int, Sequence[float]] | None = None,
+    decoder_weights_dists: Mapping[int, Sequence[float]] | None = None,
+) -> dict[str, Any]:
+    """A whole batch file: top-level keys plus one entry per feature, in the given order.
+
+    Args:
+        features: the features of this batch.
+        meta: model id, layer, set name, suffix, dataset and prompt counts.
+        vectors: feature index -> decoder direction (``vector``); missing -> ``[]``.
+        decoder_weights_dists: feature index -> per-head norm shares; missing -> ``[]``.
+    """
+    vectors = vectors or {}
+    dists = decoder_weights_dists or {}
+    return {
+        "model_id": str(meta.model_id),
+        "layer": int(meta.layer),
+        "sae_set": str(meta.sae_set),
+        "sae_id_suffix": meta.sae_id_suffix,
+        "features": [
+            feature_to_neuronpedia(fd, meta, vectors.get(fd.index), dists.get(fd.index))
+            for fd in features
+        ],
+    }
+
+
+def skipped_indexes(meta: NeuronpediaMeta, skipped: Sequence[int]) -> dict[str, Any]:
+    """The reference runner's ``skipped_indexes.json``: features listed as dead/too sparse."""
+    return {
+        "model_id": str(meta.model_id),
+        "layer": str(meta.layer),
+        "sae_set": str(meta.sae_set),
+        "log_sparsity": meta.log_sparsity,
+        "skipped_indexes": sorted(int(i) for i in skipped),
+    }
+
+
+@functools.lru_cache(maxsize=1)
+def load_schema() -> dict[str, Any]:
+    """The JSON Schema of a batch file."""
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+def _inline_refs(node: Any, defs: dict[str, Any]) -> Any:
+    """Replace local ``{"$ref": "#/$defs/name"}`` by the definition (validation is ~10x faster)."""
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/") and len(node) == 1:
+            return _inline_refs(defs[ref.removeprefix("#/$defs/")], defs)
+        return {k: _inline_refs(v, defs) for k, v in node.items() if k != "$defs"}
+    if isinstance(node, list):
+        return [_inline_refs(v, defs) for v in node]
+    return node
+
+
+@functools.lru_cache(maxsize=1)
+def _validator():
+    import jsonschema
+
+    schema = load_schema()
+    return jsonschema.Draft202012Validator(_inline_refs(schema, schema.get("$defs", {})))
+
+
+def validate_batch(batch: dict[str, Any], max_features: int | None = None) -> None:
+    """Raise :class:`~core.export.ExportError` when ``batch`` does not match the schema.
+
+    Args:
+        batch: the batch object.
+        max_features: check only the top level and this many features (validation
+            costs about 10 ms per feature); ``None`` checks everything.
+    """
+    if max_features is not None and isinstance(batch.get("features"), list):
+        batch = {**batch, "features": batch["features"][:max_features]}
+    for feat in batch.get("features", []) if isinstance(batch.get("features"), list) else []:
+        for act in feat.get("activations", []) if isinstance(feat, dict) else []:
+            if isinstance(act, dict) and len(act.get("tokens", [])) != len(act.get("values", [])):
+                raise ExportError(
+                    f"feature {feat.get('feature_index')}: an activation has "
+                    f"{len(act.get('tokens', []))} tokens but {len(act.get('values', []))} values"
+                )
+    errors = sorted(_validator().iter_errors(batch), key=lambda e: list(e.absolute_path))
+    if errors:
+        first = errors[0]
+        where = "/".join(str(p) for p in first.absolute_path) or "(top level)"
+        raise ExportError(
+            f"Neuronpedia batch does not match the schema at {where}: {first.message} "
+            f"({len(errors)} problem(s) in all)"
+        )
+
+
+def dumps(batch: dict[str, Any]) -> str:
+    """Compact, reproducible JSON text of a batch (UTF-8, no NaN)."""
+    return json.dumps(batch, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def write_batch(path: str | Path, batch: dict[str, Any], validate: bool | int = True) -> Path:
+    """Validate and write a batch file atomically; returns the path.
+
+    ``validate``: ``True`` checks every feature against the schema, an integer ``n``
+    the top level and the first ``n`` features (fast for big batches), ``False`` nothing.
+    """
+    if validate is not False:
+        validate_batch(batch, None if validate is True else int(validate))
+    return atomic_write(path, dumps(batch))
+
+
+__all__ = [
+    "DECIMALS",
+    "QUALIFYING_INDEX_OFFSET",
+    "SCHEMA_PATH",
+    "NeuronpediaMeta",
+    "batch_to_neuronpedia",
+    "dumps",
+    "feature_to_neuronpedia",
+    "head_distribution",
+    "load_schema",
+    "skipped_indexes",
+    "validate_batch",
+    "write_batch",
+]

@@ -1,0 +1,156 @@
+"""Neuronpedia batch files: field mapping, schema validation, rounding, bad input."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import jsonschema
+import pytest
+
+from core.export import ExportError
+from core.export.neuronpedia import (
+    QUALIFYING_INDEX_OFFSET,
+    NeuronpediaMeta,
+    batch_to_neuronpedia,
+    head_distribution,
+    load_schema,
+    skipped_indexes,
+    validate_batch,
+    write_batch,
+)
+from tests.export.tiny_setup import tiny_features
+
+META = NeuronpediaMeta(
+    model_id="tiny-gpt2",
+    layer=1,
+    sae_set="tiny-res",
+    sae_id_suffix=None,
+    dataset="local/text.txt",
+    n_prompts_total=48,
+    n_tokens_in_prompt=16,
+)
+
+
+@pytest.fixture(scope="module")
+def data():
+    fds, (model, dictionary, _) = tiny_features([0, 1, 2, 3])
+    import torch
+
+    rows = dictionary.decoder_directions(torch.arange(4)).tolist()
+    vectors = dict(enumerate(rows))
+    return fds, vectors
+
+
+def _decimals(x: float) -> int:
+    text = repr(x)
+    return len(text.split(".")[1]) if "." in text and "e" not in text else 0
+
+
+def test_batch_matches_schema_and_feature_data(data, tmp_path):
+    fds, vectors = data
+    batch = batch_to_neuronpedia(fds, META, vectors)
+    path = write_batch(tmp_path / "batch-0.json", batch)
+    loaded = json.loads(path.read_text())
+    jsonschema.validate(loaded, load_schema())  # the full, independent check
+    assert list(loaded) == ["model_id", "layer", "sae_set", "sae_id_suffix", "features"]
+    assert (loaded["model_id"], loaded["layer"], loaded["sae_set"]) == ("tiny-gpt2", 1, "tiny-res")
+    assert loaded["sae_id_suffix"] is None
+    for fd, out in zip(fds, loaded["features"], strict=True):
+        assert out["feature_index"] == fd.index
+        assert out["neuron_alignment_indices"] == fd.neuron_alignment.indices
+        assert out["neuron_alignment_l1"] == pytest.approx(
+            fd.neuron_alignment.columns["l1_share"], abs=1e-5
+        )
+        # the reference puts cosine similarities in the *_l1 fields
+        assert out["correlated_neurons_l1"] == pytest.approx(
+            fd.correlated_neurons.columns["cosine"], abs=1e-5
+        )
+        assert out["correlated_features_pearson"] == pytest.approx(
+            fd.correlated_features.columns["pearson"], abs=1e-5
+        )
+        assert out["correlated_features_indices"] == fd.correlated_features.indices
+        assert out["pos_str"] == fd.top_logits.tokens
+        assert out["neg_values"] == pytest.approx(fd.bottom_logits.values, abs=1e-5)
+        assert out["frac_nonzero"] == pytest.approx(fd.density, abs=1e-5)
+        assert sum(out["freq_hist_data_bar_heights"]) == fd.n_active
+        assert len(out["freq_hist_data_bar_values"]) == len(fd.act_hist.counts)
+        centre = (fd.act_hist.edges[0] + fd.act_hist.edges[1]) / 2
+        assert out["freq_hist_data_bar_values"][0] == pytest.approx(centre, abs=1e-5)
+        assert len(out["logits_hist_data_bar_heights"]) == len(fd.logit_hist.counts)
+        assert (out["n_prompts_total"], out["n_tokens_in_prompt"]) == (48, 16)
+        assert out["dataset"] == "local/text.txt"
+        assert out["vector"] == pytest.approx(vectors[fd.index], abs=1e-5)
+        assert out["decoder_weights_dist"] == []
+        acts = out["activations"]
+        n_top = len(fd.top_examples)
+        assert len(acts) == n_top + sum(len(g.examples) for g in fd.intervals)
+        for a, ex in zip(acts[:n_top], fd.top_examples, strict=True):
+            assert (a["bin_min"], a["bin_contains"]) == (-1, -1)
+            assert a["bin_max"] == pytest.approx(fd.max_act, abs=1e-5)
+            assert a["tokens"] == ex.tokens
+            assert a["qualifying_token_index"] == ex.qualifying_index + QUALIFYING_INDEX_OFFSET
+            assert max(a["values"]) == pytest.approx(ex.value, abs=1e-5)
+        # interval blocks from the highest interval down
+        rest = acts[n_top:]
+        groups = [g for g in reversed(fd.intervals) for _ in g.examples]
+        for a, g in zip(rest, groups, strict=True):
+            assert a["bin_min"] == pytest.approx(g.lo, abs=1e-5)
+            assert a["bin_max"] == pytest.approx(g.hi, abs=1e-5)
+            assert a["bin_contains"] == pytest.approx(g.share, abs=1e-5)
+        # every float has at most 5 decimals
+        for key in ("neuron_alignment_values", "vector", "freq_hist_data_bar_values"):
+            assert all(_decimals(v) <= 5 for v in out[key])
+        assert all(_decimals(v) <= 5 for a in acts for v in a["values"])
+
+
+def test_schema_rejects_what_neuronpedia_cannot_import(data):
+    fds, _ = data
+    good = batch_to_neuronpedia(fds[:1], META)
+    validate_batch(good)
+    for mutate, where in [
+        (lambda b: b.pop("sae_set"), "top level"),
+        (lambda b: b["features"][0].pop("frac_nonzero"), "features/0"),
+        (lambda b: b["features"][0].update(feature_index=-2), "features/0/feature_index"),
+        (
+            lambda b: b["features"][0]["activations"][0].update(values=[], tokens=[]),
+            "features/0/activations/0/tokens",
+        ),
+        (lambda b: b["features"][0].update(pos_values=["x"]), "features/0/pos_values/0"),
+        (lambda b: b.update(layer="1"), "at layer"),
+    ]:
+        bad = copy.deepcopy(good)
+        mutate(bad)
+        with pytest.raises(ExportError, match="does not match the schema") as err:
+            validate_batch(bad)
+        assert where in str(err.value)
+    bad = copy.deepcopy(good)
+    bad["features"][0]["activations"][0]["tokens"].append("extra")
+    with pytest.raises(ExportError, match="tokens but"):
+        validate_batch(bad)
+
+
+def test_non_finite_values_are_refused(data):
+    fds, _ = data
+    fd = type(fds[0]).from_dict(fds[0].to_dict())
+    fd.top_logits.values[0] = math.nan
+    with pytest.raises(ExportError, match="non-finite"):
+        batch_to_neuronpedia([fd], META)
+
+
+def test_head_distribution_and_skipped_file():
+    dist = head_distribution([3.0, 4.0, 0.0, 0.0, 0.0, 5.0], n_heads=3)
+    assert dist == pytest.approx([0.5, 0.0, 0.5])
+    assert sum(dist) == pytest.approx(1.0)
+    with pytest.raises(ExportError, match="does not split"):
+        head_distribution([1.0, 2.0, 3.0], n_heads=2)
+    meta = NeuronpediaMeta("m", 3, "set", log_sparsity=-6.0)
+    out = skipped_indexes(meta, [9, 2])
+    assert out == {
+        "model_id": "m",
+        "layer": "3",
+        "sae_set": "set",
+        "log_sparsity": -6.0,
+        "skipped_indexes": [2, 9],
+    }
