@@ -6,6 +6,10 @@ Commands:
     compute        compute feature data for a model, dictionary and dataset and write
                    it as JSON (one object per feature), through the memo layer
     releases       list pretrained SAELens releases (offline), optionally for one model
+    precompute     dashboards for a whole dictionary or a feature range, written chunk by
+                   chunk (resumable) as a memo, HTML pages and Neuronpedia batch files;
+                   settings from the command line and/or --config FILE (JSON or TOML)
+    inspect        describe a precompute output directory (done, skipped, sources)
 """
 
 from __future__ import annotations
@@ -143,6 +147,105 @@ def cmd_releases(args: argparse.Namespace) -> int:
     return 0
 
 
+def _precompute_args(p: argparse.ArgumentParser) -> None:
+    """Options of ``precompute``: ours plus the reference runner's names as aliases."""
+    _spec_args(p)
+    # unset defaults so explicit values, aliases and --config values can be told apart
+    p.set_defaults(
+        model=None, dictionary=None, dataset=None, n_tokens=None, context_length=None,
+        dtype=None, device=None,
+    )  # fmt: skip
+    p.add_argument("--config", default=None, help="JSON or TOML file with any of these settings")
+    g = p.add_argument_group("reference-runner names (SAEDashboard's neuronpedia runner)")
+    g.add_argument("--sae-set", default=None, help="SAELens release (and default Neuronpedia set)")
+    g.add_argument("--sae-path", default=None, help="SAE id inside --sae-set, or a local directory")
+    g.add_argument("--from-local-sae", action="store_true", help="--sae-path is a local directory")
+    g.add_argument("--dataset-path", default=None, help="same as --dataset")
+    g.add_argument("--n-prompts", type=int, default=None, help="total prompts (rows) to sweep")
+    g.add_argument("--n-tokens-in-prompt", type=int, default=None, help="same as --context-length")
+    g.add_argument("--model-dtype", "--model_dtype", dest="model_dtype", default=None)
+    g.add_argument("--sae-dtype", "--sae_dtype", dest="sae_dtype", default=None)
+    g.add_argument("--hf-model-path", default=None, help="local Hugging Face model directory")
+    g.add_argument("--use-clt", action="store_true", help="--sae-path is a cross-layer transcoder")
+    g.add_argument("--clt-layer-idx", type=int, default=None, help="same as --clt-layer")
+    g.add_argument("--clt-weights-filename", default=None, help="same as --clt-weights")
+    g = p.add_argument_group("what to compute")
+    g.add_argument("--features", default=None, help="'all' (default), '0:4096', '1,5,9'")
+    g.add_argument(
+        "--transcoder", "--use-transcoder", dest="transcoder", action="store_true",
+        help="the dictionary must be a transcoder",
+    )  # fmt: skip
+    g.add_argument(
+        "--skip-transcoder", "--use-skip-transcoder", dest="skip_transcoder",
+        action="store_true", help="the dictionary must be a skip transcoder",
+    )  # fmt: skip
+    g.add_argument("--hook", default=None, help="hook to read (default: the dictionary's)")
+    g.add_argument(
+        "--features-at-a-time", "--n-features-at-a-time", "--n-features-per-batch",
+        dest="features_at_a_time", type=int, default=None,
+        help="features per chunk: one sweep, one HTML page, one batch file (default 512)",
+    )  # fmt: skip
+    g.add_argument(
+        "--batch-size", "--n-prompts-in-forward-pass", dest="batch_size", type=int,
+        default=None, help="prompts per forward pass (token batch size)",
+    )  # fmt: skip
+    g.add_argument("--feature-chunk-size", type=int, default=None, help="engine encode chunk")
+    g.add_argument(
+        "--min-density", type=float, default=None,
+        help="skip (list, don't render) features firing on fewer tokens than this fraction",
+    )  # fmt: skip
+    g.add_argument(
+        "--sparsity-threshold", type=float, default=None,
+        help="the same threshold as log10 density (e.g. -6)",
+    )  # fmt: skip
+    g.add_argument("--n-top-examples", "--top-acts-group-size", dest="n_top_examples", type=int)
+    g.add_argument("--n-intervals", "--n-quantiles", dest="n_intervals", type=int)
+    g.add_argument(
+        "--n-interval-examples", "--quantile-group-size", dest="n_interval_examples", type=int
+    )
+    g.add_argument("--window-before", type=int, default=None)
+    g.add_argument("--window-after", type=int, default=None)
+    g.add_argument("--whole-sequence", action="store_true", help="show whole prompts")
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--correlation", choices=["all", "requested", "none"], default=None)
+    g = p.add_argument_group("outputs")
+    g.add_argument("--output-dir", "--outputs-dir", dest="output_dir", default=None)
+    g.add_argument("--outputs", default=None, help="comma list of memo,html,neuronpedia (all)")
+    g.add_argument("--layout", default=None, help="HTML components in order, comma-separated")
+    g.add_argument("--overwrite", action="store_true", help="replace a different run in the dir")
+    g.add_argument("--model-id", default=None, help="Neuronpedia model id")
+    g.add_argument("--layer", type=int, default=None, help="Neuronpedia layer number")
+    g.add_argument("--np-set-name", default=None, help="Neuronpedia source set name")
+    g.add_argument("--np-sae-id-suffix", default=None, help="Neuronpedia __suffix")
+    g.add_argument("--np-dataset", default=None, help="dataset label in Neuronpedia files")
+    g = p.add_argument_group("run")
+    g.add_argument("--wandb", "--use-wandb", dest="wandb", action="store_true")
+    g.add_argument("--wandb-project", default=None)
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def cmd_precompute(args: argparse.Namespace) -> int:
+    from core.runner import config_from_args, run_precompute
+
+    cfg = config_from_args(args)
+    res = run_precompute(cfg)
+    print(
+        f"{res['features_done']} features rendered, {res['features_skipped']} skipped, "
+        f"{res['chunks_run']}/{res['chunks_total']} chunks computed now "
+        f"({res['features_per_second']:.1f} features/s) -> {res['output_dir']}"
+    )
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from core.runner import open_precomputed
+
+    with open_precomputed(args.path) as store:
+        print(json.dumps(store.describe(), indent=1, default=str))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m core",
@@ -162,11 +265,25 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("releases", help="list SAELens releases")
     p.add_argument("--model", default=None)
     p.set_defaults(func=cmd_releases)
-    args = ap.parse_args(argv)
+    pre = sub.add_parser(
+        "precompute",
+        help="dashboards for a whole dictionary or range: memo, HTML, Neuronpedia (resumable)",
+    )
+    _precompute_args(pre)
+    pre.set_defaults(func=cmd_precompute)
+    p = sub.add_parser("inspect", help="describe a precompute output directory")
+    p.add_argument("path")
+    p.set_defaults(func=cmd_inspect)
     from core.sources import SourceError
 
     try:
+        args = ap.parse_args(argv)
+        if args.command == "precompute" and args.config:
+            from core.runner import apply_config_file
+
+            args = apply_config_file(ap, pre, argv)
         return args.func(args)
-    except (SourceError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (SourceError, ValueError, KeyError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"error: {msg}", file=sys.stderr)
         return 2
