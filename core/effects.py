@@ -324,7 +324,9 @@ def compute_effects(
             model, dictionary and token fingerprints when ``None``.
         progress: called with (fraction done, message).
         stats: when given, filled with ``forward_passes``, ``clean_passes``,
-            ``ablated_passes``, ``pairs``, ``sequences``, ``from_memo``, ``seconds``.
+            ``ablated_passes``, ``pairs``, ``sequences``, ``from_memo``, ``seconds``, and the
+            work done: ``token_layers`` (token positions times blocks run) and
+            ``unembedded_positions``.
 
     Returns:
         ``{feature: FeatureData}`` in the input order: copies of the inputs with every
@@ -373,7 +375,14 @@ def compute_effects(
             if isinstance(got, dict) and got.get("digest") == _examples_digest(fd):
                 payloads[f] = got
     missing = {f: fd for f, fd in fds.items() if f not in payloads}
-    counters = {"clean_passes": 0, "ablated_passes": 0, "pairs": 0, "sequences": 0}
+    counters = {
+        "clean_passes": 0,
+        "ablated_passes": 0,
+        "pairs": 0,
+        "sequences": 0,
+        "token_layers": 0,
+        "unembedded_positions": 0,
+    }
     if missing:
         results = _compute(
             model, dictionary, tokens, missing, k, batch_size, site,
@@ -478,6 +487,7 @@ def _compute(
                     resid = _run_blocks(m, x0, 0, site.start_layer, emb)
                     final = _run_blocks(m, resid, site.start_layer, n_layers, emb)
             counters["clean_passes"] += 1
+            counters["token_layers"] += tok.numel() * n_layers
             if "read" not in store:
                 raise EffectsError(f"hook {site.read_hook!r} was never reached")
             union = sorted({f for s in seqs for f in seq_feats[s]})
@@ -524,7 +534,9 @@ def _compute(
                     with m.hooks(fwd_hooks=[(site.write_hook, ablate)]):
                         fin = _run_blocks(m, x, site.start_layer, n_layers, emb)
                 counters["ablated_passes"] += 1
+                counters["token_layers"] += x.shape[0] * length * (n_layers - site.start_layer)
                 rows, cols = _positions(batch, pairs)
+                counters["unembedded_positions"] += 2 * len(rows)
                 abl_src = fin[rows, cols]
                 clean_src = torch.stack(
                     [states[batch[r][0]].final[states[batch[r][0]].final_pos[c]] for r, c in
@@ -540,7 +552,9 @@ def _compute(
                 uniq = sorted({s for s, _ in batch})
                 clean_logits = m(tokens[uniq, :length].to(device))
                 counters["clean_passes"] += 1
+                counters["token_layers"] += (len(batch) + len(uniq)) * length * n_layers
                 rows, cols = _positions(batch, pairs)
+                counters["unembedded_positions"] += (len(batch) + len(uniq)) * length
                 urows = [uniq.index(batch[r][0]) for r in rows]
                 _record(
                     m, batch, rows, cols, clean_logits[urows, cols], abl_logits[rows, cols],
