@@ -160,8 +160,8 @@ def test_offline_browser_renders_charts_and_never_runs_tokens(browser, feats, tm
     path = save_html(tmp_path / f"page-{js}.html", chosen, {"title": PWNED}, js=js)
     ctx, page, requests, errors = _open(browser, path)
     try:
-        page.wait_for_selector(MARKS.format("act_hist"), timeout=30_000)
-        page.wait_for_selector(MARKS.format("logit_hist"), timeout=30_000)
+        page.wait_for_selector(MARKS.format("act_hist"), timeout=30_000, state="attached")
+        page.wait_for_selector(MARKS.format("logit_hist"), timeout=30_000, state="attached")
         n_act = page.locator(MARKS.format("act_hist")).count()
         n_logit = page.locator(MARKS.format("logit_hist")).count()
         assert n_act == len(chosen[0].act_hist.counts)
@@ -189,7 +189,7 @@ def test_offline_browser_renders_charts_and_never_runs_tokens(browser, feats, tm
         page.wait_for_function(
             f"document.documentElement.dataset.feature === '{chosen[2].index}'", timeout=10_000
         )
-        page.wait_for_selector(MARKS.format("act_hist"), timeout=30_000)
+        page.wait_for_selector(MARKS.format("act_hist"), timeout=30_000, state="attached")
         assert page.evaluate("location.hash") == f"#feature={chosen[2].index}"
         heading = page.inner_text("#fs-page h2")
         assert heading == f"Feature {chosen[2].index}"
