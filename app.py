@@ -20,7 +20,6 @@ st.set_page_config(
     initial_sidebar_state="expanded",
 )
 
-state.init_session()
 load_page = st.Page(
     state.LOAD_PAGE, title="Sources", icon=":material/database:", url_path="load", default=True
 )
@@ -31,6 +30,7 @@ feature_page = st.Page(
     state.FEATURE_PAGE, title="Feature", icon=":material/insights:", url_path="feature"
 )
 page = st.navigation([load_page, search_page, feature_page])
+state.init_session()  # after the navigation, so the page list shows at once
 
 # A deep link to the root (``/?feature=12``) opens the feature page.
 if page.url_path == load_page.url_path and "feature" in st.query_params:

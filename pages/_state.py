@@ -247,6 +247,12 @@ def require_workspace() -> Any:
 _IDENTITIES: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
 
+def is_live(ws: Any) -> bool:
+    """True for a :class:`~core.workspace.Workspace` (model loaded: it can compute and
+    search); False for a precomputed output, which can only show what it stores."""
+    return callable(getattr(ws, "features", None)) and callable(getattr(ws, "prompt_search", None))
+
+
 def identity(ws: Any) -> str:
     """The workspace's short identity key (computed once per workspace object)."""
     try:
@@ -287,14 +293,18 @@ def shown_errors(prefix: str = "") -> Iterator[None]:
 
 # ---- links -----------------------------------------------------------------------------------------
 def feature_params(ws: Any, i: int, layout: list[str] | None = None) -> dict[str, str]:
-    """Query parameters of the deep link to feature ``i`` (URL parameters are strings)."""
+    """Query parameters of the deep link to feature ``i`` (URL parameters are strings).
+
+    ``layout`` defaults to the layout this session chose on the feature page."""
     from core.charts import COMPONENTS
 
     params = {"feature": str(i), "ws": identity(ws)}
     src = encode_sources(sources())
     if src:
         params["src"] = src
-    if layout is not None and list(layout) != list(COMPONENTS):
+    if layout is None:  # keep the layout this session picked on the feature page
+        layout = st.session_state.get("fs_layout")
+    if layout and list(layout) != list(COMPONENTS):
         params["layout"] = ",".join(layout)
     return params
 
@@ -384,18 +394,19 @@ def start_job(
 def _run_job(job: Job, ws: Any) -> None:
     n = max(1, len(job.chunks))
     try:
+        if job.then_summary and n == 1:
+            # one pass: the summary is built from the sweep's own results (no re-reading)
+            job.message = "pass 1/1: waiting for the model"
+            job.result = ws.summary(progress=_job_progress(job, 0, 1, len(job.chunks[0])))
+            job.done_chunks, job.done_features, job.fraction = 1, job.total, 1.0
+            job.message = f"done: {job.done_features:,} features"
+            return
         for k, chunk in enumerate(job.chunks):
             if job.stop_event.is_set():
                 raise _Stopped
 
-            def progress(frac: float, msg: str, k: int = k, size: int = len(chunk)) -> None:
-                if job.stop_event.is_set():
-                    raise _Stopped
-                job.fraction = (k + min(max(frac, 0.0), 1.0)) / n
-                job.message = f"pass {k + 1}/{n} ({size} features): {msg}"
-
             job.message = f"pass {k + 1}/{n}: waiting for the model"
-            ws.features(chunk, progress=progress)
+            ws.features(chunk, progress=_job_progress(job, k, n, len(chunk)))
             job.done_chunks = k + 1
             job.done_features += len(chunk)
             job.fraction = (k + 1) / n
@@ -414,6 +425,18 @@ def _run_job(job: Job, ws: Any) -> None:
         job.message = "failed"
     finally:
         job.finished = time.time()
+
+
+def _job_progress(job: Job, k: int, n: int, size: int) -> Callable[[float, str], None]:
+    """Progress callback of pass ``k`` of ``n``; raises :class:`_Stopped` when asked to."""
+
+    def progress(frac: float, msg: str) -> None:
+        if job.stop_event.is_set():
+            raise _Stopped
+        job.fraction = (k + min(max(frac, 0.0), 1.0)) / n
+        job.message = f"pass {k + 1}/{n} ({size:,} features): {msg}"
+
+    return progress
 
 
 def stop_job(ws: Any) -> None:
@@ -475,6 +498,11 @@ def describe_lines(ws: Any) -> list[tuple[str, str]]:
             f" ({d.get('n_sequences', '?')} × {d.get('context_length', '?')})"
         )
     rows.append(("Dataset", data_label))
+    if "n_done" in d:  # a precomputed output
+        stored = f"{int(d['n_done']):,} of {int(d.get('n_requested', 0)):,} features"
+        if not d.get("complete", True):
+            stored += " (run incomplete)"
+        rows.append(("Stored", stored))
     rows.append(("Device", str(d.get("device", "cpu"))))
     return rows
 
@@ -528,7 +556,7 @@ def summary_if_ready(ws: Any) -> dict[str, list] | None:
     if job is not None and job.result is not None:
         _SUMMARIES[ident] = job.result
         return job.result
-    if not hasattr(ws, "features"):  # a precomputed output has its summary
+    if not is_live(ws):  # a precomputed output has its summary
         _SUMMARIES[ident] = ws.summary()
         return _SUMMARIES[ident]
     probe = (ident, job.finished if job is not None else None)

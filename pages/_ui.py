@@ -20,7 +20,7 @@ from pages import _state as state
 #: so "next" is instant afterwards
 PREFETCH = 16
 #: default features per pass of a background job
-PER_PASS = 2048
+PER_PASS = 4096
 
 COMPONENT_INFO: dict[str, tuple[str, str]] = {
     "summary": ("Summary", "How often and how strongly the feature fires on the swept tokens."),
@@ -132,11 +132,10 @@ def get_feature(ws: Any, i: int) -> tuple[Any, str]:
     over the dataset dominates, so they cost almost nothing extra).
     """
     t0 = time.perf_counter()
-    cached = getattr(ws, "cached", None)
-    fd = cached(i) if cached is not None else None
+    fd = ws.cached(i) if state.is_live(ws) else None
     if fd is not None:
         return fd, f"from the cache in {time.perf_counter() - t0:.2f} s"
-    if not hasattr(ws, "features"):  # a precomputed output: everything is there
+    if not state.is_live(ws):  # a precomputed output: everything is there
         fd = ws.feature(i)
         return fd, f"loaded in {time.perf_counter() - t0:.2f} s"
     batch = list(range(i, min(i + PREFETCH, int(ws.n_features))))
@@ -148,6 +147,12 @@ def get_feature(ws: Any, i: int) -> tuple[Any, str]:
             icon=":material/hourglass_top:",
         )
     n_tok = ws.describe().get("n_tokens", 0)
+    note = st.caption(
+        f"Feature {i} is not computed yet: that takes one pass over the {n_tok:,} tokens, which "
+        f"costs about as much as computing many features, so the next {len(batch) - 1} come "
+        "with it. Precompute the whole dictionary on the Sources page to make every page "
+        "instant (you can keep browsing while it runs)."
+    )
     bar = st.progress(0.0, text=f"Computing feature {i}: one pass over {n_tok:,} tokens …")
 
     def progress(frac: float, msg: str) -> None:
@@ -158,6 +163,7 @@ def get_feature(ws: Any, i: int) -> tuple[Any, str]:
 
     data = ws.features(batch, progress=progress)
     bar.empty()
+    note.empty()
     took = time.perf_counter() - t0
     extra = f" with the next {len(batch) - 1} features" if len(batch) > 1 else ""
     return data[i], f"computed{extra} in {took:.1f} s (now cached)"
@@ -222,7 +228,7 @@ def render_component(name: str, fd: Any, ws: Any, layout: list[str]) -> None:
 
 def similar_pills(ws: Any, i: int, k: int = 8) -> None:
     """Nearest features by decoder cosine, as chips that open the feature in this session."""
-    if not hasattr(ws, "similar"):
+    if not state.is_live(ws):
         return
     try:
         near = ws.similar(i, k=k)
@@ -374,3 +380,129 @@ def default_per_pass(ws: Any) -> int:
     """Features per pass for background jobs: big passes are fastest (the forward pass
     over the dataset dominates), smaller ones keep progress more often."""
     return max(1, min(int(ws.n_features), PER_PASS))
+
+
+# ---- effects and steering ------------------------------------------------------------------------
+def can_explain(ws: Any) -> bool:
+    """True when the workspace can compute exact effects and steer (a live model)."""
+    return state.is_live(ws) and callable(getattr(ws, "effects", None))
+
+
+def get_effects(ws: Any, i: int) -> tuple[Any, str]:
+    """Feature ``i`` with exact per-token ablation effects on its examples (memoised)."""
+    t0 = time.perf_counter()
+    bar = st.progress(0.0, text=f"Ablating feature {i} on each shown example …")
+
+    def progress(frac: float, msg: str) -> None:
+        bar.progress(min(max(frac, 0.0), 1.0), text=f"Effects of feature {i}: {msg}")
+
+    fd = ws.effects(i, progress=progress)
+    bar.empty()
+    stats = getattr(ws, "last_effects_stats", {}) or {}
+    took = time.perf_counter() - t0
+    how = "effects from the cache" if stats.get("cached") else f"effects in {took:.1f} s"
+    return fd, how
+
+
+def continuation_html(prompt: str, tokens: list[str], diverges_at: int | None) -> str:
+    """A prompt (muted) and its continuation, tokens from the divergence point marked."""
+    parts = [f'<span style="color:#718096">{charts.esc(prompt)}</span>']
+    for j, tok in enumerate(tokens):
+        text = charts.esc(tok)
+        if diverges_at is not None and j >= diverges_at:
+            parts.append(f'<span style="background:rgba(234,88,12,0.18)">{text}</span>')
+        else:
+            parts.append(text)
+    return (
+        '<div class="fs-ex" style="font-family:inherit;font-size:14px;line-height:1.6">'
+        + "".join(parts)
+        + "</div>"
+    )
+
+
+def steer_panel(ws: Any, index: int, fd: Any, ident: str) -> None:
+    """Generate with the feature added or clamped, next to the unsteered continuation."""
+    with st.form("fs_steer_form", border=False, enter_to_submit=False):
+        prompt = st.text_area(
+            "Prompt",
+            key="fs_steer_prompt",
+            height=68,
+            label_visibility="collapsed",
+            placeholder="A prompt to continue, e.g. 'The function returns'",
+        )
+        c1, c2, c3, c4 = st.columns([2, 2, 2, 1], vertical_alignment="bottom")
+        mode = c1.segmented_control(
+            "Mode",
+            ["add", "clamp"],
+            default="add",
+            required=True,
+            key="fs_steer_mode",
+            help="add: add value × the decoder direction at every position (negative pushes "
+            "away). clamp: hold the feature's activation at value (0 ablates it).",
+        )
+        value = c2.number_input(
+            "Value",
+            value=round(2.0 * max(fd.max_act, 1.0), 1),
+            step=1.0,
+            key="fs_steer_value",
+            help=f"The feature's max activation on the dataset is {fd.max_act:.2f}.",
+        )
+        n_new = c3.slider("New tokens", 4, 96, 24, key="fs_steer_tokens")
+        go = c4.form_submit_button("Steer", icon=":material/alt_route:")
+    if go:
+        with state.shown_errors():
+            kwargs = {"coefficient": value} if mode == "add" else {"clamp": value}
+            res = ws.steer(index, prompt, max_new_tokens=int(n_new), **kwargs)
+            st.session_state["fs_steer"] = (ident, index, res)
+    got = st.session_state.get("fs_steer")
+    if got and got[0] == ident and got[1] == index:
+        res = got[2]
+        d = res.get("diverges_at")
+        left, right = st.columns(2, gap="medium")
+        with left:
+            st.caption("unsteered")
+            st.html(continuation_html(res["prompt"], res["unsteered_tokens"], d))
+        with right:
+            st.caption(
+                f"steered: {res['value']:+g} × the decoder direction"
+                if res["mode"] == "coefficient"
+                else f"steered: the feature clamped at {res['value']:g}"
+            )
+            st.html(continuation_html(res["prompt"], res["steered_tokens"], d))
+        st.caption(
+            "identical continuations"
+            if d is None
+            else f"the continuations part at generated token {d} (marked)"
+        )
+
+
+def try_panel(ws: Any, index: int, fd: Any, ident: str) -> None:
+    """The feature's activation on each token of a user's text."""
+    st.caption(
+        "The feature's activation on each token of your text, coloured on the same scale as "
+        "the examples above (its max over the dataset). Hover a token for the numbers."
+    )
+    with st.form("fs_try_form", border=False, enter_to_submit=False):
+        text = st.text_area(
+            "Text",
+            key="fs_try_text",
+            height=80,
+            label_visibility="collapsed",
+            placeholder="Type or paste text, then Run",
+        )
+        run = st.form_submit_button("Run", icon=":material/play_arrow:")
+    if run:
+        with state.shown_errors():
+            st.session_state["fs_try"] = (ident, index, ws.feature_on_text(index, text))
+    got = st.session_state.get("fs_try")
+    if got and got[0] == ident and got[1] == index:
+        res = got[2]
+        toks, acts = res["tokens"], res["acts"]
+        st.html(charts.tokens_html(toks, acts, fd.max_act))
+        if acts:
+            top = max(range(len(acts)), key=acts.__getitem__)
+            st.caption(
+                f"max activation {acts[top]:.3f} at position {top} "
+                f"({state.md(charts.visible_token(toks[top]))}); "
+                f"{sum(a > 0 for a in acts)} of {len(acts)} tokens active"
+            )

@@ -63,6 +63,18 @@ def _layout_changed() -> None:
         st.session_state["fs_layout_url"] = ",".join(order)
 
 
+# --- exact effects (kept in the URL) -------------------------------------------------------
+effects_on = st.query_params.get("effects") == "1" and ui.can_explain(ws)
+st.session_state["fs_effects"] = effects_on
+
+
+def _effects_changed() -> None:
+    if st.session_state.get("fs_effects"):
+        st.query_params["effects"] = "1"
+    else:
+        st.query_params.pop("effects", None)
+
+
 # --- which feature --------------------------------------------------------------------------------
 raw = st.query_params.get("feature")
 if raw is None:
@@ -81,7 +93,11 @@ def _jump() -> None:
 
 
 def _random() -> None:
-    st.query_params["feature"] = str(random.randrange(n))
+    stored = getattr(ws, "features", None)  # a precomputed output lists what it holds
+    if isinstance(stored, list) and stored:
+        st.query_params["feature"] = str(random.choice(stored))
+    else:
+        st.query_params["feature"] = str(random.randrange(n))
 
 
 try:
@@ -125,6 +141,15 @@ with head:
         help="type a feature index and press Enter",
     )
     st.button("Random", icon=":material/casino:", key="fs_random", on_click=_random)
+    if ui.can_explain(ws):
+        st.toggle(
+            "Effects",
+            key="fs_effects",
+            on_change=_effects_changed,
+            help="Exact effect of each token's feature activation on the model's predictions: "
+            "the feature is ablated on every shown example and the model rerun. Shown in the "
+            "token hover (loss effect, tokens made more / less likely). Cached.",
+        )
     with st.popover("Layout", icon=":material/view_quilt:"):
         st.multiselect(
             "Components, in order",
@@ -150,6 +175,8 @@ layout = [c for c in st.session_state["fs_layout"] if c in charts.COMPONENTS] or
     charts.COMPONENTS
 )
 params = state.feature_params(ws, index, layout)
+if effects_on:
+    params["effects"] = "1"
 for k, v in params.items():
     if st.query_params.get(k) != v:
         st.query_params[k] = v
@@ -160,8 +187,21 @@ with state.shown_errors():
     fd, how = ui.get_feature(ws, index)
 if fd is None:
     st.stop()
+if effects_on:
+    with state.shown_errors("Effects: "):
+        fd, how_effects = ui.get_effects(ws, index)
+        how += f" · {how_effects}"
 
 desc = ws.describe()
+
+
+def _loss_note(fd) -> str:
+    mean = (fd.extras.get("effects") or {}).get("mean_loss_qualifying")
+    if mean is None:
+        return ""
+    return f" · mean loss effect at the max token **{mean:+.4f}** (positive: the feature helps)"
+
+
 with head:
     with st.popover("Share", icon=":material/link:"):
         st.caption("This page's address is a link to this dashboard (feature, layout, sources):")
@@ -172,39 +212,18 @@ with head:
 st.caption(
     f"density **{fd.density:.4%}** · max **{fd.max_act:.3f}** · mean (active) "
     f"**{fd.mean_act:.3f}** · {fd.n_active:,} of {fd.n_tokens:,} tokens · "
-    f"{state.md(str(desc.get('hook', '')))} · {n:,} features · {how}"
+    f"{state.md(str(desc.get('hook', '')))} · {n:,} features · {how}" + _loss_note(fd)
 )
 
 ui.render_dashboard(fd, ws, layout)
 
-# --- your own text ----------------------------------------------------------------------------------
-if hasattr(ws, "feature_on_text"):
+# --- your own text, steering ---------------------------------------------------------------------
+if state.is_live(ws):
     st.divider()
-    st.markdown(
-        "**Test on your own text**",
-        help="The feature's activation on each token of your text, coloured on the same "
-        "scale as the examples above (its max over the dataset).",
-    )
-    with st.form("fs_try_form", border=False, enter_to_submit=False):
-        text = st.text_area(
-            "Text",
-            key="fs_try_text",
-            height=80,
-            label_visibility="collapsed",
-            placeholder="Type or paste text, then Run",
-        )
-        run = st.form_submit_button("Run", icon=":material/play_arrow:")
-    if run:
-        with state.shown_errors():
-            st.session_state["fs_try"] = (ident, index, text, ws.feature_on_text(index, text))
-    got = st.session_state.get("fs_try")
-    if got and got[0] == ident and got[1] == index:
-        res = got[3]
-        acts = res["acts"]
-        top = max(range(len(acts)), key=acts.__getitem__) if acts else 0
-        st.html(charts.tokens_html(res["tokens"], acts, fd.max_act))
-        st.caption(
-            f"max activation {max(acts, default=0.0):.3f} at position {top} "
-            f"({charts.visible_token(res['tokens'][top]) if acts else ''}); "
-            f"{sum(a > 0 for a in acts)} of {len(acts)} tokens active"
-        )
+    names = ["Test on your own text"] + (["Steer"] if ui.can_explain(ws) else [])
+    tabs = st.tabs(names)
+    with tabs[0]:
+        ui.try_panel(ws, index, fd, ident)
+    if len(tabs) > 1:
+        with tabs[1]:
+            ui.steer_panel(ws, index, fd, ident)

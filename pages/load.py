@@ -85,7 +85,7 @@ elif load_error:
         st.rerun()
 
 # ---- precompute ------------------------------------------------------------------------------------
-if ws is not None and hasattr(ws, "features"):
+if ws is not None and state.is_live(ws):
     st.markdown(
         "#### Precompute features",
         help="Feature pages open instantly for precomputed features; the statistics "

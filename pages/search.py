@@ -36,7 +36,7 @@ mode = head.segmented_control(
     bind="query-params",
     label_visibility="collapsed",
 )
-needs_model = not hasattr(ws, "prompt_search")
+needs_model = not state.is_live(ws)
 
 
 def _no_model(what: str) -> None:
@@ -247,7 +247,7 @@ elif mode == "stats":
 # ---- by similarity ----------------------------------------------------------------------------------
 elif mode == "similar":
     st.caption("Nearest features by cosine similarity of their decoder directions.")
-    if not hasattr(ws, "similar"):
+    if needs_model:
         _no_model("by similarity")
         st.stop()
     c1, c2 = st.columns([1, 3], vertical_alignment="bottom")

@@ -286,3 +286,66 @@ def test_source_links_round_trip(app_env):
     bad = base64.urlsafe_b64encode(json.dumps({"mo": {"x": 1}}).encode()).decode()
     with pytest.raises(ValueError, match="unknown ModelSpec"):
         state.decode_sources(bad)
+
+
+def test_precomputed_output_directory(tmp_path, tiny_ws):
+    runner = pytest.importorskip("core.runner")
+    cfg = runner.PrecomputeConfig(
+        output_dir=str(tmp_path / "run"),
+        run=tiny_ws.config,
+        features="0:16",
+        features_per_chunk=8,
+        outputs=["memo"],
+        progress=False,
+    )
+    sources = runner.Sources(tiny_ws.model, tiny_ws.dictionary, tiny_ws.tokens, tiny_ws.dataset)
+    runner.run_precompute(cfg, sources)
+
+    at = new_app()
+    at.text_input(key="fs_pre_path").input(str(tmp_path / "missing")).run()
+    at.button(key="fs_pre_open").click().run()
+    assert "not a precompute output directory" in texts(at.error)
+    at.text_input(key="fs_pre_path").input(str(tmp_path / "run")).run()
+    at.button(key="fs_pre_open").click().run()
+    assert not at.exception and not at.error, texts(at.error)
+    shown = texts(at.markdown)
+    assert "16 of 16 features" in shown and "precomputed" in shown
+    assert "Precompute features" not in shown  # nothing to compute without a model
+
+    at.switch_page("pages/feature.py")
+    at.query_params["feature"] = "5"
+    at.run()
+    assert "## Feature 5" in texts(at.markdown)
+    fd = tiny_ws.feature(5)
+    assert f"{fd.density:.4%}" in texts(at.caption)
+    assert len(at.get("vega_lite_chart")) == 2
+    at.text_input(key="fs_jump").input("40").run()
+    assert "not part of this precomputed run" in texts(at.error)
+
+    at.switch_page("pages/search.py")
+    at.run()
+    at.segmented_control(key="mode").set_value("stats").run()
+    assert list(at.dataframe[0].value["feature"]) == list(range(16))
+    at.segmented_control(key="mode").set_value("prompt").run()
+    assert "needs the model" in texts(at.info)
+
+
+def test_effects_and_steering(tiny_ws):
+    at = new_app("pages/feature.py", feature="3")
+    assert "loss effect" not in html_text(at)
+    at.toggle(key="fs_effects").set_value(True).run()
+    assert not at.exception and not at.error, texts(at.error)
+    assert at.query_params["effects"] == "1"
+    assert "loss effect" in html_text(at)  # in each token's hover
+    assert "mean loss effect at the max token" in texts(at.caption)
+
+    at.text_area(key="fs_steer_prompt").input(PROMPT)
+    at.number_input(key="fs_steer_value").set_value(25.0)
+    next(b for b in at.button if b.label == "Steer").click().run()
+    assert not at.error, texts(at.error)
+    res = tiny_ws.steer(3, PROMPT, coefficient=25.0, max_new_tokens=24)
+    assert "steered: +25 × the decoder direction" in texts(at.caption)
+    page = html_text(at)
+    assert html.escape("".join(res["steered_tokens"][:3])) in page.replace("</span>", "").replace(
+        '<span style="background:rgba(234,88,12,0.18)">', ""
+    )
