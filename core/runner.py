@@ -590,6 +590,11 @@ class PrecomputeRunner:
 
         cfg = self.cfg
         sub = dataclasses.replace(self.rc, features=chunk)
+        from core.engine.activations import ActivationStore
+        from core.sources import CACHE_ROOT
+
+        # hook activations are stored after the first chunk: later chunks (and resumed
+        # runs) skip the model entirely
         result = run_sweep(
             src.model,
             src.dictionary,
@@ -597,6 +602,7 @@ class PrecomputeRunner:
             sub,
             dataset=src.dataset,
             progress=progress.within(len(chunk)),
+            activation_store=ActivationStore(CACHE_ROOT / "activations"),
         )
         fds = [result.features[f] for f in chunk]
         rendered = [fd for fd in fds if not _is_skipped(fd, cfg.min_density)]

@@ -139,3 +139,31 @@ def test_cache_dir_from_environment(tmp_path, monkeypatch):
     assert memo.get_bytes("a") == b"x" * 10
     memo.close()
     assert torch  # imported for fixtures' models
+
+
+def test_feature_bytes_are_deterministic_across_processes(parts, tmp_path):
+    import subprocess
+    import sys
+
+    model, d, toks = parts
+    from core.engine import run_sweep
+
+    fd = run_sweep(model, d, toks, RunConfig(features=[2])).features[2]
+    (tmp_path / "fd.json").write_text(fd.to_json())
+    code = (
+        "import sys;from core.engine.features import FeatureData;"
+        "fd=FeatureData.from_json(open(sys.argv[1]).read());"
+        "sys.stdout.buffer.write(fd.to_bytes())"
+    )
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path / "fd.json")],
+            capture_output=True,
+            check=True,
+            env={"PYTHONHASHSEED": str(seed), "PATH": ""},
+            cwd=Path(__file__).resolve().parent.parent,
+        ).stdout
+        for seed in (1, 2)
+    ]
+    assert runs[0] == runs[1] == fd.to_bytes()
+    assert type(fd).from_bytes(runs[0]) == fd

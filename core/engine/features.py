@@ -155,16 +155,20 @@ class FeatureData:
         """Pack as safetensors: long numeric lists become arrays, the rest JSON metadata."""
         arrays: dict[str, np.ndarray] = {}
         skeleton = _extract_arrays(self.to_dict(), arrays)
-        meta = {"schema": str(SCHEMA_VERSION), "feature": json.dumps(skeleton, ensure_ascii=False)}
+        # one metadata key: safetensors writes several keys in hash order, which would make
+        # the bytes differ between processes
+        skeleton["__schema__"] = SCHEMA_VERSION
+        meta = {"feature": json.dumps(skeleton, ensure_ascii=False, sort_keys=True)}
         return st_save(arrays, metadata=meta)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> FeatureData:
         arrays = st_load(data)
         meta = _safetensors_metadata(data)
-        if meta.get("schema") != str(SCHEMA_VERSION):
-            raise ValueError(f"feature data schema {meta.get('schema')!r} != {SCHEMA_VERSION}")
         skeleton = json.loads(meta["feature"])
+        schema = skeleton.pop("__schema__", None)
+        if schema != SCHEMA_VERSION:
+            raise ValueError(f"feature data schema {schema!r} != {SCHEMA_VERSION}")
         return cls.from_dict(_restore_arrays(skeleton, arrays))
 
 
