@@ -177,9 +177,9 @@ def run_peer(name: str, tmp: Path) -> dict:
     if proc.returncode != 0 or not lines:
         return {"scenario": name, "tool": "saedashboard", "error": proc.stderr[-2000:]}
     runs = [json.loads(ln) for ln in lines]
-    best = min(runs, key=lambda r: r["seconds"])
+    best = dict(min(runs, key=lambda r: r["seconds"]))
     best["scenario"] = name
-    best["all_runs"] = runs
+    best["all_runs"] = [dict(r) for r in runs]
     return best
 
 
