@@ -150,7 +150,13 @@ def _check_against_reference(model, sae, read_hook, write_hook, pages, tokens):
 
 @pytest.mark.parametrize(
     "hook",
-    ["blocks.1.hook_resid_pre", "blocks.1.hook_resid_post", "blocks.1.hook_mlp_out", "hook_embed"],
+    [
+        "blocks.1.hook_resid_pre",  # cached residual edited, restart at layer 1
+        "blocks.1.hook_resid_post",  # same, restart at layer 2
+        "blocks.1.hook_mlp_out",  # restart at layer 1 with a forward hook
+        "blocks.1.attn.hook_z",  # per-head activations [b, s, heads, d_head]
+        "hook_embed",  # outside the blocks: whole-model runs
+    ],
 )
 def test_sae_effects_match_full_model_reference(model4, tokens, hook):
     sae = _sae(model4, tokens, hook)
