@@ -547,6 +547,8 @@ def _only_if_cached(frac: float, msg: str) -> None:
 def summary_if_ready(ws: Any) -> dict[str, list] | None:
     """The summary table when it can be had without a sweep (cached or all features
     computed), else ``None``. The check runs once per session and job."""
+    if not is_live(ws):  # a precomputed output has (and caches) its own summary
+        return ws.summary()
     ident = identity(ws)
     if ident in _SUMMARIES:
         return _SUMMARIES[ident]
@@ -556,9 +558,6 @@ def summary_if_ready(ws: Any) -> dict[str, list] | None:
     if job is not None and job.result is not None:
         _SUMMARIES[ident] = job.result
         return job.result
-    if not is_live(ws):  # a precomputed output has its summary
-        _SUMMARIES[ident] = ws.summary()
-        return _SUMMARIES[ident]
     probe = (ident, job.finished if job is not None else None)
     if st.session_state.get("fs_summary_missing") == probe:
         return None

@@ -113,19 +113,21 @@ if current >= n:
 # --- header: title and navigation ----------------------------------------------------------------
 head = st.container(horizontal=True, vertical_alignment="bottom", gap="small")
 with head:
-    title = f"Feature {index:,}" if index is not None else "Feature"
+    title = f"Feature {index}" if index is not None else "Feature"
     st.markdown(f"## {title}", width="content")
     st.button(
-        "Prev",
+        "",
         icon=":material/chevron_left:",
+        help="previous feature",
         key="fs_prev",
         shortcut="Shift+Left",
         on_click=_go,
         args=(current - 1,),
     )
     st.button(
-        "Next",
+        "",
         icon=":material/chevron_right:",
+        help="next feature",
         key="fs_next",
         shortcut="Shift+Right",
         on_click=_go,
@@ -136,7 +138,7 @@ with head:
         key="fs_jump",
         placeholder=f"0–{n - 1}",
         on_change=_jump,
-        width=140,
+        width=120,
         label_visibility="collapsed",
         help="type a feature index and press Enter",
     )

@@ -164,7 +164,11 @@ elif mode == "stats":
         "Every feature's density, activation and top promoted tokens: sort by a column, "
         "filter, e.g. to find dead or dense features."
     )
-    summary = state.summary_if_ready(ws)
+    summary = None
+    with state.shown_errors():
+        summary = state.summary_if_ready(ws)
+    if summary is None and needs_model:
+        st.stop()
     if summary is None:
         job = ui.job_panel(ws)
         if job is None or not job.running:
