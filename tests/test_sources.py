@@ -135,7 +135,23 @@ def local_hf_model(tmp_path_factory):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-    words = "the cat sat on a mat dog ran far away and then came back home".split()
+    words = [
+        "the",
+        "cat",
+        "sat",
+        "on",
+        "a",
+        "mat",
+        "dog",
+        "ran",
+        "far",
+        "away",
+        "and",
+        "then",
+        "came",
+        "back",
+        "home",
+    ]
     vocab = {"<|endoftext|>": 0, **{w: i + 1 for i, w in enumerate(words)}}
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
