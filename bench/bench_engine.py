@@ -169,7 +169,7 @@ def run_peer(name: str, tmp: Path) -> dict:
         feats,
     ]
     if opts.get("cache"):
-        cmd += ["--cache-dir", str(tmp / "peer-cache")]
+        cmd += ["--cache-dir", str(tmp / "cache")]
         if opts["cache"] == "warm":
             cmd.append("--warm-cache")
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
