@@ -329,7 +329,7 @@ def export_page(ws: Any, fd: Any, layout: list[str], params: dict[str, str]) -> 
 def export_button(ws: Any, fd: Any, layout: list[str], params: dict[str, str]) -> None:
     """Download button; the page is built only when clicked."""
     st.download_button(
-        "HTML",
+        "Download as HTML",
         data=lambda: export_page(ws, fd, list(layout), dict(params)),
         file_name=f"feature_{fd.index}.html",
         mime="text/html",

@@ -142,7 +142,9 @@ with head:
         label_visibility="collapsed",
         help="type a feature index and press Enter",
     )
-    st.button("Random", icon=":material/casino:", key="fs_random", on_click=_random)
+    st.button(
+        "", icon=":material/casino:", key="fs_random", on_click=_random, help="a random feature"
+    )
     if ui.can_explain(ws):
         st.toggle(
             "Effects",
@@ -204,10 +206,9 @@ def _loss_note(fd) -> str:
     return f" · mean loss effect at the max token **{mean:+.4f}** (positive: the feature helps)"
 
 
-with head:
-    with st.popover("Share", icon=":material/link:"):
-        st.caption("This page's address is a link to this dashboard (feature, layout, sources):")
-        st.code("feature?" + urlencode(params), language=None, wrap_lines=True)
+with head, st.popover("Share", icon=":material/share:"):
+    st.caption("This page's address is a link to this dashboard (feature, layout, sources):")
+    st.code("feature?" + urlencode(params), language=None, wrap_lines=True)
     if state.can_export_html():
         ui.export_button(ws, fd, layout, params)
 

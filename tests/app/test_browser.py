@@ -135,6 +135,7 @@ def test_search_by_prompt(page, server, tiny_ws):
     pills = page.locator('[data-testid="stButtonGroup"] button')
     pills.filter(has_text=re.compile(r"^ran$")).first.click()
     page.get_by_text("Position 10").wait_for()
+    grid.nth(1).wait_for()  # the token's own table
     assert grid.count() == 2
     shot(page, "search")
 
