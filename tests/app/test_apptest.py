@@ -7,6 +7,7 @@ model and SAE); ``tiny_ws`` is an identical workspace the tests use for expected
 from __future__ import annotations
 
 import base64
+import copy
 import html
 import json
 import time
@@ -349,3 +350,53 @@ def test_effects_and_steering(tiny_ws):
     assert html.escape("".join(res["steered_tokens"][:3])) in page.replace("</span>", "").replace(
         '<span style="background:rgba(234,88,12,0.18)">', ""
     )
+
+
+def test_link_sources_are_loaded_from_the_url(tmp_path, tiny_ws):
+    from pages import _state as state
+
+    src = state.encode_sources(
+        state.canonical(
+            {
+                "model": {"kind": "local", "path": str(tmp_path / "no-model")},
+                "dictionary": {"kind": "demo"},
+                "dataset": {"kind": "demo"},
+            }
+        )
+    )
+    at = new_app("pages/feature.py", feature="1", src=src)
+    err = texts(at.error)
+    assert "Nothing is loaded" in err and "no-model" in err and "does not exist" in err
+    assert at.get("page_link"), "a way back to the Sources page"
+
+    at = new_app("pages/feature.py", feature="1", src="not-base64!")
+    assert "src= parameter is damaged" in texts(at.warning)
+    assert "## Feature 1" in texts(at.markdown)  # the default sources instead
+
+
+def test_background_job_stops_and_resumes(tmp_path, tiny_ws):
+    from core.memo import Memo
+    from pages import _state as state
+
+    ws = copy.copy(tiny_ws)
+    ws.memo = Memo(tmp_path / "memo")  # nothing computed yet
+    job = state.start_job(ws, list(range(64)), 4, label="test job")
+    with pytest.raises(ValueError, match="already running"):
+        state.start_job(ws, [0], 1, label="second")
+    deadline = time.time() + 60
+    while job.done_chunks < 2 and job.running and time.time() < deadline:
+        time.sleep(0.02)
+    state.stop_job(ws)
+    while job.running and time.time() < deadline:
+        time.sleep(0.05)
+    assert job.stopped and 0 < job.done_features < 64, job.message
+    assert "starting again resumes" in job.message
+    kept = [i for i in range(64) if ws.cached(i) is not None]
+    assert len(kept) >= job.done_features
+
+    again = state.start_job(ws, list(range(64)), 4, label="test job")
+    while again.running and time.time() < deadline:
+        time.sleep(0.05)
+    assert again.error is None and not again.stopped
+    assert all(ws.cached(i) is not None for i in range(64))
+    state._JOBS.pop(state.identity(ws), None)  # leave no job behind for other tests
