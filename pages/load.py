@@ -31,11 +31,17 @@ def _releases(model: str | None) -> dict[str, dict[str, Any]]:
 
 @st.cache_data(show_spinner=False)
 def _tl_model_names() -> list[str]:
+    """TransformerLens model names: the short aliases (``gpt2-small``) and the official ones."""
     try:
-        from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES
+        from transformer_lens.loading_from_pretrained import MODEL_ALIASES, OFFICIAL_MODEL_NAMES
     except ImportError:
         return []
-    return list(OFFICIAL_MODEL_NAMES)
+    names: dict[str, None] = {}
+    for official in OFFICIAL_MODEL_NAMES:
+        for alias in MODEL_ALIASES.get(official, []):
+            names.setdefault(alias)
+        names.setdefault(official)
+    return list(names)
 
 
 def _try_load(new: dict[str, Any]) -> None:

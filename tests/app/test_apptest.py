@@ -400,3 +400,23 @@ def test_background_job_stops_and_resumes(tmp_path, tiny_ws):
     assert again.error is None and not again.stopped
     assert all(ws.cached(i) is not None for i in range(64))
     state._JOBS.pop(state.identity(ws), None)  # leave no job behind for other tests
+
+
+def test_load_form_saelens_release_offline_error(tiny_ws):
+    from core.sources import saelens_releases
+
+    at = new_app()
+    at.radio(key="fs_m_kind").set_value("hub").run()
+    assert at.selectbox(key="fs_m_name").value == "gpt2-small"
+    at.radio(key="fs_d_kind").set_value("saelens").run()
+    releases = saelens_releases("gpt2-small")
+    assert set(at.selectbox(key="fs_d_release").options) == {
+        f"{r} ({releases[r]['model']})" for r in releases
+    }
+    release = at.selectbox(key="fs_d_release").value
+    assert at.selectbox(key="fs_d_sae_id").value in releases[release]["ids"]
+    at.button(key="fs_load_btn").click().run()  # offline: the download must fail cleanly
+    assert not at.exception
+    err = texts(at.error)
+    assert "Could not download" in err and "local SAELens" in err
+    assert "The loaded sources did not change" in err
