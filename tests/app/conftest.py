@@ -13,9 +13,10 @@ APP = str(ROOT / "app.py")
 ARTIFACTS = ROOT / "tests" / "artifacts"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def app_env(tmp_path_factory):
-    """Point the app at the test workspace and a temporary memo directory."""
+    """Point the app at the test workspace and a temporary memo directory (for the tests
+    of this package only: the variables are restored afterwards)."""
     cache = tmp_path_factory.mktemp("featurescope-cache")
     env = {
         "FEATURESCOPE_TEST_WORKSPACE": FACTORY,
@@ -31,7 +32,7 @@ def app_env(tmp_path_factory):
             os.environ[k] = v
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def tiny_ws(app_env):
     """The same workspace the app builds (same seeds, same memo directory)."""
     from tests.app.fixtures import make_workspace
