@@ -76,7 +76,6 @@ def inject_css() -> None:
 .fs-tok .fs-tip{pointer-events:none}
 .fs-table a{color:#c2410c;text-decoration:none;font-weight:600}
 .fs-table a:hover{text-decoration:underline}
-.fs-cap{color:#718096;font-size:12px;margin:-4px 0 4px 0}
 div[data-testid="stMainBlockContainer"]{padding-top:2.2rem}
 """
         + "</style>"
@@ -170,10 +169,6 @@ def get_feature(ws: Any, i: int) -> tuple[Any, str]:
 
 
 # ---- dashboard components ------------------------------------------------------------------------
-def _table_or_none(html: str) -> None:
-    st.html(html)
-
-
 def render_component(name: str, fd: Any, ws: Any, layout: list[str]) -> None:
     """Draw one dashboard component of feature ``fd``."""
     if name not in ("act_hist", "logit_hist"):  # the charts carry their own titles
