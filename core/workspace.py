@@ -20,6 +20,7 @@ import torch
 from core.config import RunConfig
 from core.dictionaries.protocol import Dictionary
 from core.engine import compute_features
+from core.engine.activations import ActivationStore
 from core.engine.cached import base_key, token_fingerprint
 from core.engine.features import FeatureData
 from core.memo import Memo
@@ -87,6 +88,11 @@ class Workspace:
         self.config = config or RunConfig()
         self.specs = dict(specs or {})
         self.lock = model_lock(model)
+        # hook activations kept on disk next to the memo: after the first sweep over this
+        # token set, computing other features needs no forward pass
+        self.activation_store = (
+            ActivationStore(memo.directory.parent / "activations") if memo is not None else None
+        )
         self._unit_dirs: torch.Tensor | None = None
         self._vocab_index: dict[str, list[int]] | None = None
 
@@ -182,6 +188,7 @@ class Workspace:
                 self.memo,
                 dataset=self.dataset,
                 progress=progress,
+                activation_store=self.activation_store,
             )
 
     def feature(self, i: int, progress: Progress | None = None) -> FeatureData:

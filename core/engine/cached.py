@@ -11,6 +11,7 @@ from torch import Tensor
 
 from core.config import RunConfig
 from core.dictionaries.protocol import Dictionary
+from core.engine.activations import ActivationStore
 from core.engine.features import FeatureData
 from core.engine.sweep import Progress, prepare_tokens, run_sweep, validate_features
 from core.memo import Memo, memo_key
@@ -58,6 +59,7 @@ def compute_features(
     memo: Memo | None = None,
     dataset: dict[str, Any] | None = None,
     progress: Progress | None = None,
+    activation_store: ActivationStore | None = None,
 ) -> dict[int, FeatureData]:
     """Feature data for ``config.features``, from the memo where present.
 
@@ -82,7 +84,15 @@ def compute_features(
         missing = features
     if missing:
         sub = dataclasses.replace(config, features=missing)
-        result = run_sweep(model, dictionary, tokens, sub, dataset=dataset, progress=progress)
+        result = run_sweep(
+            model,
+            dictionary,
+            tokens,
+            sub,
+            dataset=dataset,
+            progress=progress,
+            activation_store=activation_store,
+        )
         for f, data in result.features.items():
             memo.put_feature(f"{prefix}:{f}", data)
             found[f] = data
