@@ -91,3 +91,55 @@ def tiny_tokens():
     toks = torch.randint(1, 61, (24, 16), generator=g)
     toks[:, 0] = 0  # BOS
     return toks
+
+
+#: Debian's Chromium, driven by Playwright in the browser tests (its own download cannot work here)
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def write_tiny_hf_model(path, words: list[str], split_punctuation: bool = True):
+    """Save a tiny random GPT-2 with a word-level tokenizer (BOS/EOS id 0) as a HF directory.
+
+    ``split_punctuation=False`` splits on whitespace only, so tokens such as ``<script>``
+    stay whole. Returns ``(hf_model, tokenizer)``.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    vocab = {"<|endoftext|>": 0}
+    for w in words:
+        vocab.setdefault(w, len(vocab))
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
+    tk.pre_tokenizer = (
+        pre_tokenizers.Whitespace() if split_punctuation else pre_tokenizers.WhitespaceSplit()
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )
+    cfg = GPT2Config(
+        vocab_size=len(vocab),
+        n_positions=64,
+        n_ctx=64,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(cfg).eval()
+    hf.save_pretrained(path)
+    tok.save_pretrained(path)
+    return hf, tok

@@ -23,7 +23,7 @@ from core.sources import (
     load_tokens,
     saelens_releases,
 )
-from tests.conftest import make_model
+from tests.conftest import make_model, write_tiny_hf_model
 
 D = 32
 HOOK = "blocks.1.hook_resid_pre"
@@ -132,9 +132,6 @@ def test_bad_dictionary_directories(tmp_path):
 
 @pytest.fixture(scope="module")
 def local_hf_model(tmp_path_factory):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
     words = [
         "the",
         "cat",
@@ -152,30 +149,8 @@ def local_hf_model(tmp_path_factory):
         "back",
         "home",
     ]
-    vocab = {"<|endoftext|>": 0, **{w: i + 1 for i, w in enumerate(words)}}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk,
-        bos_token="<|endoftext|>",
-        eos_token="<|endoftext|>",
-        unk_token="<|endoftext|>",
-    )
-    cfg = GPT2Config(
-        vocab_size=len(vocab),
-        n_positions=64,
-        n_ctx=64,
-        n_embd=32,
-        n_layer=2,
-        n_head=4,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    torch.manual_seed(0)
-    hf = GPT2LMHeadModel(cfg).eval()
     path = tmp_path_factory.mktemp("hf") / "tiny-gpt2"
-    hf.save_pretrained(path)
-    tok.save_pretrained(path)
+    hf, tok = write_tiny_hf_model(path, words)
     return path, hf, tok
 
 

@@ -18,16 +18,6 @@ from pathlib import Path
 
 from tests.app.conftest import FACTORY, ROOT
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
 
 def find_chromium() -> str | None:
     """Path of a system chromium, or ``None``."""

@@ -12,9 +12,10 @@ import re
 
 import pytest
 
-from tests.app.browser import CHROMIUM_ARGS, find_chromium, streamlit_server
+from tests.app.browser import find_chromium, streamlit_server
 from tests.app.conftest import ARTIFACTS
 from tests.app.fixtures import PROMPT
+from tests.conftest import CHROMIUM_ARGS
 
 FIRST_LOAD_MS = 240_000  # a cold server imports torch and builds the workspace
 STEP_MS = 60_000

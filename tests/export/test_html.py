@@ -11,18 +11,11 @@ import pytest
 from core.charts import COMPONENTS
 from core.export import ExportError
 from core.export.html import render_features_html, save_html, script_json
+from tests.conftest import CHROMIUM as CHROMIUM_PATH
+from tests.conftest import CHROMIUM_ARGS
 from tests.export.tiny_setup import HOSTILE, PWNED, tiny_features
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+CHROMIUM = Path(CHROMIUM_PATH)
 
 
 @pytest.fixture(scope="module")

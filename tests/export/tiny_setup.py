@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from tests.conftest import write_tiny_hf_model
+
 PWNED = "<script>window.__pwned=1</script>"
 HOSTILE = [PWNED, "<!--", "</script>", 'a&b"c', "<b>bold</b>"]
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran", "far", "away", "and", "then"]
@@ -53,33 +55,7 @@ class TinyAssets:
 
 
 def _write_model(path: Path) -> None:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    vocab = {"<|endoftext|>": 0}
-    for w in WORDS + HOSTILE:
-        vocab.setdefault(w, len(vocab))
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
-    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk,
-        bos_token="<|endoftext|>",
-        eos_token="<|endoftext|>",
-        unk_token="<|endoftext|>",
-    )
-    cfg = GPT2Config(
-        vocab_size=len(vocab),
-        n_positions=64,
-        n_ctx=64,
-        n_embd=32,
-        n_layer=2,
-        n_head=4,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    torch.manual_seed(0)
-    GPT2LMHeadModel(cfg).eval().save_pretrained(path)
-    tok.save_pretrained(path)
+    write_tiny_hf_model(path, WORDS + HOSTILE, split_punctuation=False)
 
 
 def _write_text(path: Path) -> None:
