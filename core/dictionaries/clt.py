@@ -765,17 +765,12 @@ def _load_reference(root: Path, layer: int, weights_file: str | None) -> dict[st
                     "cfg.json has no 'jumprelu_threshold'; add one of them"
                 )
     assert W_dec is not None
-    dtype = W_enc.dtype
     return {
+        **_layer_tensors(W_enc, b_enc, W_dec, b_dec, threshold),
         "layer": layer,
         "num_layers": n_layers,
-        "W_enc": W_enc,
-        "b_enc": b_enc.to(dtype),
-        "W_dec": W_dec.to(dtype),
-        "b_dec": None if b_dec is None else b_dec.to(dtype),
         "decoder_norms": norms,
         "activation_fn": act,
-        "threshold": None if threshold is None else threshold.to(dtype),
         "k": k,
         "normalization": norm,
         "norm_mean": mean,
@@ -793,6 +788,20 @@ def _load_reference(root: Path, layer: int, weights_file: str | None) -> dict[st
             "context_size": cfg.get("context_size"),
             "prepend_bos": cfg.get("prepend_bos"),
         },
+    }
+
+
+def _layer_tensors(
+    W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor | None, threshold: Tensor | None
+) -> dict[str, Tensor | None]:
+    """One layer's tensors, all in the encoder's dtype (both layouts end here)."""
+    dtype = W_enc.dtype
+    return {
+        "W_enc": W_enc,
+        "b_enc": b_enc.to(dtype),
+        "W_dec": W_dec.to(dtype),
+        "b_dec": None if b_dec is None else b_dec.to(dtype),
+        "threshold": None if threshold is None else threshold.to(dtype),
     }
 
 
@@ -915,17 +924,12 @@ def _load_circuit_tracer(root: Path, layer: int) -> dict[str, Any]:
                 W_dec = w.contiguous()
             del w
     assert W_dec is not None
-    dtype = W_enc.dtype
     return {
+        **_layer_tensors(W_enc, b_enc, W_dec, b_dec, threshold),
         "layer": layer,
         "num_layers": n_layers,
-        "W_enc": W_enc,
-        "b_enc": b_enc.to(dtype),
-        "W_dec": W_dec.to(dtype),
-        "b_dec": None if b_dec is None else b_dec.to(dtype),
         "decoder_norms": norms,
         "activation_fn": act,
-        "threshold": None if threshold is None else threshold.to(dtype),
         "k": k,
         "normalization": norm,
         "norm_mean": mean,
