@@ -159,17 +159,16 @@ def load_demo(n_tokens: int):
         DatasetSpec,
         DictionarySpec,
         ModelSpec,
-        load_dictionary,
-        load_model,
-        load_tokens,
-        model_kwargs_for,
+        load_sources,
     )
 
     if not (DEMO_SAE_DIR / "cfg.json").exists():
         raise FileNotFoundError(f"demo SAE missing: {DEMO_SAE_DIR}")
-    d = load_dictionary(DictionarySpec(kind="demo"), device="cpu")
-    model = load_model(ModelSpec(kind="demo", device="cpu"), dictionary_kwargs=model_kwargs_for(d))
-    tokens, _ = load_tokens(DatasetSpec(kind="demo", n_tokens=n_tokens), model)
+    model, d, tokens, _ = load_sources(
+        ModelSpec(kind="demo", device="cpu"),
+        DictionarySpec(kind="demo"),
+        DatasetSpec(kind="demo", n_tokens=n_tokens),
+    )
     return model, d, tokens
 
 

@@ -47,10 +47,7 @@ def load_sources(args: argparse.Namespace):
         DatasetSpec,
         DictionarySpec,
         ModelSpec,
-        load_dictionary,
-        load_model,
-        load_tokens,
-        model_kwargs_for,
+        load_sources,
     )
 
     if args.clt:
@@ -88,10 +85,7 @@ def load_sources(args: argparse.Namespace):
             n_tokens=args.n_tokens,
             context_length=args.context_length,
         )
-    dictionary = load_dictionary(dspec, device=args.device)
-    model = load_model(mspec, dictionary_kwargs=model_kwargs_for(dictionary))
-    tokens, identity = load_tokens(data, model)
-    return model, dictionary, tokens, identity
+    return load_sources(mspec, dspec, data)
 
 
 def cmd_demo_prepare(args: argparse.Namespace) -> int:

@@ -559,3 +559,17 @@ def load_tokens(spec: DatasetSpec, model: ModelAdapter) -> tuple[Tensor, dict[st
         save_file({"tokens": tokens.contiguous()}, str(tmp))
         os.replace(tmp, cache_file)
     return tokens, identity
+
+
+def load_sources(
+    model_spec: ModelSpec, dictionary_spec: DictionarySpec, dataset_spec: DatasetSpec
+) -> tuple[ModelAdapter, Dictionary, Tensor, dict[str, Any]]:
+    """Load all three: the dictionary first, so the model is processed the way it was
+    trained with; then the tokens with the model's tokenizer.
+
+    Returns ``(model, dictionary, tokens, dataset identity)``.
+    """
+    dictionary = load_dictionary(dictionary_spec, device=model_spec.device)
+    model = load_model(model_spec, dictionary_kwargs=model_kwargs_for(dictionary))
+    tokens, identity = load_tokens(dataset_spec, model)
+    return model, dictionary, tokens, identity

@@ -29,10 +29,7 @@ from core.sources import (
     DatasetSpec,
     DictionarySpec,
     ModelSpec,
-    load_dictionary,
-    load_model,
-    load_tokens,
-    model_kwargs_for,
+    load_sources,
 )
 
 Progress = Callable[[float, str], None]
@@ -105,9 +102,9 @@ class Workspace:
         memo: Memo | None = None,
         config: RunConfig | None = None,
     ) -> Workspace:
-        dictionary = load_dictionary(dictionary_spec, device=model_spec.device)
-        model = load_model(model_spec, dictionary_kwargs=model_kwargs_for(dictionary))
-        tokens, identity = load_tokens(dataset_spec, model)
+        model, dictionary, tokens, identity = load_sources(
+            model_spec, dictionary_spec, dataset_spec
+        )
         specs = {
             "model": model_spec.to_dict(),
             "dictionary": dictionary_spec.to_dict(),
