@@ -237,18 +237,25 @@ class GramStats:
         """
         cross = self.finalize()
         n = self.n_tokens.clamp_min(1).float()
+        inv_n = 1.0 / float(n)  # one sync, after the loop over tokens
+
+        def inv_std(mean: Tensor, sumsq: Tensor) -> Tensor:
+            # constant features get NaN, which becomes -inf below: never chosen
+            sd = (sumsq / n - mean * mean).clamp_min(0).sqrt()
+            return torch.where(sd > 0, 1.0 / sd, torch.full_like(sd, float("nan")))
+
         mc = self.col_sum / n
-        sc = (self.col_sumsq / n - mc * mc).clamp_min(0).sqrt()
+        inv_sc = inv_std(mc, self.col_sumsq)
         col_norm = self.col_sumsq.sqrt()
         k = min(k, cross.shape[1])
         outs: list[tuple[Tensor, Tensor, Tensor]] = []
         for i in range(0, cross.shape[0], rows_per_chunk):
             ie = min(i + rows_per_chunk, cross.shape[0])
             mr = row_sum[i:ie] / n
-            sr = (row_sumsq[i:ie] / n - mr * mr).clamp_min(0).sqrt()
-            p = (cross[i:ie] / n - mr[:, None] * mc[None, :]) / (sr[:, None] * sc[None, :])
-            p = torch.nan_to_num(p, nan=float("-inf"), posinf=float("-inf"), neginf=float("-inf"))
-            p[:, sc <= 0] = float("-inf")
+            # Pearson = (cross / n - mean_r mean_c) / (std_r std_c), in place on one buffer
+            p = torch.addr(cross[i:ie], mr, mc, beta=inv_n, alpha=-1.0)
+            p.mul_(inv_std(mr, row_sumsq[i:ie])[:, None]).mul_(inv_sc[None, :])
+            p.nan_to_num_(nan=float("-inf"), posinf=float("-inf"), neginf=float("-inf"))
             if self_col is not None:
                 rows = torch.arange(ie - i, device=p.device)
                 p[rows, self_col[i:ie]] = float("-inf")
@@ -256,6 +263,94 @@ class GramStats:
             cos = cross[i:ie].gather(1, ti) / (row_sumsq[i:ie].sqrt()[:, None] * col_norm[ti])
             outs.append((tv, ti, torch.nan_to_num(cos, nan=0.0)))
         return tuple(torch.cat(parts) for parts in zip(*outs, strict=True))  # type: ignore[return-value]
+
+
+class BufferedInt8Gram(GramStats):
+    """Symmetric int8 co-activation sums with fixed per-feature scales, many batches per GEMM.
+
+    Used once each feature's maximum is known (the sweep's second pass): activations
+    are quantised to ``round(127 * a / max)``, staged feature-chunk by feature-chunk into
+    a token-major buffer, and multiplied only when the buffer is full. With one scale
+    per feature for the whole sweep, the int32 products of all staged batches add up
+    exactly, so a GEMM has tens of thousands of tokens as its inner dimension (int8
+    matrix units are several times more efficient there than on one batch) and the
+    float epilogue (scale, accumulate) runs once per flush instead of once per batch.
+    Each flush holds at most ``2**31 // 127**2`` tokens, so int32 sums cannot overflow.
+
+    ``col_sum``/``col_sumsq``, when the caller already has them (the sweep's pass-1
+    moments), are taken as final and not re-accumulated while staging.
+    """
+
+    MAX_FLUSH_TOKENS = (1 << 31) // (127 * 127) - 1
+
+    def __init__(
+        self,
+        col_max: Float[Tensor, " f"],
+        device: torch.device,
+        block: int = 4096,
+        buffer_bytes: int = 1 << 30,
+        max_batch_tokens: int = 0,
+        col_sum: Float[Tensor, " f"] | None = None,
+        col_sumsq: Float[Tensor, " f"] | None = None,
+    ):
+        f = col_max.numel()
+        super().__init__(f, f, device, symmetric=True, strategy="dense", block=block)
+        self.dtype = torch.int8
+        self.scale = col_max.to(device, torch.float32).clamp_min(1e-30) / 127.0
+        self.inv_scale = 1.0 / self.scale
+        self.sums_given = col_sum is not None and col_sumsq is not None
+        if col_sum is not None and col_sumsq is not None:
+            self.col_sum = col_sum.to(device, torch.float32).clone()
+            self.col_sumsq = col_sumsq.to(device, torch.float32).clone()
+        cap = max(buffer_bytes // max(f, 1), max_batch_tokens, 8)
+        self.capacity = min(cap, self.MAX_FLUSH_TOKENS) // 8 * 8  # int8 GEMMs want k % 8 == 0
+        self.buf = torch.zeros(self.capacity, f, device=device, dtype=torch.int8)
+        self.used = 0
+
+    def reserve(self, n: int) -> None:
+        """Make room for ``n`` more tokens (flushing when the buffer would overflow)."""
+        if n > self.capacity:
+            raise ValueError(f"a batch of {n} tokens exceeds the Gram buffer ({self.capacity})")
+        if self.used + n > self.capacity:
+            self.flush()
+
+    def stage(self, acts: Float[Tensor, "n c"], sl: slice) -> None:
+        """Quantise one feature chunk of the current batch into the buffer."""
+        if not self.sums_given:
+            self.col_sum[sl] += acts.sum(0)
+            self.col_sumsq[sl] += (acts * acts).sum(0)
+        q = torch.round(acts * self.inv_scale[sl]).clamp_(0, 127)
+        self.buf[self.used : self.used + acts.shape[0], sl] = q
+
+    def commit(self, n: int, n_valid: Tensor) -> None:
+        """Close a batch of ``n`` staged tokens (all chunks written)."""
+        self.used += n
+        self.n_tokens += n_valid
+
+    def update(self, rows: Tensor, cols: Tensor, n_valid: Tensor) -> None:
+        self.reserve(cols.shape[0])
+        self.stage(cols, slice(0, cols.shape[1]))
+        self.commit(cols.shape[0], n_valid)
+
+    def flush(self) -> None:
+        if self.used == 0:
+            return
+        k = -(-self.used // 8) * 8
+        self.buf[self.used : k] = 0
+        q = self.buf[:k]
+        f = q.shape[1]
+        for i in range(0, f, self.block):
+            ie = min(i + self.block, f)
+            for j in range(i, f, self.block):
+                je = min(j + self.block, f)
+                prod = torch._int_mm(q[:, i:ie].T, q[:, j:je]).float()
+                s = self.scale[i:ie, None] * self.scale[None, j:je]
+                self.cross[i:ie, j:je].addcmul_(prod, s)
+        self.used = 0
+
+    def finalize(self) -> Float[Tensor, "r c"]:
+        self.flush()
+        return super().finalize()
 
 
 # --- windows -----------------------------------------------------------------------------------

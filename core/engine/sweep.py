@@ -1,10 +1,12 @@
 """The batch loop: every requested feature's dashboard data in (at most) two passes.
 
 Pass 1 runs the model once per token batch, stopping right after the hook, encodes the
-requested features chunk by chunk and updates the moment, neuron-correlation,
-feature-correlation and top-example accumulators. The hook activations are kept on
-the device (up to ``activation_cache_bytes``) so that pass 2, which needs each
-feature's maximum to place its histogram and interval bins, runs without the model.
+requested features chunk by chunk and updates the moment, neuron-correlation and
+top-example accumulators (and the feature-correlation sums when they span the whole
+dictionary). The hook activations are kept on the device (up to
+``activation_cache_bytes``) so that pass 2, which needs each feature's maximum to place
+its histogram and interval bins (and to fix int8 scales for the feature-correlation
+sums among the requested features), runs without the model.
 Decoder-side statistics (logit effects, neuron alignment) need no tokens at all.
 
 The result is plain data: one :class:`~core.engine.features.FeatureData` per feature.
@@ -28,6 +30,7 @@ from core.engine.features import SweepInfo
 from core.engine.result import FeatureSet
 from core.engine.stats import (
     BinCounts,
+    BufferedInt8Gram,
     GramStats,
     IntervalSampler,
     MomentStats,
@@ -211,14 +214,15 @@ def run_sweep(
     d_in = dictionary.d_in
     moments = MomentStats(n_req, d_in, device)
     top = TopExamples(n_req, config.n_top_examples, offsets, whole, device)
+    # Feature-by-feature sums: in pass 1 when the columns span the whole dictionary
+    # (unrequested features' maxima are never known), else in pass 2 (see _pass2_gram).
     gram: GramStats | None = None
-    if corr != "none":
-        n_cols = dictionary.n_features if corr == "all" else n_req
+    if need_all_cols:
         gram = GramStats(
             n_req,
-            n_cols,
+            dictionary.n_features,
             device,
-            symmetric=not need_all_cols,
+            symmetric=False,
             strategy=config.gram_strategy,
             dtype=_gram_dtype(config, dtype),
         )
@@ -287,10 +291,7 @@ def run_sweep(
                 req_blocks.append(a)
         if gram is not None:
             rows = torch.cat(req_blocks, 1) if len(req_blocks) > 1 else req_blocks[0]
-            if need_all_cols:
-                cols = torch.cat([encoder(x, all_feats[s]) * mf[:, None] for s in all_chunks], 1)
-            else:
-                cols = rows
+            cols = torch.cat([encoder(x, all_feats[s]) * mf[:, None] for s in all_chunks], 1)
             gram.update(rows, cols, n_valid)
             del rows, cols, req_blocks
         report((bi + 1) / n_units, f"pass 1: batch {bi + 1}/{len(batches)}")
@@ -311,6 +312,8 @@ def run_sweep(
     sampler = IntervalSampler(
         feats, config.n_intervals, config.n_interval_examples, offsets, whole, config.seed, device
     )
+    if corr != "none" and not need_all_cols:
+        gram = _pass2_gram(config, moments, dtype, device, config.batch_size * length)
     for bi, bsl in enumerate(batches):
         if keep_cache:
             x = cache[bi]
@@ -322,6 +325,10 @@ def run_sweep(
         seq_ids = torch.arange(bsl.start, bsl.stop, device=device)
         mf = m.to(torch.float32)
         encoder.reset()
+        staged = isinstance(gram, BufferedInt8Gram)
+        if staged:
+            gram.reserve(x.shape[0])
+        req_blocks = []
         for sl in chunks:
             a = encoder(x, feats[sl]) * mf[:, None]
             sp = SparseActs(a)
@@ -329,6 +336,16 @@ def run_sweep(
             ibins = sparse_bins(sp, max_act[sl], config.n_intervals)
             icounts.update(sp, ibins, sl)
             sampler.update(a.view(b, length, -1), sp, ibins, seq_ids, sl)
+            if staged:
+                gram.stage(a, sl)
+            elif gram is not None and not need_all_cols:
+                req_blocks.append(a)
+        if staged:
+            gram.commit(x.shape[0], m.sum())
+        elif req_blocks:
+            rows = torch.cat(req_blocks, 1) if len(req_blocks) > 1 else req_blocks[0]
+            gram.update(rows, rows, m.sum())
+            del rows, req_blocks
         report((len(batches) + bi + 1) / n_units, f"pass 2: batch {bi + 1}/{len(batches)}")
     cache.clear()
 
@@ -359,6 +376,32 @@ def run_sweep(
     return SweepResult(features=features, info=info)
 
 
+def _pass2_gram(
+    config: RunConfig, moments: MomentStats, dtype: torch.dtype, device: torch.device, batch: int
+) -> GramStats:
+    """The requested features' co-activation accumulator, built once their maxima are known.
+
+    int8 (dense) uses one scale per feature for the whole sweep, which lets many
+    batches share one GEMM (:class:`BufferedInt8Gram`); other precisions and the
+    sparse kernel accumulate batch by batch.
+    """
+    n = moments.max.numel()
+    strategy = config.gram_strategy
+    if strategy == "auto":
+        density = float(moments.count.sum()) / max(float(moments.n_tokens) * n, 1.0)
+        strategy = "sparse" if density < 0.01 else "dense"
+    gram_dtype = _gram_dtype(config, dtype)
+    if gram_dtype == torch.int8 and strategy == "dense":
+        return BufferedInt8Gram(
+            moments.max,
+            device,
+            max_batch_tokens=batch,
+            col_sum=moments.sum,
+            col_sumsq=moments.sumsq,
+        )
+    return GramStats(n, n, device, symmetric=True, strategy=strategy, dtype=gram_dtype)
+
+
 # ---- finalisation: accumulators -> columns --------------------------------------------------
 def decoder_tables(
     model: ModelAdapter, dictionary: Dictionary, feats: Tensor, config: RunConfig
@@ -386,7 +429,8 @@ def decoder_tables(
             lo, hi = torch.aminmax(logits, dim=1)
             scale = torch.where(hi > lo, nb / (hi - lo), torch.zeros_like(hi))
             # bins [lo, lo + step), ..., the last one closed: floor((v - lo) * nb / (hi - lo))
-            rows = torch.arange(logits.shape[0], device=logits.device)[:, None] * nb
+            rows = torch.arange(logits.shape[0], device=logits.device, dtype=torch.int32)[:, None]
+            rows = rows * nb
             idx = logits.sub_(lo[:, None]).mul_(scale[:, None]).to(torch.int32)
             idx = idx.clamp_(max=nb - 1).add_(rows)
             counts = torch.bincount(idx.view(-1), minlength=idx.shape[0] * nb).view(-1, nb)

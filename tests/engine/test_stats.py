@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from core.engine.stats import (
     BinCounts,
+    BufferedInt8Gram,
     GramStats,
     IntervalSampler,
     MomentStats,
@@ -122,3 +124,37 @@ def test_low_precision_grams_are_close():
             assert rel < 0.01, (dtype, sym, rel)
             p, _, _ = q.top_correlated(s, ss, 3, torch.arange(40))
             assert (p - p_ref).abs().max() < 0.01
+
+
+@pytest.mark.parametrize("buffer_bytes", [40 * 100, 1 << 20])
+def test_buffered_int8_gram_matches_float64(buffer_bytes):
+    """Staged chunk by chunk, flushed several times or once: the same co-activation sums."""
+    g = torch.Generator().manual_seed(5)
+    a = torch.relu(torch.randn(301, 40, generator=g) - 1.0)
+    ref = (a.double().T @ a.double()).float()
+    given = {} if buffer_bytes < 1 << 20 else {"col_sum": a.sum(0), "col_sumsq": (a * a).sum(0)}
+    q = BufferedInt8Gram(
+        a.amax(0), torch.device("cpu"), block=16, buffer_bytes=buffer_bytes, **given
+    )
+    flushes = 0
+    for start in range(0, 301, 43):  # uneven batches, 3 feature chunks each
+        batch = a[start : start + 43]
+        before = q.used
+        q.reserve(batch.shape[0])
+        flushes += q.used < before
+        for sl in (slice(0, 7), slice(7, 30), slice(30, 40)):
+            q.stage(batch[:, sl], sl)
+        q.commit(batch.shape[0], torch.tensor(float(batch.shape[0])))
+    cross = q.finalize()
+    assert (flushes > 0) == (buffer_bytes < 301 * 40)
+    rel = (cross - ref).abs().max() / ref.abs().max()
+    assert rel < 0.01
+    torch.testing.assert_close(q.col_sum, a.sum(0))
+    assert float(q.n_tokens) == 301
+    assert torch.equal(cross, cross.T)  # the upper block triangle is mirrored
+
+
+def test_buffered_int8_gram_rejects_oversized_batch():
+    q = BufferedInt8Gram(torch.ones(4), torch.device("cpu"), buffer_bytes=64)
+    with pytest.raises(ValueError, match="exceeds the Gram buffer"):
+        q.reserve(q.capacity + 1)

@@ -260,3 +260,25 @@ def test_activation_store_skips_the_model(setup, tmp_path):
     third = run_sweep(ma, d, tokens, RunConfig(features=[3], batch_size=8), activation_store=store)
     alone = run_sweep(ma, d, tokens, RunConfig(features=[3], batch_size=8))  # same GEMM shapes
     assert third.info.forward_passes == 5 and third.features[3] == alone.features[3]
+
+
+@pytest.mark.parametrize("precision", ["int8", "bfloat16"])
+def test_low_precision_feature_correlations_match_numpy(setup, precision):
+    """Whole-dictionary sweep (pass-2 Gram): Pearson of the top features as numpy has it."""
+    model, tokens, x = setup
+    sae = make_sae("standard", 32, 64, HOOK, sample=x.reshape(-1, 32), density=0.15)
+    acts, valid, _ = dense_reference(sae, x, tokens)
+    cfg = RunConfig(
+        features=None, batch_size=7, feature_chunk_size=24, gram_precision=precision, n_table_rows=3
+    )
+    res = run_sweep(ModelAdapter(model, bos_token_id=BOS), SAELensDictionary(sae), tokens, cfg)
+    all_v = acts[valid]
+    for f in CHECK:
+        if all_v[:, f].std() == 0:
+            continue
+        cf = res.features[f].correlated_features
+        ref = np.array([np.corrcoef(all_v[:, f], all_v[:, j])[0, 1] for j in cf.indices])
+        np.testing.assert_allclose(cf.columns["pearson"], ref, atol=0.01)
+        full = np.nan_to_num(np.corrcoef(all_v.T)[f], nan=-np.inf)
+        full[f] = -np.inf
+        assert cf.columns["pearson"][0] >= full.max() - 0.01
