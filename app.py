@@ -20,6 +20,32 @@ st.set_page_config(
     initial_sidebar_state="expanded",
 )
 
+# Hosted mode (a hosted configuration exists, see core/hosted.py): nobody sees more than
+# the sign-in until the login gate lets them in; the navigation then holds that page only.
+try:
+    hosted = state.hosted()
+except ValueError as exc:  # a broken hosted configuration: the operator must fix it
+    state.log.error("hosted configuration: %s", exc)
+    st.error(f"The server's hosted configuration is invalid: {exc}", icon=":material/error:")
+    st.stop()
+if hosted is not None:
+    from core.queue import COMPUTE_QUEUE
+
+    COMPUTE_QUEUE.set_slots(hosted.limits.max_concurrent_computations)
+    if hosted.auth.required and not hosted.auth.allows(state.user_email()):
+        st.navigation(
+            [
+                st.Page(
+                    lambda: state.access_gate(hosted),
+                    title="Sign in",
+                    url_path="signin",
+                    default=True,
+                )
+            ],
+            position="hidden",
+        ).run()
+        st.stop()
+
 load_page = st.Page(
     state.LOAD_PAGE, title="Sources", icon=":material/database:", url_path="load", default=True
 )
@@ -38,6 +64,7 @@ if page.url_path == load_page.url_path and "feature" in st.query_params:
 
 with st.sidebar:
     st.markdown("### :material/biotech: FeatureScope")
-ws = state.workspace()
-state.sidebar(ws)
-page.run()
+with state.queue_notice():  # shows this session's place while it waits for the model
+    ws = state.workspace()
+    state.sidebar(ws)
+    page.run()

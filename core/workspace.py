@@ -2,18 +2,24 @@
 
 The app pages and the exports talk to a :class:`Workspace` only; it returns plain
 Python data (dicts, lists, :class:`~core.engine.features.FeatureData`), so the pages
-never import torch. Forward passes on a shared model are serialised by one lock per
-model, and every hook is registered for one call only, so sessions sharing the
-workspace never see each other's state.
+never import torch. Every computation waits its turn in the process's compute queue
+(:mod:`core.queue`, first come first served, with a position callers can show) and
+then holds its model's lock; every hook is registered for one call only, so sessions
+sharing the workspace never see each other's state. A computation that runs out of
+accelerator memory is retried with half the batch (down to one sequence) instead of
+failing. ``limits`` (hosted mode, :class:`core.hosted.Limits`) bound what one request
+may ask for.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -23,8 +29,10 @@ from core.engine import compute_features
 from core.engine.activations import ActivationStore
 from core.engine.cached import base_key, token_fingerprint
 from core.engine.features import FeatureData
+from core.hosted import Limits
 from core.memo import Memo
 from core.models import ModelAdapter
+from core.queue import COMPUTE_QUEUE
 from core.sources import (
     DatasetSpec,
     DictionarySpec,
@@ -33,6 +41,8 @@ from core.sources import (
 )
 
 Progress = Callable[[float, str], None]
+T = TypeVar("T")
+log = logging.getLogger("featurescope.workspace")
 _LOCKS: dict[int, threading.RLock] = {}
 _LOCKS_GUARD = threading.Lock()
 
@@ -45,6 +55,21 @@ def model_lock(model: ModelAdapter) -> threading.RLock:
 
 class WorkspaceError(ValueError):
     """A request the workspace cannot answer (message says why and what to do)."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for an accelerator (or host) allocation failure."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text
+    )
+
+
+def _free_accelerator_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 @dataclass
@@ -65,6 +90,7 @@ class Workspace:
         memo: the memo layer (``None`` computes every time).
         config: defaults for feature computation (features are set per call).
         specs: the specs that built this workspace (for labels and deep links).
+        limits: per-request limits (hosted mode); ``None`` for a single researcher.
     """
 
     def __init__(
@@ -76,6 +102,7 @@ class Workspace:
         memo: Memo | None = None,
         config: RunConfig | None = None,
         specs: dict[str, Any] | None = None,
+        limits: Limits | None = None,
     ):
         self.model = model
         self.dictionary = dictionary
@@ -85,6 +112,8 @@ class Workspace:
         self.config = config or RunConfig()
         self.specs = dict(specs or {})
         self.lock = model_lock(model)
+        self.limits = limits
+        self.oom_retries = 0
         # hook activations kept on disk next to the memo: after the first sweep over this
         # token set, computing other features needs no forward pass
         self.activation_store = (
@@ -157,6 +186,49 @@ class Workspace:
             "total_mb": (acts + hook_cache + gram + per_feature) / 2**20,
         }
 
+    # --- compute gate ---------------------------------------------------------------------
+    @contextlib.contextmanager
+    def gate(self) -> Iterator[None]:
+        """Wait for a compute slot (in arrival order), then hold the model's lock."""
+        with COMPUTE_QUEUE.slot(), self.lock:
+            yield
+
+    def _retrying(self, run: Callable[[RunConfig], T], what: str) -> T:
+        """``run(config)`` in the gate; on out-of-memory, free memory and retry with half the
+        batch and feature chunk until one sequence fails too. The smaller sizes are kept
+        for later calls (they do not change results: execution fields are not in keys)."""
+        cfg = self.config
+        while True:
+            try:
+                with self.gate():
+                    return run(cfg)
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                _free_accelerator_memory()
+                if cfg.batch_size <= 1 and cfg.feature_chunk_size <= 256:
+                    raise WorkspaceError(
+                        f"out of memory while computing {what}, even one sequence at a time: "
+                        "ask for fewer features, or try again when the server is less busy"
+                    ) from exc
+                cfg = dataclasses.replace(
+                    cfg,
+                    batch_size=max(1, cfg.batch_size // 2),
+                    feature_chunk_size=max(256, cfg.feature_chunk_size // 2),
+                )
+                self.oom_retries += 1
+                log.warning(
+                    "out of memory computing %s; retrying with batch %d, feature chunk %d",
+                    what,
+                    cfg.batch_size,
+                    cfg.feature_chunk_size,
+                )
+                self.config = dataclasses.replace(
+                    self.config,
+                    batch_size=cfg.batch_size,
+                    feature_chunk_size=cfg.feature_chunk_size,
+                )
+
     # --- features ------------------------------------------------------------------------
     def check_index(self, i: int) -> int:
         try:
@@ -175,18 +247,22 @@ class Workspace:
     ) -> dict[int, FeatureData]:
         """Feature data (from the memo when present); one sweep computes all missing."""
         idx = [self.check_index(i) for i in indices]
-        cfg = dataclasses.replace(self.config, features=idx)
-        with self.lock:
+        if self.limits is not None:
+            self.limits.check_count(len(set(idx)), "features", self.limits.max_features_per_job)
+
+        def run(config: RunConfig) -> dict[int, FeatureData]:
             return compute_features(
                 self.model,
                 self.dictionary,
                 self.tokens,
-                cfg,
+                dataclasses.replace(config, features=idx),
                 self.memo,
                 dataset=self.dataset,
                 progress=progress,
                 activation_store=self.activation_store,
             )
+
+        return self._retrying(run, f"{len(idx):,} features")
 
     def feature(self, i: int, progress: Progress | None = None) -> FeatureData:
         i = self.check_index(i)
@@ -229,14 +305,22 @@ class Workspace:
         self, text: str, features: list[int] | None = None, max_tokens: int = 1024
     ):
         """Token strings and feature activations ``[positions, features]`` on ``text``."""
-        if not text or not text.strip():
+        if not isinstance(text, str) or not text.strip():
             raise WorkspaceError("the prompt is empty: type some text")
+        if self.limits is not None:
+            self.limits.check_prompt(text)
+            max_tokens = min(max_tokens, self.limits.max_prompt_tokens)
         ids = self.model.to_tokens(text)
         if ids.shape[1] > max_tokens:
-            raise WorkspaceError(f"the prompt has {ids.shape[1]} tokens; the limit is {max_tokens}")
+            raise WorkspaceError(
+                f"the prompt has {ids.shape[1]:,} tokens; the limit is {max_tokens:,}: shorten it"
+            )
         hook = self.config.hook or self.dictionary.hook_in
-        with self.lock:
-            x = self.model.run_to_hooks(ids.to(self.model.device), [hook])[hook]
+
+        def run(config: RunConfig) -> torch.Tensor:
+            return self.model.run_to_hooks(ids.to(self.model.device), [hook])[hook]
+
+        x = self._retrying(run, "the prompt's activations")
         x = x.reshape(x.shape[1], -1).to(self.dictionary_dtype)
         sel = None if features is None else torch.tensor(features, device=x.device)
         acts = self.dictionary.encode(x, sel).float().cpu()
@@ -364,7 +448,7 @@ class Workspace:
         cfg = dataclasses.replace(self.config, features=[i])
         tokens = prepare_tokens(self.tokens, cfg)
         stats: dict[str, Any] = {}
-        with self.lock:
+        with self.gate():
             out = compute_effects(
                 self.model,
                 self.dictionary,
@@ -402,7 +486,10 @@ class Workspace:
         from core.effects import steer
 
         i = self.check_index(i)
-        with self.lock:
+        if self.limits is not None:
+            self.limits.check_prompt(prompt)
+            self.limits.check_count(max_new_tokens, "new tokens", self.limits.max_new_tokens)
+        with self.gate():
             return steer(
                 self.model,
                 self.dictionary,

@@ -12,6 +12,9 @@
   resumes where it stopped.
 * **Links** put the feature, the workspace identity, the sources and the layout in the
   URL, so a link opens the same dashboard in another browser.
+* **Hosted mode** (:mod:`core.hosted`, on when a hosted configuration exists): a login
+  gate, only allowlisted sources (from the page or from a link), per-request limits on
+  every workspace, the compute queue's slots, and jobs kept per session.
 
 Nothing here imports torch directly; the workspace does that.
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import importlib
 import importlib.util
 import json
@@ -27,6 +31,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -83,10 +88,18 @@ def canonical(sources: dict[str, Any]) -> dict[str, Any]:
 
 
 def default_sources() -> dict[str, Any]:
-    """The test factory when ``FEATURESCOPE_TEST_WORKSPACE`` is set, else the embedded demo."""
+    """The test factory when ``FEATURESCOPE_TEST_WORKSPACE`` is set; in hosted mode the first
+    allowlisted model, dictionary and dataset; else the embedded demo."""
     factory = os.environ.get(TEST_ENV)
     if factory:
         return {"factory": factory}
+    cfg = hosted()
+    if cfg is not None:
+        picks = {part: cfg.choices(part) for part in PARTS}
+        if all(picks.values()):
+            return canonical({part: picks[part][0][1] for part in PARTS})
+        if cfg.precomputed:
+            return {"precomputed": cfg.precomputed[0]}
     return canonical(DEMO_SOURCES)
 
 
@@ -138,8 +151,12 @@ def init_session() -> None:
     if src:
         try:
             sources = decode_sources(src)
-        except ValueError as exc:
-            st.session_state["fs_link_error"] = str(exc)
+            cfg = hosted()
+            if cfg is not None:
+                cfg.check_sources(sources)
+        except ValueError as exc:  # AccessError is one
+            st.session_state["fs_link_error"] = error_message(exc)
+            sources = default_sources()
     st.session_state[SOURCES_KEY] = sources
 
 
@@ -173,7 +190,8 @@ def shared_memo():
     """The process's memo layer (``$FEATURESCOPE_CACHE_DIR`` or ``cache/memo``)."""
     from core.memo import Memo
 
-    return Memo()
+    cfg = hosted()
+    return Memo(size_limit=None if cfg is None else int(cfg.limits.cache_size_gb * 2**30))
 
 
 def _import_factory(name: str) -> Callable[[], Any]:
@@ -205,8 +223,15 @@ def _open(key: str) -> Any:
 
 
 def open_workspace(src: dict[str, Any]) -> Any:
-    """The shared workspace for ``src`` (loads it the first time; may raise)."""
-    return _open(json.dumps(src, sort_keys=True))
+    """The shared workspace for ``src`` (loads it the first time; may raise). In hosted
+    mode the sources must be on the allowlist, and the workspace gets the limits."""
+    cfg = hosted()
+    if cfg is not None:
+        src = cfg.check_sources(src)
+    ws = _open(json.dumps(src, sort_keys=True))
+    if cfg is not None and hasattr(ws, "limits"):
+        ws.limits = cfg.limits
+    return ws
 
 
 def workspace() -> Any | None:
@@ -266,6 +291,109 @@ def identity(ws: Any) -> str:
     with contextlib.suppress(TypeError):
         _IDENTITIES[ws] = key
     return key
+
+
+# ---- hosted mode ----------------------------------------------------------------------------------
+def hosted() -> Any | None:
+    """The hosted configuration (:class:`core.hosted.HostedConfig`), or ``None`` when the
+    app serves one researcher. Re-read when the file changes; a broken file raises
+    ``HostedConfigError`` (the app shows it and stops)."""
+    from core.hosted import hosted_config_path
+
+    path = hosted_config_path()
+    if path is None:
+        return None
+    return _hosted_at(str(path), path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _hosted_at(path: str, mtime_ns: int) -> Any:
+    from core.hosted import HostedConfig
+
+    return HostedConfig.load(path)
+
+
+def session_id() -> str:
+    """A random id for this browser session (never derived from user data)."""
+    if "fs_session" not in st.session_state:
+        st.session_state["fs_session"] = uuid.uuid4().hex
+    return st.session_state["fs_session"]
+
+
+def _auth_configured() -> bool:
+    try:
+        return "auth" in st.secrets
+    except Exception:  # no secrets file at all
+        return False
+
+
+def user_email() -> str | None:
+    """The signed-in user's email, or ``None``."""
+    try:
+        if not st.user.is_logged_in:
+            return None
+        email = st.user.get("email")
+    except Exception:
+        return None
+    return str(email) if email else None
+
+
+def access_gate(cfg: Any) -> bool:
+    """True when this session may use the app. Otherwise shows only the sign-in (or the
+    refusal) and returns False; the caller stops the script."""
+    if not cfg.auth.required:
+        return True
+    st.markdown("## :material/biotech: FeatureScope")
+    if not _auth_configured():
+        log.error("hosted mode requires login, but .streamlit/secrets.toml has no [auth] section")
+        st.error(
+            "This server requires a login, but no login provider is configured. Operator: add "
+            "an [auth] section to .streamlit/secrets.toml (see secrets.example.toml), or set "
+            "auth.required = false in the hosted configuration.",
+            icon=":material/lock:",
+        )
+        return False
+    try:
+        logged_in = bool(st.user.is_logged_in)
+    except Exception:
+        logged_in = False
+    if not logged_in:
+        st.info("Sign in to use this server.", icon=":material/lock:")
+        st.button("Sign in", type="primary", icon=":material/login:", on_click=st.login)
+        return False
+    email = user_email()
+    if not cfg.auth.allows(email):
+        log.warning("refused sign-in by %s (not on the allowlist)", email)
+        st.error(
+            f"The account {md(email or '(no email)')} is not allowed on this server. Sign in "
+            "with another account, or ask the operator to add this one.",
+            icon=":material/block:",
+        )
+        st.button("Sign out", icon=":material/logout:", on_click=st.logout)
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def queue_notice() -> Iterator[None]:
+    """While this session waits for a compute slot, say where it stands in the queue."""
+    from core.queue import QueueState, waiting_reporter
+
+    box = st.empty()
+
+    def report(q: QueueState) -> None:
+        if q.position == 0:
+            box.empty()
+        else:
+            ahead = q.position - 1
+            box.info(
+                f"Waiting for the model: position {q.position} in the queue "
+                f"({q.running} running, {ahead} waiting ahead of you) · {q.waited:.0f}s",
+                icon=":material/hourglass_top:",
+            )
+
+    with waiting_reporter(report):
+        yield
 
 
 # ---- errors ----------------------------------------------------------------------------------------
@@ -369,17 +497,27 @@ _JOBS: dict[str, Job] = {}
 _JOBS_LOCK = threading.Lock()
 
 
+def _job_key(ws: Any) -> str:
+    """Jobs belong to the workspace; in hosted mode to the session too, so no one sees
+    another user's progress or errors."""
+    return identity(ws) if hosted() is None else f"{identity(ws)}:{session_id()}"
+
+
 def job_for(ws: Any) -> Job | None:
     with _JOBS_LOCK:
-        return _JOBS.get(identity(ws))
+        return _JOBS.get(_job_key(ws))
 
 
 def start_job(
     ws: Any, indices: list[int], per_pass: int, label: str, then_summary: bool = False
 ) -> Job:
     """Start computing ``indices`` in passes of ``per_pass`` features (one job per workspace)."""
-    ident = identity(ws)
+    ident = _job_key(ws)
     per_pass = max(1, int(per_pass))
+    cfg = hosted()
+    if cfg is not None:
+        cfg.limits.check_count(len(indices), "features", cfg.limits.max_features_per_job)
+        per_pass = min(per_pass, cfg.limits.max_features_per_job)
     chunks = [indices[s : s + per_pass] for s in range(0, len(indices), per_pass)]
     with _JOBS_LOCK:
         old = _JOBS.get(ident)
@@ -510,6 +648,10 @@ def describe_lines(ws: Any) -> list[tuple[str, str]]:
 def sidebar(ws: Any | None) -> None:
     """What is loaded (always visible), plus a running job's progress."""
     with st.sidebar:
+        email = user_email() if hosted() is not None else None
+        if email:
+            st.caption(f"Signed in as {_md(email)}")
+            st.button("Sign out", icon=":material/logout:", on_click=st.logout, key="fs_logout")
         if ws is None:
             st.caption("**Nothing loaded**")
             st.caption(st.session_state.get("fs_load_error", ""))

@@ -143,6 +143,71 @@ if ws is not None and state.is_live(ws):
 # ---- choose sources --------------------------------------------------------------------------------
 st.markdown("#### Load other sources")
 
+
+def _hosted_picker(cfg: Any) -> None:
+    """Hosted mode: only what the operator listed (:mod:`core.hosted`), within its limits."""
+    st.caption("This server offers the models, dictionaries and datasets its operator listed.")
+    picks: dict[str, dict[str, Any]] = {}
+    cols = st.columns(3, gap="large")
+    for col, part in zip(cols, state.PARTS, strict=True):
+        choices = cfg.choices(part)
+        with col:
+            st.markdown(f"**{part.capitalize()}**")
+            if not choices:
+                st.caption("none offered")
+                continue
+            labels = [label for label, _ in choices]
+            k = st.selectbox(
+                part.capitalize(),
+                range(len(choices)),
+                format_func=labels.__getitem__,
+                key=f"fs_h_{part}",
+                label_visibility="collapsed",
+            )
+            picks[part] = dict(choices[k][1])
+    if "dataset" in picks:
+        lim = cfg.limits
+        with cols[2]:
+            c1, c2 = st.columns(2)
+            top = int(lim.max_dataset_tokens)
+            picks["dataset"]["n_tokens"] = int(
+                c1.number_input(
+                    "Token budget",
+                    min_value=min(256, top),
+                    max_value=top,
+                    value=min(int(picks["dataset"]["n_tokens"]), top),
+                    step=8192,
+                    key="fs_h_budget",
+                    help=f"At most {top:,} tokens on this server.",
+                )
+            )
+            picks["dataset"]["context_length"] = int(
+                c2.number_input(
+                    "Context length",
+                    min_value=2,
+                    max_value=int(lim.max_context_length),
+                    value=min(int(picks["dataset"]["context_length"]), int(lim.max_context_length)),
+                    step=32,
+                    key="fs_h_ctx",
+                )
+            )
+    if len(picks) == len(state.PARTS) and st.button(
+        "Load", type="primary", icon=":material/download:", key="fs_load_btn"
+    ):
+        _try_load(picks)
+    if cfg.precomputed:
+        st.markdown("**Precomputed outputs**")
+        c = st.container(horizontal=True, vertical_alignment="bottom")
+        path = c.selectbox("Output", cfg.precomputed, key="fs_h_pre")
+        if c.button("Open", icon=":material/folder_open:", key="fs_pre_open"):
+            _try_load({"precomputed": path})
+
+
+hosted_cfg = state.hosted()
+if hosted_cfg is not None:
+    _hosted_picker(hosted_cfg)
+    st.stop()
+
 tab_specs, *tab_pre = st.tabs(
     ["Model, dictionary, dataset"]
     + (["Precomputed output"] if state.can_open_precomputed() else [])

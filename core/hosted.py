@@ -1,0 +1,321 @@
+"""Hosted mode: who may use a shared server, what may be loaded there, and how much.
+
+Hosted mode is on when a hosted configuration file exists: the path in
+``$FEATURESCOPE_HOSTED``, else ``.streamlit/hosted.toml`` (template:
+``.streamlit/hosted.example.toml``). Without it the app serves one researcher and
+none of this applies.
+
+The configuration sets:
+
+* ``[auth]``: login through Streamlit's OIDC support (``st.login``; the provider is
+  configured in ``.streamlit/secrets.toml``, never committed), restricted to
+  ``allowed_emails`` and/or ``allowed_domains``;
+* ``path_roots``: the only directories local models, dictionaries, datasets and
+  precomputed outputs may come from (no ``..``, symlinks may not lead out);
+* ``[[models]]``, ``[[dictionaries]]``, ``[[datasets]]``, ``precomputed``: the allowlist.
+  Each entry is a source spec (see :mod:`core.sources`) plus a ``label``; a request is
+  allowed when it equals an entry, except that a dataset's ``n_tokens`` and
+  ``context_length`` may be chosen within the limits. No other hub id or path loads;
+* ``[limits]``: prompt length, tokens per request, features per export and per job,
+  concurrent computations, generated tokens, and the cache size.
+
+Everything here is plain Python (no Streamlit, no torch), so it is tested directly.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV = "FEATURESCOPE_HOSTED"
+DEFAULT_FILE = Path(__file__).resolve().parent.parent / ".streamlit" / "hosted.toml"
+MAX_ROOT_ENTRIES = 20_000  # files checked for symlink escapes in one source directory
+
+
+class AccessError(ValueError):
+    """A request hosted mode refuses; the message says what is allowed instead."""
+
+
+class HostedConfigError(ValueError):
+    """The hosted configuration file is wrong (an operator error)."""
+
+
+@dataclass
+class AuthPolicy:
+    """Login and the accounts that may use the server."""
+
+    required: bool = True
+    allowed_emails: list[str] = field(default_factory=list)
+    allowed_domains: list[str] = field(default_factory=list)
+
+    def allows(self, email: str | None) -> bool:
+        """True when ``email`` is listed or in a listed domain (case-insensitive)."""
+        if not self.required:
+            return True
+        if not email or "@" not in email:
+            return False
+        email = email.strip().lower()
+        if email in {e.strip().lower() for e in self.allowed_emails}:
+            return True
+        domain = email.rsplit("@", 1)[1]
+        return domain in {d.strip().lower().lstrip("@") for d in self.allowed_domains}
+
+
+@dataclass
+class Limits:
+    """What one request may ask for."""
+
+    max_prompt_chars: int = 4000
+    max_prompt_tokens: int = 512
+    max_dataset_tokens: int = 262_144
+    max_context_length: int = 1024
+    max_features_per_export: int = 64
+    max_features_per_job: int = 4096
+    max_concurrent_computations: int = 1
+    max_new_tokens: int = 64
+    cache_size_gb: float = 20.0
+
+    def check_prompt(self, text: str) -> str:
+        """The prompt, or :class:`AccessError` when it is empty or too long."""
+        if not isinstance(text, str) or not text.strip():
+            raise AccessError("the prompt is empty: type some text")
+        if len(text) > self.max_prompt_chars:
+            raise AccessError(
+                f"the prompt has {len(text):,} characters; this server allows "
+                f"{self.max_prompt_chars:,}: shorten it"
+            )
+        return text
+
+    def check_count(self, n: int, what: str, limit: int) -> int:
+        if n > limit:
+            raise AccessError(f"{n:,} {what} requested; this server allows {limit:,} at a time")
+        return n
+
+
+@dataclass
+class HostedConfig:
+    """The whole hosted configuration (see the module docstring)."""
+
+    auth: AuthPolicy = field(default_factory=AuthPolicy)
+    limits: Limits = field(default_factory=Limits)
+    path_roots: list[str] = field(default_factory=list)
+    models: list[dict[str, Any]] = field(default_factory=list)
+    dictionaries: list[dict[str, Any]] = field(default_factory=list)
+    datasets: list[dict[str, Any]] = field(default_factory=list)
+    precomputed: list[str] = field(default_factory=list)
+    source: str = ""  # the file it was read from
+
+    # --- (de)serialisation ---------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "") -> HostedConfig:
+        known = {f.name for f in fields(cls)} - {"source"}
+        unknown = set(data) - known
+        if unknown:
+            raise HostedConfigError(
+                f"{source or 'hosted config'}: unknown setting(s) {sorted(unknown)}; "
+                f"known: {sorted(known)}"
+            )
+        try:
+            auth = AuthPolicy(**dict(data.get("auth") or {}))
+            limits = Limits(**dict(data.get("limits") or {}))
+        except TypeError as exc:
+            raise HostedConfigError(f"{source or 'hosted config'}: {exc}") from exc
+        for name in ("max_prompt_chars", "max_prompt_tokens", "max_dataset_tokens"):
+            if getattr(limits, name) < 1:
+                raise HostedConfigError(f"{source}: limits.{name} must be at least 1")
+        if limits.max_concurrent_computations < 1:
+            raise HostedConfigError(f"{source}: limits.max_concurrent_computations must be >= 1")
+        cfg = cls(
+            auth=auth,
+            limits=limits,
+            path_roots=[str(p) for p in data.get("path_roots") or []],
+            models=[dict(m) for m in data.get("models") or []],
+            dictionaries=[dict(d) for d in data.get("dictionaries") or []],
+            datasets=[dict(d) for d in data.get("datasets") or []],
+            precomputed=[str(p) for p in data.get("precomputed") or []],
+            source=source,
+        )
+        cfg._validate()
+        return cfg
+
+    @classmethod
+    def load(cls, path: str | Path) -> HostedConfig:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise HostedConfigError(f"cannot read the hosted configuration {path}: {exc}") from exc
+        return cls.from_dict(data, source=str(path))
+
+    def _validate(self) -> None:
+        from core.sources import DatasetSpec, DictionarySpec, ModelSpec
+
+        for part, cls, entries in (
+            ("models", ModelSpec, self.models),
+            ("dictionaries", DictionarySpec, self.dictionaries),
+            ("datasets", DatasetSpec, self.datasets),
+        ):
+            for entry in entries:
+                try:
+                    cls.from_dict(_strip(entry))
+                except (ValueError, TypeError) as exc:
+                    msg = f"{self.source}: [[{part}]] entry {entry}: {exc}"
+                    raise HostedConfigError(msg) from exc
+        for root in self.path_roots:
+            if not Path(root).is_absolute():
+                raise HostedConfigError(f"{self.source}: path_roots must be absolute, got {root!r}")
+
+    # --- paths ---------------------------------------------------------------------------
+    def roots(self) -> list[Path]:
+        return [Path(os.path.realpath(r)) for r in self.path_roots]
+
+    def check_path(self, path: str) -> str:
+        """The real path of ``path`` when it lies under a configured root, else
+        :class:`AccessError`. ``..`` is refused outright and symlinks are resolved, so a
+        link inside a root cannot lead out of it (for a directory, none of its entries
+        may either)."""
+        if not isinstance(path, str) or not path.strip():
+            raise AccessError("an empty path was given")
+        if "\x00" in path:
+            raise AccessError("the path contains a NUL character")
+        raw = Path(path)
+        if ".." in raw.parts:
+            raise AccessError(f"'..' is not allowed in paths on this server: {path!r}")
+        if not raw.is_absolute():
+            raise AccessError(f"give an absolute path under {self._roots_text()}, got {path!r}")
+        real = Path(os.path.realpath(raw))
+        roots = self.roots()
+        if not any(real.is_relative_to(r) for r in roots):
+            raise AccessError(
+                f"{path!r} is outside the directories this server may read ({self._roots_text()})"
+            )
+        if real.is_dir():
+            for n, entry in enumerate(real.rglob("*")):
+                if n >= MAX_ROOT_ENTRIES:
+                    raise AccessError(f"{path!r} holds too many files to check")
+                target = Path(os.path.realpath(entry))
+                if not any(target.is_relative_to(r) for r in roots):
+                    raise AccessError(f"{entry} links outside the directories this server may read")
+        return str(real)
+
+    def _roots_text(self) -> str:
+        return ", ".join(self.path_roots) if self.path_roots else "no directories are configured"
+
+    # --- sources -------------------------------------------------------------------------
+    def choices(self, part: str) -> list[tuple[str, dict[str, Any]]]:
+        """(label, canonical spec) of each allowlisted entry of ``part`` (model,
+        dictionary, dataset), in file order."""
+        cls, entries = self._part(part)
+        out = []
+        for entry in entries:
+            spec = cls.from_dict(_strip(entry)).to_dict()
+            out.append((str(entry.get("label") or cls.from_dict(spec).label()), spec))
+        return out
+
+    def _part(self, part: str) -> tuple[type, list[dict[str, Any]]]:
+        from core.sources import DatasetSpec, DictionarySpec, ModelSpec
+
+        table = {
+            "model": (ModelSpec, self.models),
+            "dictionary": (DictionarySpec, self.dictionaries),
+            "dataset": (DatasetSpec, self.datasets),
+        }
+        if part not in table:
+            raise ValueError(f"unknown source part {part!r}")
+        return table[part]
+
+    def check_spec(self, part: str, spec: dict[str, Any]) -> dict[str, Any]:
+        """The canonical spec when the allowlist has it, else :class:`AccessError`."""
+        cls, _ = self._part(part)
+        want = cls.from_dict(dict(spec)).to_dict()
+        free = {"n_tokens", "context_length"} if part == "dataset" else set()
+        if part == "model":
+            free = {"device"}  # the server decides where the model runs
+        for _, allowed in self.choices(part):
+            if all(want[k] == v for k, v in allowed.items() if k not in free):
+                if part == "dataset":
+                    self._check_dataset_size(want)
+                if want.get("path") and want.get("kind") not in ("hub",) and _is_local(want):
+                    want["path"] = self.check_path(want["path"])
+                return want
+        names = ", ".join(label for label, _ in self.choices(part)) or "none"
+        raise AccessError(
+            f"this {part} is not on this server's allowlist ({_describe(want)}); allowed: {names}"
+        )
+
+    def _check_dataset_size(self, spec: dict[str, Any]) -> None:
+        n, length = int(spec["n_tokens"]), int(spec["context_length"])
+        if n < 1 or length < 2:
+            raise AccessError(
+                "the token budget and context length must be positive "
+                f"(got {n:,} tokens, context {length})"
+            )
+        if n > self.limits.max_dataset_tokens:
+            raise AccessError(
+                f"{n:,} dataset tokens requested; this server allows "
+                f"{self.limits.max_dataset_tokens:,}"
+            )
+        if length > self.limits.max_context_length:
+            raise AccessError(
+                f"context length {length} requested; this server allows "
+                f"{self.limits.max_context_length}"
+            )
+
+    def check_sources(self, sources: dict[str, Any]) -> dict[str, Any]:
+        """Sources as the app will load them, or :class:`AccessError`."""
+        if "factory" in sources:
+            raise AccessError("test workspaces cannot be opened on a hosted server")
+        if "precomputed" in sources:
+            path = self.check_path(str(sources["precomputed"]))
+            allowed = {os.path.realpath(p) for p in self.precomputed}
+            if path not in allowed:
+                raise AccessError(
+                    "this precomputed output is not on this server's allowlist; "
+                    f"allowed: {', '.join(self.precomputed) or 'none'}"
+                )
+            return {"precomputed": path}
+        return {
+            part: self.check_spec(part, dict(sources.get(part) or {}))
+            for part in ("model", "dictionary", "dataset")
+        }
+
+
+def _strip(entry: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in entry.items() if k != "label"}
+
+
+def _is_local(spec: dict[str, Any]) -> bool:
+    """True when the spec's ``path`` names a local file or directory (not a hub id)."""
+    kind = spec.get("kind")
+    if kind in ("local", "saelens_local"):
+        return True
+    if kind == "clt":  # a CLT path is a directory or a Hugging Face repo id
+        return Path(spec["path"]).is_absolute() or Path(spec["path"]).exists()
+    return False
+
+
+def _describe(spec: dict[str, Any]) -> str:
+    keys = ("kind", "name", "release", "sae_id", "path", "layer")
+    return ", ".join(f"{k}={spec[k]!r}" for k in keys if spec.get(k) is not None)
+
+
+def hosted_config_path() -> Path | None:
+    """The hosted configuration file in effect, or ``None`` (single-researcher mode)."""
+    env = os.environ.get(ENV)
+    if env:
+        if not Path(env).is_file():
+            raise HostedConfigError(f"${ENV} names {env}, which is not a file")
+        return Path(env)
+    return DEFAULT_FILE if DEFAULT_FILE.is_file() else None
+
+
+def load_hosted_config(path: str | Path | None = None) -> HostedConfig | None:
+    """The hosted configuration, or ``None`` when the server runs for one researcher."""
+    path = path if path is not None else hosted_config_path()
+    return None if path is None else HostedConfig.load(path)
