@@ -1,0 +1,112 @@
+"""Workspace: the compute gate (queue + model lock) and out-of-memory retries."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+from core.config import RunConfig
+from core.dictionaries.saelens import SAELensDictionary
+from core.hosted import AccessError, Limits
+from core.models import ModelAdapter
+from core.queue import COMPUTE_QUEUE, waiting_reporter
+from core.workspace import Workspace, WorkspaceError, is_out_of_memory
+from tests.conftest import make_model, make_sae
+
+HOOK = "blocks.1.hook_resid_pre"
+
+
+@pytest.fixture
+def ws():
+    model = make_model(n_layers=2)
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(1, 61, (24, 12), generator=g)
+    tokens[:, 0] = 0
+    sae = make_sae("standard", 32, 48, HOOK, density=0.2)
+    return Workspace(
+        ModelAdapter(model, bos_token_id=0),
+        SAELensDictionary(sae),
+        tokens,
+        config=RunConfig(batch_size=8, feature_chunk_size=1024),
+    )
+
+
+def _oom_above(ws: Workspace, max_batch: int, calls: list[int]):
+    """Make the model raise CUDA's out-of-memory error for batches above ``max_batch``."""
+    real = ws.model.run_to_hooks
+
+    def run_to_hooks(tokens, hooks, *a, **k):
+        calls.append(tokens.shape[0])
+        if tokens.shape[0] > max_batch:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(tokens, hooks, *a, **k)
+
+    ws.model.run_to_hooks = run_to_hooks
+
+
+def test_out_of_memory_retries_with_smaller_batches(ws):
+    expected = ws.features([1, 5])  # no memo: computed for real
+    calls: list[int] = []
+    _oom_above(ws, 2, calls)
+    got = ws.features([1, 5])
+    assert ws.oom_retries == 2 and ws.config.batch_size == 2  # 8 -> 4 -> 2
+    assert max(calls) == 8 and calls[-1] <= 2
+    for i in (1, 5):
+        assert got[i].max_act == pytest.approx(expected[i].max_act)
+        assert got[i].density == pytest.approx(expected[i].density)
+        assert [e.seq for e in got[i].top_examples] == [e.seq for e in expected[i].top_examples]
+    # the smaller batch is kept: no further retries
+    ws.features([2])
+    assert ws.oom_retries == 2
+
+
+def test_out_of_memory_at_one_sequence_is_a_clear_error(ws):
+    _oom_above(ws, 0, [])
+    with pytest.raises(WorkspaceError, match="out of memory .* even one sequence at a time"):
+        ws.features([3])
+    assert COMPUTE_QUEUE.running == 0  # the slot was given back
+
+
+def test_is_out_of_memory():
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
+    assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried"))
+    assert not is_out_of_memory(RuntimeError("shape mismatch"))
+    assert not is_out_of_memory(ValueError("out of memory"))
+
+
+def test_limits_bound_prompts_jobs_and_generation(ws):
+    ws.limits = Limits(max_prompt_chars=50, max_features_per_job=3)
+    with pytest.raises(AccessError, match="60 characters"):
+        ws.prompt_search("x" * 60)
+    # (the token limit needs a tokenizer: tests/app/test_hosted_app.py checks it)
+    with pytest.raises(AccessError, match="4 features requested"):
+        ws.features([0, 1, 2, 3])
+    with pytest.raises(AccessError, match="new tokens"):
+        ws.steer(0, "hello", coefficient=1.0, max_new_tokens=65)
+
+
+def test_computations_wait_in_the_queue_and_report_their_place(ws):
+    """A second caller waits for the slot held by the first and sees position 1."""
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold():
+        with COMPUTE_QUEUE.slot():
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    held.wait(5)
+    seen: list[int] = []
+    timer = threading.Timer(0.3, release.set)
+    timer.start()
+    t0 = time.perf_counter()
+    with waiting_reporter(lambda s: seen.append(s.position)):
+        ws.features([4])
+    assert time.perf_counter() - t0 >= 0.25
+    assert seen[0] == 1 and seen[-1] == 0
+    t.join(5)
