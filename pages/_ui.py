@@ -334,6 +334,49 @@ def export_button(ws: Any, fd: Any, layout: list[str], params: dict[str, str]) -
     )
 
 
+EXPORT_CAP = 256  # features in one export from the app when no hosted limit applies
+
+
+def export_cap() -> int:
+    cfg = state.hosted()
+    return int(cfg.limits.max_features_per_export) if cfg is not None else EXPORT_CAP
+
+
+def export_many(ws: Any, indices: list[int]) -> str:
+    """Several features as one standalone HTML page (computing those not cached yet)."""
+    from core.export.html import render_features_html  # type: ignore[import-not-found]
+
+    cfg = state.hosted()
+    if cfg is not None:
+        cfg.limits.check_count(len(indices), "features", cfg.limits.max_features_per_export)
+    got = ws.features(list(indices))
+    meta: dict[str, Any] = {"title": f"{len(indices)} features"}
+    for label, value in state.describe_lines(ws):
+        meta[label.lower()] = value
+    meta["workspace id"] = state.identity(ws)
+    return render_features_html([got[i] for i in indices], meta)
+
+
+def export_features_button(ws: Any, indices: list[int], key: str) -> None:
+    """Download the listed features as one HTML page (at most :func:`export_cap`)."""
+    if not indices or not state.can_export_html() or not state.is_live(ws):
+        return
+    cap = export_cap()
+    chosen = [int(i) for i in indices[:cap]]
+    st.download_button(
+        f"Download these {len(chosen)} features as HTML",
+        data=lambda: export_many(ws, chosen),
+        file_name=f"features_{len(chosen)}.html",
+        mime="text/html",
+        icon=":material/download:",
+        on_click="ignore",
+        key=key,
+        help="One standalone page with a feature picker; features not computed yet are "
+        "computed first."
+        + (f" At most {cap:,} features per export on this server." if len(indices) > cap else ""),
+    )
+
+
 # ---- background jobs -----------------------------------------------------------------------------
 def job_panel(ws: Any) -> Any:
     """Progress of this workspace's background job (polled while it runs); returns the job."""

@@ -102,6 +102,7 @@ if mode == "prompt":
                     "mean": st.column_config.NumberColumn(format="%.3f"),
                 },
             )
+            ui.export_features_button(ws, [r["feature"] for r in rows], key="fs_prompt_export")
         with right:
             tokens = res["tokens"]
             st.markdown("**Per token**", help="Pick a token to see its most active features.")
@@ -247,6 +248,7 @@ elif mode == "stats":
                 "top_tokens": st.column_config.TextColumn("top promoted tokens"),
             },
         )
+        ui.export_features_button(ws, [int(f) for f in view["feature"]], key="fs_stats_export")
 
 # ---- by similarity ----------------------------------------------------------------------------------
 elif mode == "similar":

@@ -159,3 +159,23 @@ def test_sessions_never_see_each_others_prompts_or_errors(site):
     assert "mat mat" not in shown and "zz" * 10 not in shown
     assert not texts(b.error)
     assert b.text_area(key="fs_prompt").value in ("", None)
+
+
+def test_exports_are_bounded_by_the_hosted_limit(site):
+    from core.hosted import AccessError
+    from pages import _state as state
+    from pages import _ui as ui
+
+    at = hosted_app(ALICE, "pages/search.py")
+    at.text_area(key="fs_prompt").input(SITE_PROMPT)
+    next(b for b in at.button if b.label == "Find features").click().run()
+    assert not at.exception and at.dataframe
+
+    ws = state.open_workspace(state.default_sources())
+    assert ui.export_cap() == 8
+    with pytest.raises(AccessError, match="9 features requested; this server allows 8"):
+        ui.export_many(ws, list(range(9)))
+    page = ui.export_many(ws, [3, 5])
+    assert "<title>2 features</title>" in page
+    data = json.loads(page.split('id="fs-data">', 1)[1].split("</script>", 1)[0])
+    assert [f["i"] for f in data["features"]] == [3, 5]
