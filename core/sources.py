@@ -14,16 +14,21 @@ is a :class:`SourceError` whose message names the problem and the fix.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import os
+import threading
+import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -35,6 +40,7 @@ CACHE_ROOT = Path(os.environ.get("FEATURESCOPE_DATA_DIR") or PROJECT_ROOT / "cac
 DEMO_SAE_DIR = PROJECT_ROOT / "assets" / "demo_sae"
 DEMO_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEMO_BOS_ID = 0
+log = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -101,8 +107,17 @@ def _dtype(name: str) -> torch.dtype:
     return _DTYPES[name]
 
 
+_LOADED: weakref.WeakValueDictionary[str, ModelAdapter] = weakref.WeakValueDictionary()
+_LOADING: dict[str, threading.Lock] = {}
+_LOADING_GUARD = threading.Lock()
+
+
 def load_model(spec: ModelSpec, dictionary_kwargs: dict[str, Any] | None = None) -> ModelAdapter:
-    """Load the model a spec names.
+    """Load the model a spec names, or return the copy this process already holds.
+
+    One copy per (spec, processing kwargs) lives while anything uses it: workspaces that
+    pair the same model with different dictionaries or datasets share it (and its lock),
+    so a shared accelerator holds each model once.
 
     Args:
         spec: what to load.
@@ -110,9 +125,22 @@ def load_model(spec: ModelSpec, dictionary_kwargs: dict[str, Any] | None = None)
             metadata (how the model was processed when the dictionary was trained);
             they override the defaults, and ``spec.from_pretrained_kwargs`` override them.
     """
+    kwargs = {**(dictionary_kwargs or {}), **spec.from_pretrained_kwargs}
+    resolved = {**spec.to_dict(), "device": _device(spec.device)}
+    key = json.dumps({"spec": resolved, "kwargs": kwargs}, sort_keys=True, default=str)
+    with _LOADING_GUARD:
+        lock = _LOADING.setdefault(key, threading.Lock())
+    with lock:  # two sessions asking at once load it once
+        model = _LOADED.get(key)
+        if model is None:
+            model = _load_model(spec, kwargs)
+            _LOADED[key] = model
+        return model
+
+
+def _load_model(spec: ModelSpec, kwargs: dict[str, Any]) -> ModelAdapter:
     dtype = _dtype(spec.dtype)
     device = _device(spec.device)
-    kwargs = {**(dictionary_kwargs or {}), **spec.from_pretrained_kwargs}
     if spec.kind == "demo":
         from core.gguf_llama import load_demo_model
 
@@ -162,8 +190,19 @@ def _load_local_model(
             str(path), local_files_only=True, dtype=dtype
         )
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise SourceError(f"could not read the model in {path}: {str(exc)[:300]}") from exc
+    except Exception as exc:  # missing files, bad JSON, truncated weights, refused pickles
+        if "weights only load failed" in str(exc).lower():
+            msg = (
+                "its weights file is a pickle that holds more than tensors, so it was refused "
+                "unrun (torch.load(weights_only=True)): re-save the model with safetensors"
+            )
+        else:
+            msg = (
+                f"{_short(exc).splitlines()[0].rstrip('. ')}. Check that config.json, the "
+                "weights and the tokenizer files are complete (copy or download the model "
+                "again, or re-save it with save_pretrained)"
+            )
+        raise SourceError(f"could not read the model in {path}: {msg}") from exc
     fold_ln = kwargs.pop("fold_ln", True)
     center_writing = kwargs.pop("center_writing_weights", True)
     center_unembed = kwargs.pop("center_unembed", True)
@@ -240,7 +279,10 @@ def load_dictionary(spec: DictionarySpec, device: str = "cpu") -> Dictionary:
             sae = SAE.load_from_disk(str(path), device=device, dtype="float32")
         except Exception as exc:  # safetensors/json/shape errors all mean a bad directory
             raise SourceError(
-                f"could not load the SAELens dictionary in {path}: {_short(exc)}"
+                f"could not load the SAELens dictionary in {path}: "
+                f"{_short(exc).splitlines()[0].rstrip('. ')}. The files look "
+                "damaged or do not belong together: copy or download the directory again (it "
+                "holds the cfg.json and sae_weights.safetensors written by sae.save_model)"
             ) from exc
         source = {"kind": spec.kind, "path": str(path)}
         if spec.kind == "demo":
@@ -516,7 +558,8 @@ def load_tokens(spec: DatasetSpec, model: ModelAdapter) -> tuple[Tensor, dict[st
             tokens = load_file(str(cache_file))["tokens"]
             return tokens, identity
         except Exception:
-            cache_file.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                cache_file.unlink(missing_ok=True)
 
     records = _records(spec)
     ready: list[list[int]] = []
@@ -534,7 +577,10 @@ def load_tokens(spec: DatasetSpec, model: ModelAdapter) -> tuple[Tensor, dict[st
             else:
                 if tok is None:
                     raise SourceError("this model has no tokenizer: use a pre-tokenised dataset")
-                yield tok(str(value), add_special_tokens=False)["input_ids"]
+                # a lone surrogate (possible in JSON text) has no UTF-8 form: "?" stands in,
+                # as a .txt file's undecodable bytes do
+                text = str(value).encode("utf-8", "replace").decode("utf-8")
+                yield tok(text, add_special_tokens=False)["input_ids"]
 
     streamed = _rows_from_stream(ids(), spec, bos, bos, allow_empty=True)
     parts = [
@@ -554,10 +600,21 @@ def load_tokens(spec: DatasetSpec, model: ModelAdapter) -> tuple[Tensor, dict[st
             "entries: the dataset was tokenised for another model"
         )
     if spec.kind != "hub":
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_file.with_suffix(".tmp")
-        save_file({"tokens": tokens.contiguous()}, str(tmp))
-        os.replace(tmp, cache_file)
+        try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            save_file({"tokens": tokens.contiguous()}, str(tmp))
+            os.replace(tmp, cache_file)
+        except (OSError, SafetensorError) as exc:  # the tokens are still good: carry on
+            log.warning(
+                "could not cache the dataset's tokens in %s (%s): they will be tokenised again "
+                "next time. Free space there, or set FEATURESCOPE_DATA_DIR to a writable "
+                "directory",
+                cache_file.parent,
+                exc,
+            )
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
     return tokens, identity
 
 

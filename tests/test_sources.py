@@ -169,6 +169,29 @@ def test_local_hf_model_directory(local_hf_model):
         load_model(ModelSpec(kind="local", path=str(path / "nope")))
 
 
+def test_one_copy_of_each_model_per_process(local_hf_model):
+    """Workspaces naming the same model share one object (one copy on the accelerator)."""
+    import gc
+
+    from core import sources
+
+    path, _, _ = local_hf_model
+
+    def held() -> int:
+        return sum(str(path) in key for key in list(sources._LOADED.keys()))
+
+    gc.collect()
+    spec = ModelSpec(kind="local", path=str(path), device="cpu")
+    a = load_model(spec)
+    assert load_model(ModelSpec.from_dict(spec.to_dict())) is a
+    b = load_model(spec, {"fold_ln": False})  # processed differently: its own copy
+    assert b is not a
+    assert held() == 2
+    del a, b
+    gc.collect()
+    assert held() == 0  # nothing uses them any more: freed
+
+
 def test_local_datasets(local_hf_model, tmp_path, monkeypatch):
     import datasets
     import pyarrow as pa
