@@ -72,6 +72,20 @@ def _free_accelerator_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def check_text(text: str) -> str:
+    """``text``, or :class:`WorkspaceError` when it holds characters that have no UTF-8
+    form (lone surrogates such as ``"\\ud800"``), which no tokenizer can read."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start]
+        raise WorkspaceError(
+            f"the prompt contains a character that is not valid text (U+{ord(bad):04X} at "
+            f"position {exc.start}, a lone surrogate): remove it or paste the text again"
+        ) from exc
+    return text
+
+
 @dataclass
 class PromptResult:
     """Feature activations on a user's text."""
@@ -121,6 +135,7 @@ class Workspace:
         )
         self._unit_dirs: torch.Tensor | None = None
         self._vocab_index: dict[str, list[int]] | None = None
+        self._fits: set[str] = set()  # hooks the dictionary was checked to fit
 
     @classmethod
     def from_specs(
@@ -231,9 +246,12 @@ class Workspace:
 
     # --- features ------------------------------------------------------------------------
     def check_index(self, i: int) -> int:
+        # True, 3.5 and inf are not feature numbers (int() would make them 1, 3, or raise)
+        if isinstance(i, bool) or (isinstance(i, float) and not i.is_integer()):
+            raise WorkspaceError(f"feature index must be a whole number, got {i!r}")
         try:
             i = int(i)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise WorkspaceError(f"feature index must be a whole number, got {i!r}") from exc
         if not 0 <= i < self.n_features:
             raise WorkspaceError(
@@ -307,9 +325,12 @@ class Workspace:
         """Token strings and feature activations ``[positions, features]`` on ``text``."""
         if not isinstance(text, str) or not text.strip():
             raise WorkspaceError("the prompt is empty: type some text")
+        check_text(text)
         if self.limits is not None:
             self.limits.check_prompt(text)
             max_tokens = min(max_tokens, self.limits.max_prompt_tokens)
+        # the model cannot read more than its context (to_tokens does not cut the prompt)
+        max_tokens = min(max_tokens, int(self.model.model.cfg.n_ctx))
         ids = self.model.to_tokens(text)
         if ids.shape[1] > max_tokens:
             raise WorkspaceError(
@@ -318,6 +339,7 @@ class Workspace:
         hook = self.config.hook or self.dictionary.hook_in
 
         def run(config: RunConfig) -> torch.Tensor:
+            self._check_fit(hook)
             return self.model.run_to_hooks(ids.to(self.model.device), [hook])[hook]
 
         x = self._retrying(run, "the prompt's activations")
@@ -328,6 +350,19 @@ class Workspace:
         if bos is not None:
             acts[ids[0].cpu() == bos] = 0.0
         return self.model.token_strings(ids[0]), acts
+
+    def _check_fit(self, hook: str) -> None:
+        """A clear error when the dictionary cannot read ``hook`` of the model (a missing
+        hook, another width); checked once per hook, inside the compute gate."""
+        from core.engine.sweep import check_fit
+
+        if hook in self._fits:
+            return
+        try:
+            check_fit(self.model, self.dictionary, hook, self.tokens, self.model.device)
+        except ValueError as exc:
+            raise WorkspaceError(str(exc)) from exc
+        self._fits.add(hook)
 
     @property
     def dictionary_dtype(self) -> torch.dtype:
@@ -448,12 +483,14 @@ class Workspace:
         cfg = dataclasses.replace(self.config, features=[i])
         tokens = prepare_tokens(self.tokens, cfg)
         stats: dict[str, Any] = {}
-        with self.gate():
-            out = compute_effects(
+
+        def run(config: RunConfig) -> dict[int, FeatureData]:
+            return compute_effects(
                 self.model,
                 self.dictionary,
                 tokens,
                 {i: fd},
+                batch_size=max(1, min(16, config.batch_size)),
                 hook=cfg.hook,
                 ignore_bos=cfg.ignore_bos,
                 ignore_padding=cfg.ignore_padding,
@@ -462,6 +499,8 @@ class Workspace:
                 progress=progress,
                 stats=stats,
             )
+
+        out = self._retrying(run, f"feature {i}'s effects")
         self.last_effects_stats = stats
         return out[i]
 
@@ -486,10 +525,13 @@ class Workspace:
         from core.effects import steer
 
         i = self.check_index(i)
+        if isinstance(prompt, str):
+            check_text(prompt)
         if self.limits is not None:
             self.limits.check_prompt(prompt)
             self.limits.check_count(max_new_tokens, "new tokens", self.limits.max_new_tokens)
         with self.gate():
+            self._check_fit(self.config.hook or self.dictionary.hook_in)
             return steer(
                 self.model,
                 self.dictionary,
