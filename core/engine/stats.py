@@ -528,8 +528,10 @@ class IntervalSampler:
         b, length, f = acts_blf.shape
         k, nb = self.k, self.n_bins
         bseq, pos = sp.token // length, sp.token % length
-        tok_hash = hash31(seq_ids[bseq] * 0x2545F49 + pos * 0x5851F42 + 7)
-        h = hash31(tok_hash ^ self.feature_hash[sl][sp.feature])
+        # per-token part of the key: hashed once per token, then gathered per active entry
+        all_pos = torch.arange(length, device=seq_ids.device)
+        tok_hash = hash31(seq_ids[:, None] * 0x2545F49 + all_pos * 0x5851F42 + 7).view(-1)
+        h = hash31(tok_hash[sp.token] ^ self.feature_hash[sl][sp.feature])
         keys = (h << _POS_BITS) | pos
         best = torch.full((b * f * nb,), -1, device=keys.device, dtype=torch.int64)
         slot = (bseq * f + sp.feature) * nb + bins
