@@ -250,7 +250,12 @@ class HostedConfig:
         )
 
     def _check_dataset_size(self, spec: dict[str, Any]) -> None:
-        n, length = int(spec["n_tokens"]), int(spec["context_length"])
+        n, length = spec["n_tokens"], spec["context_length"]
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (n, length)):
+            raise AccessError(
+                "the token budget and context length must be whole numbers "
+                f"(got {n!r} tokens, context {length!r})"
+            )
         if n < 1 or length < 2:
             raise AccessError(
                 "the token budget and context length must be positive "

@@ -108,6 +108,7 @@ class Memo:
         self.hits = 0
         self.misses = 0
         self.write_errors = 0
+        self._write_failing = False
 
     # --- bytes ----------------------------------------------------------------------------
     def get_bytes(self, key: str) -> bytes | None:
@@ -139,10 +140,20 @@ class Memo:
         blob = _MAGIC + hashlib.sha256(payload).digest() + payload
         try:
             self._cache.set(key, blob)
+            self._write_failing = False
             return True
-        except (OSError, sqlite3.OperationalError) as exc:
+        except (OSError, sqlite3.DatabaseError) as exc:
             self.write_errors += 1
-            log.warning("cache write failed (%s); results are still returned but not kept", exc)
+            # a warning when writes start failing, not for every feature of a full disk
+            log.log(
+                logging.DEBUG if self._write_failing else logging.WARNING,
+                "cannot write to the cache directory %s (%s): results are still returned but "
+                "not kept. Free space there, or set FEATURESCOPE_CACHE_DIR to a writable "
+                "directory",
+                self.directory,
+                exc,
+            )
+            self._write_failing = True
             return False
 
     def delete(self, key: str) -> None:

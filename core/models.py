@@ -145,9 +145,11 @@ class ModelAdapter:
         return None if tok is None or tok.pad_token_id is None else int(tok.pad_token_id)
 
     def to_tokens(self, text: str, prepend_bos: bool = True) -> Int[Tensor, "1 seq"]:
+        """All of ``text``'s tokens: a text longer than the model's context is not cut
+        (callers compare the length with their limit and say so)."""
         if self.model.tokenizer is None:
             raise ModelError("this model has no tokenizer: pass token ids instead of text")
-        return self.model.to_tokens(text, prepend_bos=prepend_bos)
+        return self.model.to_tokens(text, prepend_bos=prepend_bos, truncate=False)
 
     def token_strings(self, ids: list[int] | Tensor) -> list[str]:
         """One string per token id (``"<id>"`` placeholders when there is no tokenizer)."""

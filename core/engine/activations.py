@@ -9,6 +9,7 @@ read; a damaged file is deleted and the activations recomputed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -56,12 +57,19 @@ class ActivationStore:
     def save(self, key: str, acts: Tensor) -> bool:
         if acts.numel() * acts.element_size() > self.max_bytes:
             return False
+        tmp = self.path(key).with_suffix(f".tmp{os.getpid()}")
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            tmp = self.path(key).with_suffix(f".tmp{os.getpid()}")
             save_file({"acts": acts.detach().cpu().contiguous()}, str(tmp))
             os.replace(tmp, self.path(key))
             return True
-        except OSError as exc:
-            log.warning("could not store activations: %s", exc)
+        except (OSError, SafetensorError) as exc:  # safetensors reports I/O errors its own way
+            log.warning(
+                "could not store activations in %s (%s): they will be recomputed next time. "
+                "Free space there, or set FEATURESCOPE_CACHE_DIR to a writable directory",
+                self.directory,
+                exc,
+            )
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
             return False
