@@ -17,6 +17,7 @@ Exit status 1 when a case fails.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import time
@@ -57,13 +58,15 @@ def main(argv: list[str] | None = None) -> int:
         if (args.group is None or c.group == args.group)
         and (args.match is None or args.match.lower() in (c.name + " " + c.tried).lower())
     ]
-    env = Env()
+    with contextlib.redirect_stdout(sys.stderr):
+        env = Env()
     rows, failures = [], []
     t0 = time.perf_counter()
     try:
         for case in cases:
             try:
-                out = case.run(env)
+                with contextlib.redirect_stdout(sys.stderr):  # libraries print progress
+                    out = case.run(env)
             except Exception as exc:  # a crash of the case itself is a failure too
                 out = Outcome(f"CASE CRASHED: {type(exc).__name__}: {exc}", False, "crashed")
             wrong = check(case, out)

@@ -23,6 +23,7 @@ corpus, and the hosted site of :mod:`tests.app.hosted_site`. One :class:`Env` pe
 
 from __future__ import annotations
 
+import ast
 import base64
 import contextlib
 import dataclasses
@@ -718,12 +719,13 @@ def _html_export(env: Env) -> Outcome:
     if len(shown) < 3:
         problems.append("the title, label or dataset payload is not shown escaped")
     notes = "; ".join(problems + ([out.notes] if out.notes else []))
-    return Outcome(
-        message=f"{out.message}; token table has {len(in_table & set(PAYLOAD_TOKENS))} "
-        "payload tokens as JSON text",
-        intact=out.intact and not problems,
-        notes=notes,
+    n_table = len(in_table & set(PAYLOAD_TOKENS))
+    message = (
+        f"escaped: title, label and dataset payloads shown as text ({len(shown)} of 3); "
+        f"{n_table} payload tokens only as escaped JSON in the data element; "
+        f"{len(html_leaks(page))} raw"
     )
+    return Outcome(message=message, intact=out.intact and not problems, notes=notes)
 
 
 def _html_app(env: Env) -> Outcome:
@@ -990,34 +992,62 @@ def _pickle_memo(env: Env) -> Outcome:
     return env.outcome(message, problems)
 
 
+def _unsafe_call(node: ast.Call) -> str | None:
+    """Why a call deserialises unsafely, or ``None``: torch.load without
+    ``weights_only=True``, any pickle-family loader, ``yaml.load`` without a safe loader,
+    ``numpy.load(allow_pickle=True)``."""
+    func = node.func
+    if not (isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name)):
+        return None
+    owner, name = func.value.id, func.attr
+    kw = {k.arg: k.value for k in node.keywords}
+
+    def true(key: str) -> bool:
+        v = kw.get(key)
+        return isinstance(v, ast.Constant) and v.value is True
+
+    if owner == "torch" and name == "load":
+        return None if true("weights_only") else "torch.load without weights_only=True"
+    if owner in ("pickle", "cPickle", "dill", "joblib", "marshal", "shelve") and name in (
+        "load",
+        "loads",
+        "Unpickler",
+        "open",
+    ):
+        return f"{owner}.{name}"
+    if owner == "yaml" and name in ("load", "unsafe_load", "full_load"):
+        loader = kw.get("Loader")
+        safe = isinstance(loader, ast.Attribute | ast.Name) and "Safe" in ast.unparse(loader)
+        return None if name == "load" and safe else f"yaml.{name} without SafeLoader"
+    if owner in ("np", "numpy") and name == "load" and true("allow_pickle"):
+        return "numpy.load(allow_pickle=True)"
+    return None
+
+
 def _pickle_scan(env: Env) -> Outcome:
-    """Every deserialiser call in the project's own code (not tests): torch.load must pass
-    weights_only=True; pickle/dill/joblib/marshal loads and unsafe yaml.load must not occur."""
+    """Every deserialiser call in the project's own code (not tests, parsed with ``ast`` so
+    strings and comments do not count): torch.load must pass weights_only=True; pickle,
+    dill, joblib, marshal, shelve, unsafe yaml and numpy pickle loads must not occur."""
     files = [ROOT / "app.py"]
     for top in ("core", "pages", "scripts", "bench"):
         for here, dirs, names in os.walk(ROOT / top):
             dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__pycache__"]
             files += [Path(here) / n for n in names if n.endswith(".py")]
-    unsafe = re.compile(
-        r"\b(pickle|cPickle|dill|joblib|marshal|shelve)\.(load|loads|Unpickler|open)\b"
-        r"|\byaml\.(load|unsafe_load)\(|allow_pickle\s*=\s*True|weights_only\s*=\s*False"
-    )
     loads, problems = [], []
     for p in files:
-        text = p.read_text(encoding="utf-8", errors="replace")
         rel = p.relative_to(ROOT)
-        for m in re.finditer(r"torch\.load\(", text):
-            call = text[m.start() : text.find(")", m.start()) + 1]
-            loads.append(str(rel))
-            if "weights_only=True" not in call.replace(" ", ""):
-                problems.append(f"{rel}: torch.load without weights_only=True")
-        for m in unsafe.finditer(text):
-            if "yaml.load(" in m.group(0) and "SafeLoader" in text[m.start() : m.start() + 200]:
+        tree = ast.parse(p.read_text(encoding="utf-8", errors="replace"), str(rel))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
                 continue
-            problems.append(f"{rel}: {m.group(0)}")
+            if ast.unparse(node.func) == "torch.load":
+                loads.append(f"{rel}:{node.lineno}")
+            why = _unsafe_call(node)
+            if why:
+                problems.append(f"{rel}:{node.lineno}: {why}")
     message = (
-        f"{len(loads)} torch.load call(s) ({', '.join(sorted(set(loads)))}), all weights_only=True;"
-        f" no unsafe deserialisers in {len(files)} files"
+        f"{len(loads)} torch.load call(s) ({', '.join(loads)}), all weights_only=True; "
+        f"no unsafe deserialisers in {len(files)} files"
         if not problems
         else "UNSAFE: " + "; ".join(problems)
     )
@@ -1096,7 +1126,8 @@ def _readonly_memo(exc: BaseException, activations: bool = True) -> Callable[[En
             problems.append("the memo's write method was not restored")
         if ws.memo.put_bytes("bad-inputs-probe", b"ok") is False:
             problems.append("the memo does not write again once the disk is back")
-        message = " | ".join(dict.fromkeys(warnings)) or "(nothing logged)"
+        memo_first = sorted(dict.fromkeys(warnings), key=lambda w: "cannot write" not in w)
+        message = " | ".join(memo_first) or "(nothing logged)"
         if not any("FEATURESCOPE_CACHE_DIR" in w and str(ws.memo.directory) in w for w in warnings):
             problems.append("no warning names the cache directory and the fix")
         return env.outcome(message, problems)
