@@ -29,6 +29,7 @@ import importlib.util
 import json
 import logging
 import os
+import sys
 import threading
 import time
 import uuid
@@ -51,6 +52,7 @@ DEMO_SOURCES["dataset"] = {"kind": "demo"}
 FEATURE_PAGE = "pages/feature.py"
 SEARCH_PAGE = "pages/search.py"
 LOAD_PAGE = "pages/load.py"
+APP_FILE = os.path.realpath(os.path.join(os.path.dirname(__file__), os.pardir, "app.py"))
 
 
 # ---- optional modules of other parts of the project ------------------------------------------
@@ -234,9 +236,39 @@ def open_workspace(src: dict[str, Any]) -> Any:
     return ws
 
 
+def through_app() -> None:
+    """Make sure this session entered through ``app.py`` (login gate, navigation, queue
+    notice); otherwise start the run again through ``app.py``.
+
+    Because the pages live in a ``pages/`` folder, Streamlit runs a requested page by
+    itself (its old multipage mode) until a run of ``app.py`` has called ``st.navigation``:
+    on a fresh server, whoever first opened ``/feature`` or ``/search`` skipped the login
+    gate, and so did everyone after them until someone opened ``/``. Such a run turns
+    that mode off for the process and reruns (the same page, now behind the gate).
+
+    A session that has been through ``app.py`` (and its gate) is let be: on a server the
+    mode stays off from then on; only ``AppTest`` turns it back on before every run."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if name.endswith("app.py") and os.path.realpath(name) == APP_FILE:
+            st.session_state["fs_through_app"] = True
+            return
+        frame = frame.f_back
+    if st.session_state.get("fs_through_app"):
+        return
+    from streamlit.runtime.pages_manager import PagesManager
+
+    log.warning("a page ran without app.py (Streamlit's pages-folder mode): rerunning")
+    PagesManager.uses_pages_directory = False
+    st.rerun()
+
+
 def workspace() -> Any | None:
     """This session's workspace, loading it with a spinner; ``None`` (and the error kept
-    in ``st.session_state["fs_load_error"]``) when it cannot be loaded."""
+    in ``st.session_state["fs_load_error"]``) when it cannot be loaded. A page that
+    Streamlit ran without ``app.py`` stops here and reruns through it."""
+    through_app()
     src = sources()
     err_key = json.dumps(src, sort_keys=True)
     if st.session_state.get("fs_load_error_for") == err_key:

@@ -34,8 +34,16 @@ def free_port() -> int:
 
 
 @contextmanager
-def streamlit_server(cache_dir: Path, log_path: Path, env: dict[str, str] | None = None):
-    """``streamlit run app.py`` on a free port with the test workspace; yields the base URL."""
+def streamlit_server(
+    cache_dir: Path,
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    args: list[str] | None = None,
+):
+    """``streamlit run app.py`` on a free port with the test workspace; yields the base URL.
+
+    ``env`` overrides environment variables; ``args`` are extra command-line flags (config
+    options such as ``["--secrets.files", path]``)."""
     port = free_port()
     full_env = {
         **os.environ,
@@ -51,6 +59,7 @@ def streamlit_server(cache_dir: Path, log_path: Path, env: dict[str, str] | None
         "--server.address", "127.0.0.1",
         "--server.headless", "true",
         "--browser.gatherUsageStats", "false",
+        *(args or []),
     ]  # fmt: skip
     log = log_path.open("w")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
