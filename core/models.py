@@ -115,10 +115,13 @@ class ModelAdapter:
             )
 
     def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> ModelAdapter:
-        """Move the model (and cast it) in place."""
+        """Move the model (and cast it) in place; nothing happens when it is already there."""
         if dtype is not None and self.model.cfg.dtype != dtype:
             self.model.to(dtype)
-        self.model.to(device)
+        target = torch.device(device)
+        here = self.device
+        if target.type != here.type or (target.index is not None and target.index != here.index):
+            self.model.to(target)
         return self
 
     @property
