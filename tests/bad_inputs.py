@@ -46,7 +46,6 @@ from typing import Any
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-APP = str(ROOT / "app.py")
 HOOK = "blocks.1.hook_resid_pre"
 APP_FACTORY = "tests.bad_inputs:app_workspace"
 HOSTILE_FACTORY = "tests.bad_inputs:hostile_workspace"
@@ -474,19 +473,16 @@ def write_clt(root: Path, d_model: int, n_feat: int = 8, n_layers: int = 2) -> P
 
 # ---- helpers for the app -------------------------------------------------------------------------
 def run_app(page: str | None = None, **params: str) -> Any:
-    from streamlit.testing.v1 import AppTest
+    """The app after one run; exceptions are left for the case to judge."""
+    from tests.app.conftest import run_app as run
 
-    at = AppTest.from_file(APP, default_timeout=120)
-    for k, v in params.items():
-        at.query_params[k] = v
-    if page:
-        at.switch_page(page)
-    at.run()
-    return at
+    return run(page, check=False, **params)
 
 
 def texts(elements: Any) -> str:
-    return "\n".join(str(e.value) for e in elements)
+    from tests.app.conftest import texts as join
+
+    return join(elements)
 
 
 def app_problems(at: Any) -> list[str]:

@@ -38,3 +38,55 @@ def tiny_ws(app_env):
     from tests.app.fixtures import make_workspace
 
     return make_workspace()
+
+
+# ---- helpers shared by the app test modules ------------------------------------------------------
+def run_app(
+    page: str | None = None,
+    *,
+    user: dict | None = None,
+    secrets: dict | None = None,
+    check: bool = True,
+    **params: str,
+):
+    """``AppTest`` of ``app.py`` after one run: optionally on ``page``, as ``user`` (AppTest's
+    ``st.user`` dict), with ``secrets`` and query ``params``; ``check`` asserts no exception."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(APP, default_timeout=120)
+    for k, v in (secrets or {}).items():
+        at.secrets[k] = v
+    if user is not None:
+        at.user.clear()
+        at.user.update(user)
+    for k, v in params.items():
+        at.query_params[k] = v
+    if page:
+        at.switch_page(page)
+    at.run()
+    if check:
+        assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(elements) -> str:
+    """The values of AppTest elements, one per line."""
+    return "\n".join(str(e.value) for e in elements)
+
+
+@pytest.fixture(scope="module")
+def chromium_path():
+    """Debian's chromium (Playwright's own download cannot work offline), or a skip."""
+    from tests.app.browser import find_chromium
+
+    path = find_chromium()
+    if path is None:
+        pytest.skip(
+            "browser tests need Debian's chromium at /usr/bin/chromium: "
+            "run `apt-get install -y chromium` (make test does it when missing)"
+        )
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        pytest.skip("browser tests need the playwright python package (requirements-dev.txt)")
+    return path

@@ -15,6 +15,14 @@ from tests.app.fixtures import WORDS
 
 HOOK = "blocks.1.hook_resid_pre"
 SITE_PROMPT = "the cat sat on a mat and the dog ran home"
+#: an OIDC ``[auth]`` secrets section (never contacted: the sign-in is not completed offline)
+AUTH = {
+    "redirect_uri": "http://localhost:8501/oauth2callback",
+    "cookie_secret": "test-secret",
+    "client_id": "id",
+    "client_secret": "secret",
+    "server_metadata_url": "https://login.example/.well-known/openid-configuration",
+}
 
 
 def write_site(

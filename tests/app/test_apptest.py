@@ -16,29 +16,14 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core import charts
-from tests.app.conftest import APP
+from tests.app.conftest import run_app, texts
 from tests.app.fixtures import PROMPT
 
 pytestmark = pytest.mark.usefixtures("app_env")
 
 
-def new_app(page: str | None = None, **params: str) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=120)
-    for k, v in params.items():
-        at.query_params[k] = v
-    if page:
-        at.switch_page(page)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
 def html_text(at: AppTest) -> str:
     return "\n".join(str(h.value) for h in at.get("html"))
-
-
-def texts(elements) -> str:
-    return "\n".join(str(e.value) for e in elements)
 
 
 def wait_for_job(at: AppTest, ws, timeout: float = 90) -> None:
@@ -57,7 +42,7 @@ def wait_for_job(at: AppTest, ws, timeout: float = 90) -> None:
 
 # ---- load page and sidebar -----------------------------------------------------------------------
 def test_load_page_describes_workspace_and_precomputes(tiny_ws):
-    at = new_app()
+    at = run_app()
     side = texts(at.sidebar.caption)
     for word in ("tiny-test", "tiny-test-sae", "64 features", "random words", "cpu"):
         assert word in side
@@ -97,7 +82,7 @@ def test_load_form_local_sources_and_errors(tmp_path, tiny_ws):
     sae.save_model(str(tmp_path / "sae"))
     (tmp_path / "text.txt").write_text(" ".join(WORDS * 40))
 
-    at = new_app()
+    at = run_app()
     at.radio(key="fs_m_kind").set_value("local").run()
     at.text_input(key="fs_m_path").input(str(tmp_path / "missing")).run()
     at.button(key="fs_load_btn").click().run()
@@ -122,7 +107,7 @@ def test_load_form_local_sources_and_errors(tmp_path, tiny_ws):
 
 # ---- search page ---------------------------------------------------------------------------------
 def test_search_by_prompt(tiny_ws):
-    at = new_app("pages/search.py")
+    at = run_app("pages/search.py")
     at.text_area(key="fs_prompt").input(PROMPT)
     next(b for b in at.button if b.label == "Find features").click().run()
     assert not at.exception
@@ -144,7 +129,7 @@ def test_search_by_prompt(tiny_ws):
 
 
 def test_search_by_token_similarity_and_statistics(tiny_ws):
-    at = new_app("pages/search.py")
+    at = run_app("pages/search.py")
     at.segmented_control(key="mode").set_value("token").run()
     at.text_input(key="fs_token").input("cat")
     next(b for b in at.button if b.label == "Search").click().run()
@@ -177,7 +162,7 @@ def test_search_by_token_similarity_and_statistics(tiny_ws):
 
 # ---- feature page --------------------------------------------------------------------------------
 def test_feature_page_dashboard(tiny_ws):
-    at = new_app("pages/feature.py", feature="3")
+    at = run_app("pages/feature.py", feature="3")
     fd = tiny_ws.feature(3)
     assert "## Feature 3" in texts(at.markdown)
     page = html_text(at)
@@ -215,7 +200,7 @@ def test_feature_page_dashboard(tiny_ws):
 
 
 def test_layout_control_and_export(tiny_ws):
-    at = new_app("pages/feature.py", feature="5", layout="top_examples,act_hist,bogus")
+    at = run_app("pages/feature.py", feature="5", layout="top_examples,act_hist,bogus")
     assert "Unknown layout component(s) bogus" in texts(at.warning)
     assert len(at.get("vega_lite_chart")) == 1
     assert "negative logits" not in html_text(at)
@@ -240,21 +225,21 @@ def test_layout_control_and_export(tiny_ws):
 
 def test_deep_link_from_root_and_identity_mismatch(tiny_ws):
     key = tiny_ws.identity_key()
-    at = new_app(feature="9", ws=key)
+    at = run_app(feature="9", ws=key)
     assert "## Feature 9" in texts(at.markdown)
     assert not at.warning
 
-    at = new_app(feature="9", ws="0123456789ab")
+    at = run_app(feature="9", ws="0123456789ab")
     assert "## Feature 9" in texts(at.markdown)
     warning = texts(at.warning)
     assert "0123456789ab" in warning and key in warning
 
 
 def test_bad_feature_index_keeps_app_working(tiny_ws):
-    at = new_app("pages/feature.py", feature="99999")
+    at = run_app("pages/feature.py", feature="99999")
     assert "feature 99999 does not exist" in texts(at.error).lower()
     assert "0-63" in texts(at.error)
-    at = new_app("pages/feature.py", feature="abc")
+    at = run_app("pages/feature.py", feature="abc")
     err = texts(at.error)
     assert "whole number" in err and "'abc'" in err and "0-63" in err
     at.text_input(key="fs_jump").input("2").run()
@@ -302,7 +287,7 @@ def test_precomputed_output_directory(tmp_path, tiny_ws):
     sources = runner.Sources(tiny_ws.model, tiny_ws.dictionary, tiny_ws.tokens, tiny_ws.dataset)
     runner.run_precompute(cfg, sources)
 
-    at = new_app()
+    at = run_app()
     at.text_input(key="fs_pre_path").input(str(tmp_path / "missing")).run()
     at.button(key="fs_pre_open").click().run()
     assert "not a precompute output directory" in texts(at.error)
@@ -332,7 +317,7 @@ def test_precomputed_output_directory(tmp_path, tiny_ws):
 
 
 def test_effects_and_steering(tiny_ws):
-    at = new_app("pages/feature.py", feature="3")
+    at = run_app("pages/feature.py", feature="3")
     assert "loss effect" not in html_text(at)
     at.toggle(key="fs_effects").set_value(True).run()
     assert not at.exception and not at.error, texts(at.error)
@@ -364,12 +349,12 @@ def test_link_sources_are_loaded_from_the_url(tmp_path, tiny_ws):
             }
         )
     )
-    at = new_app("pages/feature.py", feature="1", src=src)
+    at = run_app("pages/feature.py", feature="1", src=src)
     err = texts(at.error)
     assert "Nothing is loaded" in err and "no-model" in err and "does not exist" in err
     assert at.get("page_link"), "a way back to the Sources page"
 
-    at = new_app("pages/feature.py", feature="1", src="not-base64!")
+    at = run_app("pages/feature.py", feature="1", src="not-base64!")
     assert "src= parameter is damaged" in texts(at.warning)
     assert "## Feature 1" in texts(at.markdown)  # the default sources instead
 
@@ -405,7 +390,7 @@ def test_background_job_stops_and_resumes(tmp_path, tiny_ws):
 def test_load_form_saelens_release_offline_error(tiny_ws):
     from core.sources import saelens_releases
 
-    at = new_app()
+    at = run_app()
     at.radio(key="fs_m_kind").set_value("hub").run()
     assert at.selectbox(key="fs_m_name").value == "gpt2-small"
     at.radio(key="fs_d_kind").set_value("saelens").run()

@@ -12,28 +12,13 @@ import re
 
 import pytest
 
-from tests.app.browser import find_chromium, streamlit_server
+from tests.app.browser import streamlit_server
 from tests.app.conftest import ARTIFACTS
 from tests.app.fixtures import PROMPT
 from tests.conftest import CHROMIUM_ARGS
 
 FIRST_LOAD_MS = 240_000  # a cold server imports torch and builds the workspace
 STEP_MS = 60_000
-
-
-@pytest.fixture(scope="module")
-def chromium_path():
-    path = find_chromium()
-    if path is None:
-        pytest.skip(
-            "browser tests need Debian's chromium at /usr/bin/chromium: "
-            "run `apt-get install -y chromium` (make test does it when missing)"
-        )
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        pytest.skip("browser tests need the playwright python package (requirements-dev.txt)")
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -12,16 +12,8 @@ import json
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.app.conftest import APP
-from tests.app.hosted_site import SITE_PROMPT, write_site
-
-AUTH = {
-    "redirect_uri": "http://localhost:8501/oauth2callback",
-    "cookie_secret": "test-secret",
-    "client_id": "id",
-    "client_secret": "secret",
-    "server_metadata_url": "https://login.example/.well-known/openid-configuration",
-}
+from tests.app.conftest import run_app, texts
+from tests.app.hosted_site import AUTH, SITE_PROMPT, write_site
 
 
 @pytest.fixture
@@ -31,10 +23,6 @@ def site(tmp_path_factory, monkeypatch, app_env):
     monkeypatch.setenv("FEATURESCOPE_HOSTED", str(conf))
     monkeypatch.delenv("FEATURESCOPE_TEST_WORKSPACE", raising=False)
     return root
-
-
-def texts(elements) -> str:
-    return "\n".join(str(e.value) for e in elements)
 
 
 def everything(at: AppTest) -> str:
@@ -47,19 +35,7 @@ def everything(at: AppTest) -> str:
 
 
 def hosted_app(user: dict | None, page: str | None = None, secrets: bool = True, **params):
-    at = AppTest.from_file(APP, default_timeout=120)
-    if secrets:
-        at.secrets["auth"] = AUTH
-    if user is not None:
-        at.user.clear()
-        at.user.update(user)
-    for k, v in params.items():
-        at.query_params[k] = v
-    if page:
-        at.switch_page(page)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return run_app(page, user=user, secrets={"auth": AUTH} if secrets else None, **params)
 
 
 ALICE = {"is_logged_in": True, "email": "alice@lab.example", "name": "Alice"}

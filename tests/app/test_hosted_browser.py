@@ -20,36 +20,14 @@ import re
 
 import pytest
 
-from tests.app.browser import find_chromium, streamlit_server
+from tests.app.browser import streamlit_server
 from tests.app.conftest import ARTIFACTS
-from tests.app.hosted_site import write_site
+from tests.app.hosted_site import AUTH, write_site
 from tests.conftest import CHROMIUM_ARGS
 
 STEP_MS = 60_000
-AUTH = {
-    "redirect_uri": "http://localhost:8501/oauth2callback",
-    "cookie_secret": "test-secret",
-    "client_id": "id",
-    "client_secret": "secret",
-    "server_metadata_url": "https://login.example/.well-known/openid-configuration",
-}
 # a deep link first (a fresh server), then every page, then again after the root has run
 PATHS = ["/feature?feature=3", "/search", "/load", "/", "/search", "/feature?feature=3"]
-
-
-@pytest.fixture(scope="module")
-def chromium_path():
-    path = find_chromium()
-    if path is None:
-        pytest.skip(
-            "browser tests need Debian's chromium at /usr/bin/chromium: "
-            "run `apt-get install -y chromium` (make test does it when missing)"
-        )
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        pytest.skip("browser tests need the playwright python package (requirements-dev.txt)")
-    return path
 
 
 @pytest.fixture(scope="module")
