@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
 from core.dictionaries.protocol import Dictionary, DictionaryError
 from core.models import ModelAdapter
+from core.storage import save_tensors
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CACHE_ROOT = Path(os.environ.get("FEATURESCOPE_DATA_DIR") or PROJECT_ROOT / "cache")
@@ -600,21 +600,12 @@ def load_tokens(spec: DatasetSpec, model: ModelAdapter) -> tuple[Tensor, dict[st
             "entries: the dataset was tokenised for another model"
         )
     if spec.kind != "hub":
-        tmp = cache_file.with_suffix(".tmp")
-        try:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            save_file({"tokens": tokens.contiguous()}, str(tmp))
-            os.replace(tmp, cache_file)
-        except (OSError, SafetensorError) as exc:  # the tokens are still good: carry on
-            log.warning(
-                "could not cache the dataset's tokens in %s (%s): they will be tokenised again "
-                "next time. Free space there, or set FEATURESCOPE_DATA_DIR to a writable "
-                "directory",
-                cache_file.parent,
-                exc,
-            )
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
+        save_tensors(
+            {"tokens": tokens},
+            cache_file,
+            "the dataset will be tokenised again next time",
+            "FEATURESCOPE_DATA_DIR",
+        )
     return tokens, identity
 
 

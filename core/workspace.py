@@ -42,7 +42,7 @@ from core.sources import (
 
 Progress = Callable[[float, str], None]
 T = TypeVar("T")
-log = logging.getLogger("featurescope.workspace")
+log = logging.getLogger(__name__)
 _LOCKS: dict[int, threading.RLock] = {}
 _LOCKS_GUARD = threading.Lock()
 

@@ -9,17 +9,17 @@ read; a damaged file is deleted and the activations recomputed.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
+
+from core.storage import save_tensors
 
 log = logging.getLogger(__name__)
 
@@ -57,19 +57,9 @@ class ActivationStore:
     def save(self, key: str, acts: Tensor) -> bool:
         if acts.numel() * acts.element_size() > self.max_bytes:
             return False
-        tmp = self.path(key).with_suffix(f".tmp{os.getpid()}")
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            save_file({"acts": acts.detach().cpu().contiguous()}, str(tmp))
-            os.replace(tmp, self.path(key))
-            return True
-        except (OSError, SafetensorError) as exc:  # safetensors reports I/O errors its own way
-            log.warning(
-                "could not store activations in %s (%s): they will be recomputed next time. "
-                "Free space there, or set FEATURESCOPE_CACHE_DIR to a writable directory",
-                self.directory,
-                exc,
-            )
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
-            return False
+        return save_tensors(
+            {"acts": acts},
+            self.path(key),
+            "they will be recomputed next time",
+            "FEATURESCOPE_CACHE_DIR",
+        )
