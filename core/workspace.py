@@ -27,7 +27,7 @@ from core.config import RunConfig
 from core.dictionaries.protocol import Dictionary
 from core.engine import compute_features
 from core.engine.activations import ActivationStore
-from core.engine.cached import base_key, token_fingerprint
+from core.engine.cached import base_key, missing_features, token_fingerprint
 from core.engine.features import FeatureData
 from core.hosted import Limits
 from core.memo import Memo
@@ -265,8 +265,9 @@ class Workspace:
     ) -> dict[int, FeatureData]:
         """Feature data (from the memo when present); one sweep computes all missing."""
         idx = [self.check_index(i) for i in indices]
-        if self.limits is not None:
-            self.limits.check_count(len(set(idx)), "features", self.limits.max_features_per_job)
+        if self.limits is not None:  # the limit is on computing: cached features are free
+            todo = self.missing(idx)
+            self.limits.check_count(len(todo), "features", self.limits.max_features_per_job)
 
         def run(config: RunConfig) -> dict[int, FeatureData]:
             return compute_features(
@@ -281,6 +282,12 @@ class Workspace:
             )
 
         return self._retrying(run, f"{len(idx):,} features")
+
+    def missing(self, indices: list[int]) -> list[int]:
+        """Which of ``indices`` are not in the memo yet (what :meth:`features` would compute)."""
+        idx = [self.check_index(i) for i in indices]
+        cfg = dataclasses.replace(self.config, features=idx)
+        return missing_features(self.model, self.dictionary, self.tokens, cfg, self.memo)
 
     def feature(self, i: int, progress: Progress | None = None) -> FeatureData:
         i = self.check_index(i)

@@ -547,8 +547,9 @@ def start_job(
     ident = _job_key(ws)
     per_pass = max(1, int(per_pass))
     cfg = hosted()
-    if cfg is not None:
-        cfg.limits.check_count(len(indices), "features", cfg.limits.max_features_per_job)
+    if cfg is not None:  # features already in the cache do not count
+        todo = ws.missing(indices) if hasattr(ws, "missing") else indices
+        cfg.limits.check_count(len(todo), "features", cfg.limits.max_features_per_job)
         per_pass = min(per_pass, cfg.limits.max_features_per_job)
     chunks = [indices[s : s + per_pass] for s in range(0, len(indices), per_pass)]
     with _JOBS_LOCK:

@@ -110,3 +110,18 @@ def test_computations_wait_in_the_queue_and_report_their_place(ws):
     assert time.perf_counter() - t0 >= 0.25
     assert seen[0] == 1 and seen[-1] == 0
     t.join(5)
+
+
+def test_job_limit_counts_only_features_to_compute(ws, tmp_path):
+    from core.memo import Memo
+
+    ws.memo = Memo(tmp_path / "memo")
+    ws.features([0, 1, 2, 3])
+    ws.limits = Limits(max_features_per_job=3)
+    forward = ws.model.run_to_hooks
+    calls: list[int] = []
+    ws.model.run_to_hooks = lambda *a, **k: calls.append(1) or forward(*a, **k)
+    got = ws.features([0, 1, 2, 3, 4, 5])  # 4 cached + 2 new: allowed
+    assert sorted(got) == [0, 1, 2, 3, 4, 5] and calls
+    with pytest.raises(AccessError, match="4 features requested; this server allows 3"):
+        ws.features(list(range(6, 10)))

@@ -51,6 +51,24 @@ def base_key(
     return memo_key(parts)
 
 
+def missing_features(
+    model: ModelAdapter,
+    dictionary: Dictionary,
+    tokens: Tensor,
+    config: RunConfig,
+    memo: Memo | None,
+) -> list[int]:
+    """The requested features a :func:`compute_features` call would have to compute (a key
+    check per feature: nothing is read or decoded)."""
+    tokens = prepare_tokens(tokens, config)
+    features = validate_features(config.features, dictionary.n_features)
+    if memo is None:
+        return features
+    prefix = base_key(model, dictionary, tokens, config, features)
+    missing = [f for f in features if f"{prefix}:{f}" not in memo]
+    return features if missing and config.feature_correlation == "requested" else missing
+
+
 def compute_features(
     model: ModelAdapter,
     dictionary: Dictionary,
