@@ -485,7 +485,9 @@ def steer_panel(ws: Any, index: int, fd: Any, ident: str) -> None:
             key="fs_steer_value",
             help=f"The feature's max activation on the dataset is {fd.max_act:.2f}.",
         )
-        n_new = c3.slider("New tokens", 4, 96, 24, key="fs_steer_tokens")
+        cfg = state.hosted()
+        top = 96 if cfg is None else max(4, min(96, int(cfg.limits.max_new_tokens)))
+        n_new = c3.slider("New tokens", 4, top, min(24, top), key="fs_steer_tokens")
         go = c4.form_submit_button("Steer", icon=":material/alt_route:")
     if go:
         with state.shown_errors():
