@@ -156,6 +156,11 @@ class Memo:
             self._write_failing = True
             return False
 
+    @property
+    def writes_failing(self) -> bool:
+        """True while writes fail (full or read-only directory); the next good write clears it."""
+        return self._write_failing
+
     def delete(self, key: str) -> None:
         with contextlib.suppress(OSError, sqlite3.DatabaseError, ValueError):
             self._cache.delete(key)

@@ -694,6 +694,13 @@ def sidebar(ws: Any | None) -> None:
         job = job_for(ws)
         if job is not None and job.running:
             st.progress(job.fraction, text=f"{job.label}: {int(job.fraction * 100)}%")
+        if getattr(getattr(ws, "memo", None), "writes_failing", False):
+            st.warning(
+                "The cache cannot be written (disk full or read-only): results are shown but "
+                "not kept, so they will be computed again. Free space, or set "
+                "FEATURESCOPE_CACHE_DIR to a writable directory.",
+                icon=":material/warning:",
+            )
 
 
 def _md(text: str) -> str:

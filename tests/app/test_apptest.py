@@ -405,3 +405,16 @@ def test_load_form_saelens_release_offline_error(tiny_ws):
     err = texts(at.error)
     assert "Could not download" in err and "local SAELens" in err
     assert "The loaded sources did not change" in err
+
+
+def test_failing_cache_writes_are_shown(tiny_ws):
+    from pages import _state as state
+
+    ws = state.open_workspace(state.default_sources())  # the app's own (shared) workspace
+    ws.memo._write_failing = True
+    try:
+        at = run_app()
+        assert "The cache cannot be written" in texts(at.sidebar.warning)
+    finally:
+        ws.memo._write_failing = False
+    assert not run_app().sidebar.warning
