@@ -209,8 +209,11 @@ class ModelAdapter:
             return self.model(tokens, return_type=return_type)
 
     @torch.no_grad()
-    def logit_directions(self, directions: Float[Tensor, "f d_model"]) -> Float[Tensor, "f vocab"]:
-        """Direct effect of residual-stream directions on the logits.
+    def logit_directions(
+        self, directions: Float[Tensor, "f d_model"], token_ids: list[int] | None = None
+    ) -> Float[Tensor, "f vocab"]:
+        """Direct effect of residual-stream directions on the logits (of ``token_ids`` only,
+        in that order, when given).
 
         The final normalisation's linear part is applied (its elementwise scale when
         it was not folded into ``W_U``, and mean-centring for LayerNorm); its division
@@ -226,4 +229,4 @@ class ModelAdapter:
             d = d - d.mean(dim=-1, keepdim=True)
         if ln is not None and hasattr(ln, "w"):
             d = d * ln.w
-        return d @ m.W_U
+        return d @ (m.W_U if token_ids is None else m.W_U[:, token_ids])

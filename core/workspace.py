@@ -441,7 +441,7 @@ class Workspace:
         for s in range(0, self.n_features, 8192):
             idx = torch.arange(s, min(s + 8192, self.n_features), device=col.device)
             w = self.dictionary.decoder_directions(idx).to(col.dtype)
-            effects.append(self.model.logit_directions(w)[:, tid].float().cpu())
+            effects.append(self.model.logit_directions(w, [tid])[:, 0].float().cpu())
         eff = torch.cat(effects)
         k = min(k, eff.numel())
         pv, pi = eff.topk(k)

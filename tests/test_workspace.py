@@ -125,3 +125,14 @@ def test_job_limit_counts_only_features_to_compute(ws, tmp_path):
     assert sorted(got) == [0, 1, 2, 3, 4, 5] and calls
     with pytest.raises(AccessError, match="4 features requested; this server allows 3"):
         ws.features(list(range(6, 10)))
+
+
+def test_token_search_matches_the_full_logit_table(ws):
+    """Promoting/suppressing features for one token: the column of the full table."""
+    w = ws.dictionary.decoder_directions(None).float()
+    full = ws.model.logit_directions(w)[:, 7]
+    assert torch.allclose(ws.model.logit_directions(w, [7, 3])[:, 0], full, atol=1e-6)
+    got = ws.token_search("7", k=5)
+    assert [r["feature"] for r in got["promote"]] == full.topk(5).indices.tolist()
+    assert [r["feature"] for r in got["suppress"]] == (-full).topk(5).indices.tolist()
+    assert got["promote"][0]["effect"] == pytest.approx(float(full.max()), rel=1e-5)
