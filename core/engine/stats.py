@@ -294,6 +294,8 @@ class BufferedInt8Gram(GramStats):
         col_sumsq: Float[Tensor, " f"] | None = None,
     ):
         f = col_max.numel()
+        if block % 32:
+            raise ValueError(f"the int8 Gram block must be a multiple of 32, got {block}")
         super().__init__(f, f, device, symmetric=True, strategy="dense", block=block)
         self.dtype = torch.int8
         self.scale = col_max.to(device, torch.float32).clamp_min(1e-30) / 127.0
@@ -302,9 +304,13 @@ class BufferedInt8Gram(GramStats):
         if col_sum is not None and col_sumsq is not None:
             self.col_sum = col_sum.to(device, torch.float32).clone()
             self.col_sumsq = col_sumsq.to(device, torch.float32).clone()
-        cap = max(buffer_bytes // max(f, 1), max_batch_tokens, 8)
+        # int8 GEMM kernels want every dimension a multiple of 8 (and, on CUDA, more than
+        # 16 rows): the buffer gets zero feature columns up to a multiple of 32, which
+        # add nothing to any sum and are never copied out
+        self.f_padded = -(-f // 32) * 32
+        cap = max(buffer_bytes // self.f_padded, max_batch_tokens, 8)
         self.capacity = min(cap, self.MAX_FLUSH_TOKENS) // 8 * 8  # int8 GEMMs want k % 8 == 0
-        self.buf = torch.zeros(self.capacity, f, device=device, dtype=torch.int8)
+        self.buf = torch.zeros(self.capacity, self.f_padded, device=device, dtype=torch.int8)
         self.used = 0
 
     def reserve(self, n: int) -> None:
@@ -338,14 +344,15 @@ class BufferedInt8Gram(GramStats):
         k = -(-self.used // 8) * 8
         self.buf[self.used : k] = 0
         q = self.buf[:k]
-        f = q.shape[1]
+        f, fp = self.cross.shape[0], self.f_padded
         for i in range(0, f, self.block):
-            ie = min(i + self.block, f)
+            ie = min(i + self.block, fp)
             for j in range(i, f, self.block):
-                je = min(j + self.block, f)
-                prod = torch._int_mm(q[:, i:ie].T, q[:, j:je]).float()
-                s = self.scale[i:ie, None] * self.scale[None, j:je]
-                self.cross[i:ie, j:je].addcmul_(prod, s)
+                je = min(j + self.block, fp)
+                prod = torch._int_mm(q[:, i:ie].T, q[:, j:je])
+                r, c = min(ie, f) - i, min(je, f) - j  # the real features of this block
+                s = self.scale[i : i + r, None] * self.scale[None, j : j + c]
+                self.cross[i : i + r, j : j + c].addcmul_(prod[:r, :c].float(), s)
         self.used = 0
 
     def finalize(self) -> Float[Tensor, "r c"]:

@@ -126,15 +126,17 @@ def test_low_precision_grams_are_close():
             assert (p - p_ref).abs().max() < 0.01
 
 
-@pytest.mark.parametrize("buffer_bytes", [40 * 100, 1 << 20])
-def test_buffered_int8_gram_matches_float64(buffer_bytes):
-    """Staged chunk by chunk, flushed several times or once: the same co-activation sums."""
+@pytest.mark.parametrize("n_feat", [40, 70])
+@pytest.mark.parametrize("buffer_bytes", [64 * 100, 1 << 20])
+def test_buffered_int8_gram_matches_float64(buffer_bytes, n_feat):
+    """Staged chunk by chunk, flushed several times or once, feature counts that are not
+    a multiple of the block: the same co-activation sums as float64."""
     g = torch.Generator().manual_seed(5)
-    a = torch.relu(torch.randn(301, 40, generator=g) - 1.0)
+    a = torch.relu(torch.randn(301, n_feat, generator=g) - 1.0)
     ref = (a.double().T @ a.double()).float()
     given = {} if buffer_bytes < 1 << 20 else {"col_sum": a.sum(0), "col_sumsq": (a * a).sum(0)}
     q = BufferedInt8Gram(
-        a.amax(0), torch.device("cpu"), block=16, buffer_bytes=buffer_bytes, **given
+        a.amax(0), torch.device("cpu"), block=32, buffer_bytes=buffer_bytes, **given
     )
     flushes = 0
     for start in range(0, 301, 43):  # uneven batches, 3 feature chunks each
@@ -142,11 +144,11 @@ def test_buffered_int8_gram_matches_float64(buffer_bytes):
         before = q.used
         q.reserve(batch.shape[0])
         flushes += q.used < before
-        for sl in (slice(0, 7), slice(7, 30), slice(30, 40)):
+        for sl in (slice(0, 7), slice(7, 30), slice(30, n_feat)):
             q.stage(batch[:, sl], sl)
         q.commit(batch.shape[0], torch.tensor(float(batch.shape[0])))
     cross = q.finalize()
-    assert (flushes > 0) == (buffer_bytes < 301 * 40)
+    assert (flushes > 0) == (buffer_bytes < 1 << 20)
     rel = (cross - ref).abs().max() / ref.abs().max()
     assert rel < 0.01
     torch.testing.assert_close(q.col_sum, a.sum(0))
