@@ -137,14 +137,35 @@ class GramStats:
         self.strategy = strategy
         self.block = block
         self.dtype = dtype
-        self.sparse_density_threshold = 0.01
+        self._staged: list[Tensor] = []
+
+    #: below this fraction of non-zero activations ``auto`` picks the sparse kernel
+    SPARSE_DENSITY = 0.01
+
+    @classmethod
+    def strategy_for(cls, density: float) -> str:
+        return "sparse" if density < cls.SPARSE_DENSITY else "dense"
 
     def _choose(self, cols: Tensor) -> str:
-        if self.strategy != "auto":
-            return self.strategy
-        density = float((cols != 0).float().mean())  # one sync, first batch only
-        self.strategy = "sparse" if density < self.sparse_density_threshold else "dense"
+        if self.strategy == "auto":
+            self.strategy = self.strategy_for(float((cols != 0).float().mean()))  # first batch
         return self.strategy
+
+    # A Gram among the staged features themselves (rows = columns), fed one feature chunk
+    # of a token batch at a time: ``reserve(n)``, ``stage(acts, sl)`` per chunk, then
+    # ``commit(n, n_valid)``.
+    def reserve(self, n: int) -> None:
+        """Get ready for a batch of ``n`` tokens."""
+
+    def stage(self, acts: Float[Tensor, "n c"], sl: slice) -> None:
+        """One feature chunk (columns ``sl``) of the current batch."""
+        self._staged.append(acts)
+
+    def commit(self, n: int, n_valid: Tensor) -> None:
+        """Close the batch: every chunk is staged."""
+        staged, self._staged = self._staged, []
+        a = torch.cat(staged, 1) if len(staged) > 1 else staged[0]
+        self.update(a, a, n_valid)
 
     def update(
         self, rows: Float[Tensor, "n r"], cols: Float[Tensor, "n c"], n_valid: Tensor

@@ -312,8 +312,9 @@ def run_sweep(
     sampler = IntervalSampler(
         feats, config.n_intervals, config.n_interval_examples, offsets, whole, config.seed, device
     )
+    staged: GramStats | None = None  # correlations among the requested features
     if corr != "none" and not need_all_cols:
-        gram = _pass2_gram(config, moments, dtype, device, config.batch_size * length)
+        gram = staged = _pass2_gram(config, moments, dtype, device, config.batch_size * length)
     for bi, bsl in enumerate(batches):
         if keep_cache:
             x = cache[bi]
@@ -325,10 +326,8 @@ def run_sweep(
         seq_ids = torch.arange(bsl.start, bsl.stop, device=device)
         mf = m.to(torch.float32)
         encoder.reset()
-        staged = isinstance(gram, BufferedInt8Gram)
-        if staged:
-            gram.reserve(x.shape[0])
-        req_blocks = []
+        if staged is not None:
+            staged.reserve(x.shape[0])
         for sl in chunks:
             a = encoder(x, feats[sl]) * mf[:, None]
             sp = SparseActs(a)
@@ -336,16 +335,10 @@ def run_sweep(
             ibins = sparse_bins(sp, max_act[sl], config.n_intervals)
             icounts.update(sp, ibins, sl)
             sampler.update(a.view(b, length, -1), sp, ibins, seq_ids, sl)
-            if staged:
-                gram.stage(a, sl)
-            elif gram is not None and not need_all_cols:
-                req_blocks.append(a)
-        if staged:
-            gram.commit(x.shape[0], m.sum())
-        elif req_blocks:
-            rows = torch.cat(req_blocks, 1) if len(req_blocks) > 1 else req_blocks[0]
-            gram.update(rows, rows, m.sum())
-            del rows, req_blocks
+            if staged is not None:
+                staged.stage(a, sl)
+        if staged is not None:
+            staged.commit(x.shape[0], m.sum())
         report((len(batches) + bi + 1) / n_units, f"pass 2: batch {bi + 1}/{len(batches)}")
     cache.clear()
 
@@ -389,7 +382,7 @@ def _pass2_gram(
     strategy = config.gram_strategy
     if strategy == "auto":
         density = float(moments.count.sum()) / max(float(moments.n_tokens) * n, 1.0)
-        strategy = "sparse" if density < 0.01 else "dense"
+        strategy = GramStats.strategy_for(density)
     gram_dtype = _gram_dtype(config, dtype)
     if gram_dtype == torch.int8 and strategy == "dense":
         return BufferedInt8Gram(
