@@ -212,8 +212,8 @@ class Workspace:
         """``run(config)`` in the gate; on out-of-memory, free memory and retry with half the
         batch and feature chunk until one sequence fails too. The smaller sizes are kept
         for later calls (they do not change results: execution fields are not in keys)."""
-        cfg = self.config
         while True:
+            cfg = self.config
             try:
                 with self.gate():
                     return run(cfg)
@@ -226,7 +226,7 @@ class Workspace:
                         f"out of memory while computing {what}, even one sequence at a time: "
                         "ask for fewer features, or try again when the server is less busy"
                     ) from exc
-                cfg = dataclasses.replace(
+                self.config = dataclasses.replace(
                     cfg,
                     batch_size=max(1, cfg.batch_size // 2),
                     feature_chunk_size=max(256, cfg.feature_chunk_size // 2),
@@ -235,13 +235,8 @@ class Workspace:
                 log.warning(
                     "out of memory computing %s; retrying with batch %d, feature chunk %d",
                     what,
-                    cfg.batch_size,
-                    cfg.feature_chunk_size,
-                )
-                self.config = dataclasses.replace(
-                    self.config,
-                    batch_size=cfg.batch_size,
-                    feature_chunk_size=cfg.feature_chunk_size,
+                    self.config.batch_size,
+                    self.config.feature_chunk_size,
                 )
 
     # --- features ------------------------------------------------------------------------
@@ -330,11 +325,8 @@ class Workspace:
         self, text: str, features: list[int] | None = None, max_tokens: int = 1024
     ):
         """Token strings and feature activations ``[positions, features]`` on ``text``."""
-        if not isinstance(text, str) or not text.strip():
-            raise WorkspaceError("the prompt is empty: type some text")
-        check_text(text)
+        self._check_prompt(text)
         if self.limits is not None:
-            self.limits.check_prompt(text)
             max_tokens = min(max_tokens, self.limits.max_prompt_tokens)
         # the model cannot read more than its context (to_tokens does not cut the prompt)
         max_tokens = min(max_tokens, int(self.model.model.cfg.n_ctx))
@@ -357,6 +349,14 @@ class Workspace:
         if bos is not None:
             acts[ids[0].cpu() == bos] = 0.0
         return self.model.token_strings(ids[0]), acts
+
+    def _check_prompt(self, text: str) -> None:
+        """Text a user typed: not empty, valid UTF-8, within the hosted limits."""
+        if not isinstance(text, str) or not text.strip():
+            raise WorkspaceError("the prompt is empty: type some text")
+        check_text(text)
+        if self.limits is not None:
+            self.limits.check_prompt(text)
 
     def _check_fit(self, hook: str) -> None:
         """A clear error when the dictionary cannot read ``hook`` of the model (a missing
@@ -526,16 +526,15 @@ class Workspace:
         Give ``coefficient`` (add that multiple of the decoder direction at every
         position; negative pushes away) or ``clamp`` (hold the feature at that value).
         Greedy by default; ``temperature > 0`` samples both from the same seed. Raises
-        :class:`core.effects.EffectsError` for a model without tokenizer, an empty
-        prompt or ``max_new_tokens`` above 256. See :func:`core.effects.steer`.
+        :class:`WorkspaceError` for an empty or invalid prompt, and
+        :class:`core.effects.EffectsError` for a model without tokenizer or
+        ``max_new_tokens`` above 256. See :func:`core.effects.steer`.
         """
         from core.effects import steer
 
         i = self.check_index(i)
-        if isinstance(prompt, str):
-            check_text(prompt)
+        self._check_prompt(prompt)
         if self.limits is not None:
-            self.limits.check_prompt(prompt)
             self.limits.check_count(max_new_tokens, "new tokens", self.limits.max_new_tokens)
         with self.gate():
             self._check_fit(self.config.hook or self.dictionary.hook_in)
