@@ -234,17 +234,16 @@ class HostedConfig:
         """The canonical spec when the allowlist has it, else :class:`AccessError`."""
         cls, _ = self._part(part)
         want = cls.from_dict(dict(spec)).to_dict()
-        free = {"n_tokens", "context_length"} if part == "dataset" else set()
-        if part == "model":
-            free = {"device"}  # the server decides where the model runs
-        for _, allowed in self.choices(part):
+        free = _CHOSEN_BY_USER.get(part, set())
+        choices = self.choices(part)
+        for _, allowed in choices:
             if all(want[k] == v for k, v in allowed.items() if k not in free):
                 if part == "dataset":
                     self._check_dataset_size(want)
-                if want.get("path") and want.get("kind") not in ("hub",) and _is_local(want):
+                if want.get("path") and _is_local(want):
                     want["path"] = self.check_path(want["path"])
                 return want
-        names = ", ".join(label for label, _ in self.choices(part)) or "none"
+        names = ", ".join(label for label, _ in choices) or "none"
         raise AccessError(
             f"this {part} is not on this server's allowlist ({_describe(want)}); allowed: {names}"
         )
@@ -289,6 +288,14 @@ class HostedConfig:
             part: self.check_spec(part, dict(sources.get(part) or {}))
             for part in ("model", "dictionary", "dataset")
         }
+
+
+#: spec fields an allowlisted entry does not fix: the dataset's size is the user's choice
+#: (within the limits), and the server decides where a model runs
+_CHOSEN_BY_USER: dict[str, set[str]] = {
+    "dataset": {"n_tokens", "context_length"},
+    "model": {"device"},
+}
 
 
 def _strip(entry: dict[str, Any]) -> dict[str, Any]:
