@@ -359,14 +359,16 @@ def _auth_configured() -> bool:
         return False
 
 
+def _logged_in() -> bool:
+    try:
+        return bool(st.user.is_logged_in)
+    except Exception:  # no login configured
+        return False
+
+
 def user_email() -> str | None:
     """The signed-in user's email, or ``None``."""
-    try:
-        if not st.user.is_logged_in:
-            return None
-        email = st.user.get("email")
-    except Exception:
-        return None
+    email = st.user.get("email") if _logged_in() else None
     return str(email) if email else None
 
 
@@ -385,11 +387,7 @@ def access_gate(cfg: Any) -> bool:
             icon=":material/lock:",
         )
         return False
-    try:
-        logged_in = bool(st.user.is_logged_in)
-    except Exception:
-        logged_in = False
-    if not logged_in:
+    if not _logged_in():
         st.info("Sign in to use this server.", icon=":material/lock:")
         st.button("Sign in", type="primary", icon=":material/login:", on_click=st.login)
         return False

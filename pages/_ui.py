@@ -306,11 +306,17 @@ def feature_table(
 # ---- export ----------------------------------------------------------------------------------------
 def export_meta(ws: Any, index: int, params: dict[str, str]) -> dict[str, Any]:
     """What the exported page says about the run (heading and key/value lines)."""
-    meta: dict[str, Any] = {"title": f"Feature {index}"}
+    meta = _run_meta(ws, f"Feature {index}")
+    meta["app link"] = "feature?" + urlencode(params)
+    return meta
+
+
+def _run_meta(ws: Any, title: str) -> dict[str, Any]:
+    """An exported page's heading and the lines naming what was loaded."""
+    meta: dict[str, Any] = {"title": title}
     for label, value in state.describe_lines(ws):
         meta[label.lower()] = value
     meta["workspace id"] = state.identity(ws)
-    meta["app link"] = "feature?" + urlencode(params)
     return meta
 
 
@@ -350,11 +356,9 @@ def export_many(ws: Any, indices: list[int]) -> str:
     if cfg is not None:
         cfg.limits.check_count(len(indices), "features", cfg.limits.max_features_per_export)
     got = ws.features(list(indices))
-    meta: dict[str, Any] = {"title": f"{len(indices)} features"}
-    for label, value in state.describe_lines(ws):
-        meta[label.lower()] = value
-    meta["workspace id"] = state.identity(ws)
-    return render_features_html([got[i] for i in indices], meta)
+    return render_features_html(
+        [got[i] for i in indices], _run_meta(ws, f"{len(indices)} features")
+    )
 
 
 def export_features_button(ws: Any, indices: list[int], key: str) -> None:

@@ -144,6 +144,35 @@ if ws is not None and state.is_live(ws):
 st.markdown("#### Load other sources")
 
 
+def _dataset_size(
+    dataset: dict[str, Any], max_tokens: int, max_context: int, keys: tuple[str, str], hint: str
+) -> None:
+    """Token budget and context length inputs, written into ``dataset`` (its values, or
+    65,536 and 128, are the starting values, capped at the maxima)."""
+    c1, c2 = st.columns(2)
+    dataset["n_tokens"] = int(
+        c1.number_input(
+            "Token budget",
+            min_value=min(256, max_tokens),
+            max_value=max_tokens,
+            value=min(int(dataset.get("n_tokens", 65_536)), max_tokens),
+            step=8192,
+            key=keys[0],
+            help=hint,
+        )
+    )
+    dataset["context_length"] = int(
+        c2.number_input(
+            "Context length",
+            min_value=2,
+            max_value=max_context,
+            value=min(int(dataset.get("context_length", 128)), max_context),
+            step=32,
+            key=keys[1],
+        )
+    )
+
+
 def _hosted_picker(cfg: Any) -> None:
     """Hosted mode: only what the operator listed (:mod:`core.hosted`), within its limits."""
     st.caption("This server offers the models, dictionaries and datasets its operator listed.")
@@ -168,28 +197,12 @@ def _hosted_picker(cfg: Any) -> None:
     if "dataset" in picks:
         lim = cfg.limits
         with cols[2]:
-            c1, c2 = st.columns(2)
-            top = int(lim.max_dataset_tokens)
-            picks["dataset"]["n_tokens"] = int(
-                c1.number_input(
-                    "Token budget",
-                    min_value=min(256, top),
-                    max_value=top,
-                    value=min(int(picks["dataset"]["n_tokens"]), top),
-                    step=8192,
-                    key="fs_h_budget",
-                    help=f"At most {top:,} tokens on this server.",
-                )
-            )
-            picks["dataset"]["context_length"] = int(
-                c2.number_input(
-                    "Context length",
-                    min_value=2,
-                    max_value=int(lim.max_context_length),
-                    value=min(int(picks["dataset"]["context_length"]), int(lim.max_context_length)),
-                    step=32,
-                    key="fs_h_ctx",
-                )
+            _dataset_size(
+                picks["dataset"],
+                int(lim.max_dataset_tokens),
+                int(lim.max_context_length),
+                ("fs_h_budget", "fs_h_ctx"),
+                f"At most {int(lim.max_dataset_tokens):,} tokens on this server.",
             )
     if len(picks) == len(state.PARTS) and st.button(
         "Load", type="primary", icon=":material/download:", key="fs_load_btn"
@@ -325,28 +338,12 @@ with tab_specs:
             dataset["text_column"] = (
                 st.text_input("Text column", key="fs_t_col", placeholder="detected") or None
             )
-        c1, c2 = st.columns(2)
-        dataset["n_tokens"] = int(
-            c1.number_input(
-                "Token budget",
-                min_value=256,
-                max_value=200_000_000,
-                value=65_536,
-                step=8192,
-                key="fs_t_budget",
-                help="Tokens swept for every feature: more tokens, better statistics, "
-                "slower passes.",
-            )
-        )
-        dataset["context_length"] = int(
-            c2.number_input(
-                "Context length",
-                min_value=2,
-                max_value=65_536,
-                value=128,
-                step=32,
-                key="fs_t_ctx",
-            )
+        _dataset_size(
+            dataset,
+            200_000_000,
+            65_536,
+            ("fs_t_budget", "fs_t_ctx"),
+            "Tokens swept for every feature: more tokens, better statistics, slower passes.",
         )
     new = {"model": model, "dictionary": dictionary, "dataset": dataset}
     b = st.container(horizontal=True)
