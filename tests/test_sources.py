@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -22,8 +26,10 @@ from core.sources import (
     load_model,
     load_tokens,
     saelens_releases,
+    validate_device,
 )
 from tests.conftest import make_model, write_tiny_hf_model
+from tests.tolerance import encode_tolerance
 
 D = 32
 HOOK = "blocks.1.hook_resid_pre"
@@ -85,18 +91,20 @@ def test_every_saelens_architecture_round_trips(arch, tmp_path, tiny_tokens):
     x = torch.randn(50, D)
     torch.testing.assert_close(d.encode(x), sae.encode(x))
     idx = torch.tensor([0, 5, 11])
-    torch.testing.assert_close(d.encode(x, idx), sae.encode(x)[:, idx])
+    # a column subset sums the same terms in another order: rounding only (tests/tolerance.py)
+    tol = torch.from_numpy(encode_tolerance(sae, x)[idx.numpy()]).float()
+    assert ((d.encode(x, idx) - sae.encode(x)[:, idx]).abs() <= tol).all()
     torch.testing.assert_close(d.decoder_directions(idx), sae.W_dec[idx])
     # and the engine runs on it: activations from the input hook
     model = make_model()
     res = run_sweep(ModelAdapter(model, bos_token_id=0), d, tiny_tokens, RunConfig(features=[0, 5]))
     _, cache = model.run_with_cache(tiny_tokens, names_filter=d.hook_in)
     acts = sae.encode(cache[d.hook_in].reshape(-1, D)).reshape(*tiny_tokens.shape, -1)
+    sweep_tol = encode_tolerance(sae, cache[d.hook_in])
     for f in (0, 5):
         for e in res.features[f].top_examples:
-            assert e.value == pytest.approx(
-                float(acts[e.seq, e.pos, f].detach()), rel=1e-4, abs=1e-5
-            )
+            want = float(acts[e.seq, e.pos, f].detach())
+            assert e.value == pytest.approx(want, abs=sweep_tol[f])
 
 
 def test_saelens_release_list_is_offline():
@@ -255,3 +263,296 @@ def test_local_datasets(local_hf_model, tmp_path, monkeypatch):
             DatasetSpec(kind="local", path=str(tmp_path / "broken.jsonl"), context_length=2), model
         )
     assert Path  # used for types above
+
+
+# ==== hardening: code, devices and memory from files ============================================
+def write_remote_code_model(root: Path, config: str = "config.json") -> tuple[Path, Path]:
+    """A tiny model directory whose ``config`` maps a class to a Python file that writes a
+    marker file when imported. Returns ``(model_dir, marker)``."""
+    model_dir, marker = root / "model", root / "MARKER-imported"
+    write_tiny_hf_model(model_dir, ["the", "cat", "sat", "on", "a", "mat"])
+    (model_dir / "evil.py").write_text(
+        "import pathlib\n"
+        f"pathlib.Path({str(marker)!r}).write_text('ran')\n"
+        "from transformers import GPT2Config, PreTrainedTokenizerFast\n"
+        "class EvilConfig(GPT2Config):\n    pass\n"
+        "class EvilTokenizer(PreTrainedTokenizerFast):\n    pass\n"
+    )
+    cfg = json.loads((model_dir / config).read_text())
+    cfg["auto_map"] = (
+        {"AutoConfig": "evil.EvilConfig"}
+        if config == "config.json"
+        else {"AutoTokenizer": [None, "evil.EvilTokenizer"]}
+    )
+    (model_dir / config).write_text(json.dumps(cfg))
+    return model_dir, marker
+
+
+def write_sae_dir(root: Path, **metadata) -> Path:
+    sae = _build("standard")
+    for key, value in metadata.items():
+        setattr(sae.cfg.metadata, key, value)
+    sae.save_model(str(root))
+    return root
+
+
+@pytest.mark.parametrize("config", ["config.json", "tokenizer_config.json"])
+def test_remote_code_is_refused_and_never_imported(tmp_path, config):
+    from core.sources import load_sources
+
+    model_dir, marker = write_remote_code_model(tmp_path, config)
+    sae_dir = write_sae_dir(
+        tmp_path / "sae", model_from_pretrained_kwargs={"trust_remote_code": True}
+    )
+    (tmp_path / "a.txt").write_text("the cat sat on a mat " * 20)
+    with pytest.raises(SourceError, match=f"asks to run its own Python code \\({config}"):
+        load_sources(
+            ModelSpec(kind="local", path=str(model_dir), device="cpu"),
+            DictionarySpec(kind="saelens_local", path=str(sae_dir)),
+            DatasetSpec(kind="local", path=str(tmp_path / "a.txt"), n_tokens=16, context_length=4),
+        )
+    assert not marker.exists()
+
+
+def test_cli_compute_refuses_remote_code(tmp_path):
+    model_dir, marker = write_remote_code_model(tmp_path)
+    sae_dir = write_sae_dir(
+        tmp_path / "sae", model_from_pretrained_kwargs={"trust_remote_code": True}
+    )
+    (tmp_path / "a.txt").write_text("the cat sat on a mat " * 20)
+    args = ["--model", str(model_dir), "--dictionary", str(sae_dir), "--device", "cpu"]
+    args += ["--dataset", str(tmp_path / "a.txt"), "--n-tokens", "16", "--context-length", "4"]
+    done = subprocess.run(
+        [sys.executable, "-m", "core", "compute", *args, "--features", "0", "--no-memo"],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "FEATURESCOPE_DATA_DIR": str(tmp_path / "data")},
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "asks to run its own Python code" in done.stderr
+    assert not marker.exists()
+
+
+def test_dictionary_model_kwargs_are_allowlisted(local_hf_model, tmp_path, caplog):
+    """trust_remote_code / n_devices in a dictionary's metadata are dropped and reported;
+    processing options are kept; a spec asking for them is refused."""
+    from core.sources import model_kwargs_for
+
+    path, _, _ = local_hf_model
+    kwargs = {"trust_remote_code": True, "n_devices": 8, "center_unembed": False}
+    d = load_dictionary(
+        DictionarySpec(
+            kind="saelens_local",
+            path=str(write_sae_dir(tmp_path / "sae", model_from_pretrained_kwargs=kwargs)),
+        )
+    )
+    with caplog.at_level("WARNING", logger="core"):
+        got = model_kwargs_for(d)
+    assert got == {"center_unembed": False}
+    assert "n_devices=8" in caplog.text and "trust_remote_code=True" in caplog.text
+    # load_model filters what it is given directly too (no AssertionError from n_devices)
+    model = load_model(ModelSpec(kind="local", path=str(path), device="cpu"), kwargs)
+    assert model.d_vocab > 0
+    with pytest.raises(SourceError, match="trust_remote_code=True.*remove them"):
+        load_model(
+            ModelSpec(
+                kind="local",
+                path=str(path),
+                device="cpu",
+                from_pretrained_kwargs={"trust_remote_code": True},
+            )
+        )
+
+
+@pytest.mark.parametrize("device", ["meta", "cuda:7", "gpu", "cpu; rm", "", 3])
+def test_devices_are_validated_before_loading(device, local_hf_model, tmp_path):
+    if device == "cuda:7" and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    path, _, _ = local_hf_model
+    with pytest.raises(SourceError, match=r"is not available on this machine.*'cpu'"):
+        validate_device(device)
+    with pytest.raises(SourceError, match="is not available on this machine"):
+        load_model(ModelSpec(kind="local", path=str(path), device=device))
+    with pytest.raises(SourceError, match="is not available on this machine"):
+        load_dictionary(
+            DictionarySpec(kind="saelens_local", path=str(write_sae_dir(tmp_path / "s"))),
+            device=device,
+        )
+    assert validate_device("cpu") == "cpu"
+    assert validate_device(" CPU ") == "cpu"
+    assert validate_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.parametrize(
+    ("hook", "which"),
+    [
+        ("blocks.1.hook_resid_pre; import os", "hook_name"),
+        ("{0.__class__}", "hook_name"),
+        ("blocks.0.hook_mlp_out\nblocks.1.hook_mlp_out", "hook_name_out"),
+    ],
+)
+def test_saelens_hook_names_are_checked(tmp_path, hook, which):
+    sae = _build("transcoder")
+    setattr(sae.cfg.metadata, which, hook)
+    sae.save_model(str(tmp_path / "tc"))
+    with pytest.raises(SourceError, match=f"{which} is .*not a TransformerLens hook name"):
+        load_dictionary(DictionarySpec(kind="saelens_local", path=str(tmp_path / "tc")))
+
+
+@pytest.mark.parametrize(
+    ("tensor", "value", "words"),
+    [("W_enc", float("nan"), "3 NaN"), ("W_dec", float("inf"), "3 inf")],
+)
+def test_non_finite_sae_weights_are_refused(tmp_path, tensor, value, words):
+    sae = _build("standard")
+    with torch.no_grad():
+        getattr(sae, tensor).view(-1)[[0, 7, 11]] = value
+    sae.save_model(str(tmp_path / "sae"))
+    with pytest.raises(SourceError, match=f"tensor '{tensor}' .* holds .*{words}"):
+        load_dictionary(DictionarySpec(kind="saelens_local", path=str(tmp_path / "sae")))
+
+
+# ---- datasets ---------------------------------------------------------------------------------
+def _tokens(model, path: Path, n_tokens: int = 48, context: int = 8, **kw):
+    spec = DatasetSpec(
+        kind="local", path=str(path), n_tokens=n_tokens, context_length=context, **kw
+    )
+    return load_tokens(spec, model)[0]
+
+
+@pytest.fixture
+def tiny_local(local_hf_model, tmp_path, monkeypatch):
+    monkeypatch.setattr("core.sources.CACHE_ROOT", tmp_path / "cache")
+    path, _, _ = local_hf_model
+    return load_model(ModelSpec(kind="local", path=str(path), device="cpu"))
+
+
+def test_fifo_and_devices_are_refused_without_reading(tiny_local, tmp_path):
+    fifo = tmp_path / "fifo.txt"
+    os.mkfifo(fifo)
+
+    def unblock() -> None:  # if the loader blocks on the FIFO, end it (the test then fails)
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            os.close(fd)
+        except OSError:
+            pass
+
+    timer = threading.Timer(20, unblock)
+    timer.start()
+    try:
+        with pytest.raises(SourceError, match="is a FIFO .*not a regular file"):
+            _tokens(tiny_local, fifo)
+    finally:
+        timer.cancel()
+    (tmp_path / "zero.txt").symlink_to("/dev/zero")
+    with pytest.raises(SourceError, match="is a character device, not a regular file"):
+        _tokens(tiny_local, tmp_path / "zero.txt")
+    (tmp_path / "zero.jsonl").symlink_to("/dev/zero")
+    with pytest.raises(SourceError, match="character device"):
+        _tokens(tiny_local, tmp_path / "zero.jsonl")
+
+
+def test_sparse_nul_file_is_refused_as_binary(tiny_local, tmp_path):
+    big = tmp_path / "nul.txt"
+    with big.open("wb") as fh:
+        fh.truncate(2 << 30)  # 2 GiB of NUL bytes, no disk used
+    assert os.stat(big).st_blocks * 512 < 1 << 20
+    with pytest.raises(SourceError, match="looks like a binary file.*100% .* NUL"):
+        _tokens(tiny_local, big)
+
+
+def test_text_is_read_only_up_to_the_token_budget(tiny_local, tmp_path, monkeypatch):
+    """A 24 MB single line: read piece by piece, and no further than the budget needs."""
+    import core.sources as sources
+
+    line = "the cat sat on a mat and then came back home " * 540_000
+    (tmp_path / "line.txt").write_text(line)
+    consumed = {"pieces": 0, "finished": False}
+    real = sources.text_file_pieces
+
+    def counting(path):
+        for item in real(path):
+            consumed["pieces"] += 1
+            yield item
+        consumed["finished"] = True
+
+    monkeypatch.setattr(sources, "text_file_pieces", counting)
+    toks = _tokens(tiny_local, tmp_path / "line.txt", n_tokens=64, context=8)
+    assert consumed == {"pieces": 1, "finished": False}
+    want = tiny_local.tokenizer(line[:2000], add_special_tokens=False)["input_ids"]
+    assert toks[0].tolist() == [0, *want[:7]] and toks.shape == (8, 8)
+
+
+def test_long_documents_give_the_same_tokens_in_pieces(tiny_local, tmp_path, monkeypatch):
+    """Cutting a document into pieces at whitespace does not change its tokens."""
+    docs = ["the cat sat on a mat " * 30, "dog ran far away and then came back home " * 25]
+    (tmp_path / "a.txt").write_text("\n\n\n".join(docs))
+    whole = _tokens(tiny_local, tmp_path / "a.txt", n_tokens=10_000, context=8)
+    monkeypatch.setattr("core.dataset_files.MAX_PIECE_CHARS", 50)
+    monkeypatch.setattr("core.dataset_files.CHUNK_CHARS", 37)
+    monkeypatch.setattr("core.sources.CACHE_ROOT", tmp_path / "cache2")
+    assert torch.equal(_tokens(tiny_local, tmp_path / "a.txt", n_tokens=10_000, context=8), whole)
+
+
+def test_utf16_text(tiny_local, tmp_path):
+    text = "the cat sat on a mat\n\n\ndog ran far away and then came back home " * 4
+    (tmp_path / "u8.txt").write_text(text, encoding="utf-8")
+    (tmp_path / "u16.txt").write_text(text, encoding="utf-16")  # with a byte-order mark
+    (tmp_path / "u16.jsonl").write_text(json.dumps({"text": text}) + "\n", encoding="utf-16")
+    want = _tokens(tiny_local, tmp_path / "u8.txt")
+    assert torch.equal(_tokens(tiny_local, tmp_path / "u16.txt"), want)
+    assert _tokens(tiny_local, tmp_path / "u16.jsonl").shape == want.shape
+    (tmp_path / "nobom.txt").write_bytes(text.encode("utf-16-le"))
+    with pytest.raises(SourceError, match="binary file.*save it as UTF-8"):
+        _tokens(tiny_local, tmp_path / "nobom.txt")
+
+
+def test_json_decoder_failures_are_clear(tiny_local, tmp_path, monkeypatch):
+    (tmp_path / "deep.json").write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(SourceError, match="nested too deeply"):
+        _tokens(tiny_local, tmp_path / "deep.json")
+    (tmp_path / "deep.jsonl").write_text('{"text": ' + "[" * 200_000 + "]" * 200_000 + "}\n")
+    with pytest.raises(SourceError, match="line 1 is nested too deeply"):
+        _tokens(tiny_local, tmp_path / "deep.jsonl")
+    (tmp_path / "latin1.jsonl").write_bytes('{"text": "caf\u00e9"}\n'.encode("latin-1"))
+    with pytest.raises(SourceError, match="line 1 is not utf-8 text.*save it as UTF-8"):
+        _tokens(tiny_local, tmp_path / "latin1.jsonl")
+    monkeypatch.setattr("core.dataset_files.MAX_RECORD_CHARS", 1000)
+    (tmp_path / "long.jsonl").write_text(json.dumps({"text": "the cat " * 500}) + "\n")
+    with pytest.raises(SourceError, match="line 1 is longer than 1,000 characters"):
+        _tokens(tiny_local, tmp_path / "long.jsonl")
+
+
+def test_json_array_is_read_item_by_item(tiny_local, tmp_path, monkeypatch):
+    """Items after the budget are never parsed (here: they are not even valid JSON)."""
+    monkeypatch.setattr("core.dataset_files.CHUNK_CHARS", 64)
+    docs = [{"text": "the cat sat on a mat " * 3, "n": 12345678}] * 50
+    body = json.dumps(docs)[:-1] + ", {broken"
+    (tmp_path / "a.json").write_text(body)
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(d) for d in docs))
+    assert torch.equal(
+        _tokens(tiny_local, tmp_path / "a.json"), _tokens(tiny_local, tmp_path / "a.jsonl")
+    )
+    with pytest.raises(SourceError, match="item 51 is not valid JSON"):
+        _tokens(tiny_local, tmp_path / "a.json", n_tokens=100_000)
+
+
+@pytest.mark.parametrize(
+    ("bad", "shown"),
+    [
+        (["1", "2", "3", "4", "5", "6", "7", "8"], "holds '1' \\(str\\)"),
+        ([1.7, 2, 3, 4, 5, 6, 7, 8], "holds 1.7 \\(float\\)"),
+        ([True, False, 1, 2, 3, 4, 5, 6], "holds True \\(bool\\)"),
+        ([[1, 2], [3, 4], 5, 6, 7, 8, 9, 10], "holds \\[1, 2\\] \\(list\\)"),
+        ("1 2 3 4 5 6 7 8", "holds '1 2 3 4 5 6 7 8' \\(str\\), not a list"),
+        ([0, 1, 2, 3, 4, 5, 6, 999], "token id 999, outside the model's vocabulary"),
+    ],
+)
+def test_token_id_columns_are_validated(tiny_local, tmp_path, bad, shown):
+    rows = [{"input_ids": [0, 1, 2, 3, 4, 5, 6, 7]}, {"input_ids": bad}]
+    (tmp_path / "t.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    with pytest.raises(SourceError, match=f"row 1 of column 'input_ids' {shown}"):
+        _tokens(tiny_local, tmp_path / "t.jsonl", n_tokens=16)
