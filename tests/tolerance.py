@@ -119,6 +119,30 @@ def pearson_tolerance(a: np.ndarray, b: np.ndarray, computations: int = 2) -> fl
     return float(cov_err / (sa * sb) + r * (var_a_err / sa**2 + var_b_err / sb**2) / 2)
 
 
+def low_precision_pearson_tolerance(
+    a: np.ndarray, b: np.ndarray, precision: str, max_a: float, max_b: float
+) -> float:
+    """Bound on the error of a Pearson correlation whose co-activation sum ``sum(a * b)`` was
+    accumulated from rounded inputs (the sums of ``a``, ``b`` and their squares stay float32).
+
+    ``int8``: each non-zero value is rounded to a multiple of ``max / 127`` (error at most half
+    a step; zeros stay exact). ``bfloat16``: each value is rounded to 8 significant bits.
+    ``|ab - a'b'| <= |a| e_b + (|b| + e_b) e_a``, summed over the tokens, divided by
+    ``n std_a std_b``, plus the float32 bound of :func:`pearson_tolerance`.
+    """
+    a = np.abs(a.astype(np.float64))
+    b = np.abs(b.astype(np.float64))
+    if precision == "int8":
+        e_a = np.where(a > 0, max_a / 127 / 2, 0.0)
+        e_b = np.where(b > 0, max_b / 127 / 2, 0.0)
+    elif precision == "bfloat16":
+        e_a, e_b = a * U16B, b * U16B
+    else:
+        raise ValueError(precision)
+    d_cross = (a * e_b + (b + e_b) * e_a).sum()
+    return float(d_cross / (len(a) * a.std() * b.std())) + pearson_tolerance(a, b)
+
+
 def assert_top_k(
     got_indices: Sequence[int],
     got_values: Sequence[float],
