@@ -31,8 +31,17 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
+from core.dataset_files import (
+    json_records,
+    jsonl_records,
+    open_regular,
+    text_file_pieces,
+    text_pieces,
+    token_row,
+)
 from core.dictionaries.protocol import Dictionary, DictionaryError
 from core.models import ModelAdapter
+from core.source_guard import SourceError, model_kwargs, refuse_remote_code, validate_device
 from core.storage import save_tensors
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -42,10 +51,6 @@ DEMO_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEMO_BOS_ID = 0
 log = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class SourceError(ValueError):
-    """A model, dictionary or dataset could not be loaded; the message says how to fix it."""
 
 
 class _Spec:
@@ -76,9 +81,11 @@ class ModelSpec(_Spec):
         name: the TransformerLens name for ``hub``.
         path: the directory for ``local``.
         dtype: float32, bfloat16 or float16.
-        device: ``cpu``, ``cuda``... (``auto`` picks CUDA when present).
-        from_pretrained_kwargs: passed to ``HookedTransformer.from_pretrained`` (e.g.
-            ``{"center_writing_weights": false}``); a dictionary's own
+        device: ``cpu``, ``cuda``... (``auto`` picks CUDA when present); checked by
+            :func:`~core.source_guard.validate_device` before anything loads.
+        from_pretrained_kwargs: processing options for ``HookedTransformer.from_pretrained``
+            (e.g. ``{"center_writing_weights": false}``), only those in
+            :data:`~core.source_guard.MODEL_KWARGS`; a dictionary's own
             ``model_from_pretrained_kwargs`` are merged in by :func:`load_model`.
     """
 
@@ -96,9 +103,7 @@ class ModelSpec(_Spec):
 
 
 def _device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    return validate_device(device)
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -124,8 +129,15 @@ def load_model(spec: ModelSpec, dictionary_kwargs: dict[str, Any] | None = None)
         dictionary_kwargs: ``model_from_pretrained_kwargs`` from the dictionary's
             metadata (how the model was processed when the dictionary was trained);
             they override the defaults, and ``spec.from_pretrained_kwargs`` override them.
+            Only the processing options of :data:`~core.source_guard.MODEL_KWARGS` are
+            used: others in the dictionary are dropped with a warning, others in the spec
+            refused. The spec's dtype wins over the dictionary's.
     """
-    kwargs = {**(dictionary_kwargs or {}), **spec.from_pretrained_kwargs}
+    kwargs = {
+        **model_kwargs(dictionary_kwargs, "the dictionary's metadata", strict=False),
+        **model_kwargs(spec.from_pretrained_kwargs, "the model's from_pretrained_kwargs", True),
+    }
+    kwargs.pop("dtype", None)  # spec.dtype decides
     resolved = {**spec.to_dict(), "device": _device(spec.device)}
     key = json.dumps({"spec": resolved, "kwargs": kwargs}, sort_keys=True, default=str)
     with _LOADING_GUARD:
@@ -173,7 +185,9 @@ def _load_local_model(
     """A Hugging Face model directory, converted with TransformerLens's own converters."""
     if not spec.path:
         raise SourceError("a local model needs the path of a Hugging Face model directory")
-    path = Path(spec.path).expanduser()
+    # absolute: TransformerLens treats some relative names (e.g. "Qwen/...") as hub
+    # models that need remote code
+    path = Path(spec.path).expanduser().absolute()
     if not path.is_dir():
         raise SourceError(f"model directory {path} does not exist")
     if not (path / "config.json").exists():
@@ -181,15 +195,18 @@ def _load_local_model(
             f"{path} has no config.json: point at a Hugging Face model directory "
             "(config.json, weights, tokenizer files), e.g. one written by save_pretrained"
         )
+    refuse_remote_code(path)
     import transformer_lens.loading_from_pretrained as tl_loading
     from transformer_lens import HookedTransformer
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
         hf_model = AutoModelForCausalLM.from_pretrained(
-            str(path), local_files_only=True, dtype=dtype
+            str(path), local_files_only=True, dtype=dtype, trust_remote_code=False
         )
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(path), local_files_only=True, trust_remote_code=False
+        )
     except Exception as exc:  # missing files, bad JSON, truncated weights, refused pickles
         if "weights only load failed" in str(exc).lower():
             msg = (
@@ -204,11 +221,20 @@ def _load_local_model(
             )
         raise SourceError(f"could not read the model in {path}: {msg}") from exc
     fold_ln = kwargs.pop("fold_ln", True)
-    center_writing = kwargs.pop("center_writing_weights", True)
-    center_unembed = kwargs.pop("center_unembed", True)
+    process = {
+        "center_writing_weights": kwargs.pop("center_writing_weights", True),
+        "center_unembed": kwargs.pop("center_unembed", True),
+        "fold_value_biases": kwargs.pop("fold_value_biases", True),
+        "refactor_factored_attn_matrices": kwargs.pop("refactor_factored_attn_matrices", False),
+    }
+    padding_side = kwargs.pop("default_padding_side", None)
     try:
         cfg = tl_loading.get_pretrained_model_config(
-            str(path), fold_ln=fold_ln, device=device, dtype=dtype, **kwargs
+            str(path),
+            fold_ln=fold_ln,
+            device=device,
+            dtype=dtype,
+            default_prepend_bos=kwargs.pop("default_prepend_bos", None),
         )
         state = tl_loading.get_pretrained_state_dict(str(path), cfg, hf_model, dtype=dtype)
     except (KeyError, ValueError, AttributeError, NotImplementedError) as exc:
@@ -216,10 +242,10 @@ def _load_local_model(
             f"TransformerLens cannot convert the model in {path} "
             f"({getattr(hf_model.config, 'architectures', ['?'])[0]}): {str(exc)[:300]}"
         ) from exc
-    model = HookedTransformer(cfg, tokenizer, move_to_device=False)
-    model.load_and_process_state_dict(
-        state, fold_ln=fold_ln, center_writing_weights=center_writing, center_unembed=center_unembed
+    model = HookedTransformer(
+        cfg, tokenizer, move_to_device=False, default_padding_side=padding_side
     )
+    model.load_and_process_state_dict(state, fold_ln=fold_ln, **process)
     model.to(device)
     return ModelAdapter(model, {"kind": "local", "name": path.name, "path": str(path)})
 
@@ -259,11 +285,11 @@ class DictionarySpec(_Spec):
 
 def load_dictionary(spec: DictionarySpec, device: str = "cpu") -> Dictionary:
     """Load a dictionary; shape and hook mismatches are checked against the model later."""
+    device = _device(device)
     from sae_lens import SAE
 
     from core.dictionaries.saelens import SAELensDictionary
 
-    device = _device(device)
     if spec.kind in ("demo", "saelens_local"):
         path = DEMO_SAE_DIR if spec.kind == "demo" else Path(spec.path or "").expanduser()
         if spec.kind == "saelens_local" and not spec.path:
@@ -342,12 +368,14 @@ def _short(exc: Exception) -> str:
 
 
 def model_kwargs_for(dictionary: Dictionary) -> dict[str, Any]:
-    """``model_from_pretrained_kwargs`` the dictionary was trained with (SAELens metadata)."""
+    """``model_from_pretrained_kwargs`` the dictionary was trained with (SAELens metadata),
+    reduced to the processing options of :data:`~core.source_guard.MODEL_KWARGS` (the
+    rest, e.g. ``trust_remote_code`` or ``n_devices``, is dropped with a warning)."""
     sae = getattr(dictionary, "sae", None)
     if sae is None:
         return {}
-    kwargs = sae.cfg.metadata.get("model_from_pretrained_kwargs", None) or {}
-    return dict(kwargs)
+    kwargs = sae.cfg.metadata.get("model_from_pretrained_kwargs", None)
+    return model_kwargs(kwargs, "the dictionary's metadata", strict=False)
 
 
 def saelens_releases(model: str | None = None) -> dict[str, dict[str, Any]]:
@@ -440,8 +468,11 @@ def _rows_from_stream(
     return torch.tensor(rows, dtype=torch.long)
 
 
-def _texts(records: Iterable[dict[str, Any]], column: str | None) -> Iterator[tuple[str, Any]]:
-    for rec in records:
+def _texts(records: Iterable[dict[str, Any]], column: str | None) -> Iterator[tuple[int, str, Any]]:
+    """``(row number, column, value)`` of each record's text (or token id) column."""
+    for row, rec in enumerate(records):
+        if not isinstance(rec, dict):
+            raise SourceError(f"row {row} is {type(rec).__name__}, not a record of named columns")
         if column is None:
             for cand in ("input_ids", "tokens", "text", "content", "document", "sentence"):
                 if cand in rec:
@@ -455,8 +486,10 @@ def _texts(records: Iterable[dict[str, Any]], column: str | None) -> Iterator[tu
                     )
                 column = strings[0]
         if column not in rec:
-            raise SourceError(f"column {column!r} is missing; columns are {sorted(rec)}")
-        yield column, rec[column]
+            raise SourceError(
+                f"column {column!r} is missing in row {row}; columns are {sorted(rec)[:20]}"
+            )
+        yield row, column, rec[column]
 
 
 def _records(spec: DatasetSpec) -> Iterator[dict[str, Any]]:
@@ -480,7 +513,7 @@ def _records(spec: DatasetSpec) -> Iterator[dict[str, Any]]:
         yield from ds
         return
     path = Path(spec.path).expanduser()
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         raise SourceError(f"dataset file {path} does not exist")
     if path.is_dir():
         import datasets
@@ -498,42 +531,44 @@ def _records(spec: DatasetSpec) -> Iterator[dict[str, Any]]:
         yield from ds
         return
     suffix = path.suffix.lower()
-    if suffix in (".txt", ".md", ".text"):
-        text = path.read_text(encoding="utf-8", errors="replace")
-        for doc in text.split("\n\n\n"):
-            if doc.strip():
-                yield {"text": doc}
-    elif suffix in (".jsonl", ".json"):
-        with path.open(encoding="utf-8") as fh:
-            first = fh.read(1)
-            fh.seek(0)
-            if first == "[":
-                try:
-                    data = json.load(fh)
-                except ValueError as exc:
-                    raise SourceError(f"{path} is not valid JSON: {exc}") from exc
-                yield from (d if isinstance(d, dict) else {"text": str(d)} for d in data)
-            else:
-                for n, line in enumerate(fh, 1):
-                    if line.strip():
-                        try:
-                            rec = json.loads(line)
-                        except ValueError as exc:
-                            raise SourceError(f"{path} line {n} is not valid JSON: {exc}") from exc
-                        yield rec if isinstance(rec, dict) else {"text": str(rec)}
+    if suffix in TEXT_SUFFIXES:  # read by load_tokens piece by piece (text_file_pieces)
+        raise AssertionError("text files are read by text_file_pieces")
+    if suffix == ".jsonl":
+        yield from jsonl_records(path)
+    elif suffix == ".json":
+        yield from json_records(path)
     elif suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        try:
-            table = pq.ParquetFile(str(path))
-        except Exception as exc:
-            raise SourceError(f"{path} is not a readable Parquet file: {_short(exc)}") from exc
-        for batch in table.iter_batches(batch_size=1024):
-            yield from batch.to_pylist()
+        with open_regular(path) as fh:
+            try:
+                table = pq.ParquetFile(fh)
+                for batch in table.iter_batches(batch_size=1024):
+                    yield from batch.to_pylist()
+            except SourceError:
+                raise
+            except Exception as exc:
+                raise SourceError(f"{path} is not a readable Parquet file: {_short(exc)}") from exc
     else:
         raise SourceError(
             f"unsupported dataset file type {suffix!r}: use .txt, .jsonl, .json or .parquet"
         )
+
+
+TEXT_SUFFIXES = (".txt", ".md", ".text")
+
+
+def _segments(spec: DatasetSpec) -> Iterator[tuple[int, str, Any, bool]]:
+    """``(row, column, value, ends_doc)`` for every piece of text or row of token ids."""
+    path = Path(spec.path or "").expanduser()
+    if spec.kind == "local" and path.suffix.lower() in TEXT_SUFFIXES and not path.is_dir():
+        if not path.exists() and not path.is_symlink():
+            raise SourceError(f"dataset file {path} does not exist")
+        for n, (piece, ends) in enumerate(text_file_pieces(path)):
+            yield n, "text", piece, ends
+        return
+    for row, column, value in _texts(_records(spec), spec.text_column):
+        yield row, column, value, True
 
 
 def load_tokens(spec: DatasetSpec, model: ModelAdapter) -> tuple[Tensor, dict[str, Any]]:
@@ -561,28 +596,33 @@ def load_tokens(spec: DatasetSpec, model: ModelAdapter) -> tuple[Tensor, dict[st
             with contextlib.suppress(OSError):
                 cache_file.unlink(missing_ok=True)
 
-    records = _records(spec)
     ready: list[list[int]] = []
+    sep = [] if bos is None else [bos]
 
     def ids() -> Iterator[list[int]]:
-        for column, value in _texts(records, spec.text_column):
+        """Token ids piece by piece, ``sep`` after each document; consumed only until the
+        budget is full, so a file is read no further than that."""
+        for row, column, value, ends_doc in _segments(spec):
             if column in ("input_ids", "tokens"):
-                row = [int(v) for v in value]
-                if len(row) >= spec.context_length:  # already a row: keep it as it is
-                    ready.append(row[: spec.context_length])
+                ids_ = token_row(value, column, row, model.d_vocab)
+                if len(ids_) >= spec.context_length:  # already a row: keep it as it is
+                    ready.append(ids_[: spec.context_length])
                     if len(ready) * spec.context_length >= spec.n_tokens:
                         return
                     continue
-                yield row
-            else:
-                if tok is None:
-                    raise SourceError("this model has no tokenizer: use a pre-tokenised dataset")
+                yield ids_ + sep
+                continue
+            if tok is None:
+                raise SourceError("this model has no tokenizer: use a pre-tokenised dataset")
+            for piece in text_pieces(str(value)):
                 # a lone surrogate (possible in JSON text) has no UTF-8 form: "?" stands in,
                 # as a .txt file's undecodable bytes do
-                text = str(value).encode("utf-8", "replace").decode("utf-8")
+                text = piece.encode("utf-8", "replace").decode("utf-8")
                 yield tok(text, add_special_tokens=False)["input_ids"]
+            if ends_doc:
+                yield sep
 
-    streamed = _rows_from_stream(ids(), spec, bos, bos, allow_empty=True)
+    streamed = _rows_from_stream(ids(), spec, bos, None, allow_empty=True)
     parts = [
         t
         for t in (torch.tensor(ready, dtype=torch.long) if ready else None, streamed)

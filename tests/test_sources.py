@@ -548,7 +548,7 @@ def test_json_array_is_read_item_by_item(tiny_local, tmp_path, monkeypatch):
         ([True, False, 1, 2, 3, 4, 5, 6], "holds True \\(bool\\)"),
         ([[1, 2], [3, 4], 5, 6, 7, 8, 9, 10], "holds \\[1, 2\\] \\(list\\)"),
         ("1 2 3 4 5 6 7 8", "holds '1 2 3 4 5 6 7 8' \\(str\\), not a list"),
-        ([0, 1, 2, 3, 4, 5, 6, 999], "token id 999, outside the model's vocabulary"),
+        ([0, 1, 2, 3, 4, 5, 6, 999], "holds token id 999, outside the model's vocabulary"),
     ],
 )
 def test_token_id_columns_are_validated(tiny_local, tmp_path, bad, shown):

@@ -59,32 +59,43 @@ returned as stored: with ``mean_std`` they live in the *normalised* output space
 
 from __future__ import annotations
 
-import json
 import math
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from huggingface_hub import snapshot_download
 from jaxtyping import Float, Int
-from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from core.dictionaries import register
-from core.dictionaries.protocol import Dictionary, DictionaryError
+from core.dictionaries.clt_files import (
+    ACTIVATIONS,
+    NORMALIZATIONS,
+    Reader,
+    activation_name,
+    cfg_int,
+    check_fits,
+    check_layer,
+    expect_shape,
+    fill_hook,
+    norm_stats,
+    normalization_name,
+    open_weights,
+    read_config_text,
+    read_json,
+    require,
+    topk_k,
+)
+from core.dictionaries.protocol import Dictionary, DictionaryError, check_finite
 
-ACTIVATIONS = ("jumprelu", "relu", "topk", "batchtopk")
-NORMALIZATIONS = ("none", "mean_std", "sqrt_d_model")
-_NORM_ALIASES = {"auto": "mean_std", "estimated_mean_std": "mean_std"}
-_ACT_ALIASES = {"jump_relu": "jumprelu", "batch_topk": "batchtopk", "top_k": "topk"}
 DEFAULT_INPUT_TEMPLATE = "blocks.{}.ln2.hook_normalized"
 DEFAULT_OUTPUT_TEMPLATE = "blocks.{}.hook_mlp_out"
 NORM_EPS = 1e-6
 
 _ENC_W = "encoder_module.encoders.{}.weight"
+_ENC_W_RE = re.compile(r"^encoder_module\.encoders\.\d+\.weight$")
 _ENC_B = "encoder_module.encoders.{}.bias_param"
 _DEC_W = "decoder_module.decoders.{}->{}.weight"
 _DEC_B = "decoder_module.decoders.{}->{}.bias_param"
@@ -154,16 +165,16 @@ class CLTDictionary(Dictionary):
         if not 0 <= layer < num_layers:
             raise DictionaryError(f"layer {layer} is out of range 0-{num_layers - 1}")
         n_feat, d_model = W_enc.shape
-        _expect("W_enc", W_enc, (n_feat, d_model))
-        _expect("b_enc", b_enc, (n_feat,))
-        _expect("W_dec", W_dec, (n_feat, d_model))
-        _expect("decoder_norms", decoder_norms, (n_feat, num_layers - layer))
+        expect_shape("W_enc", W_enc, (n_feat, d_model))
+        expect_shape("b_enc", b_enc, (n_feat,))
+        expect_shape("W_dec", W_dec, (n_feat, d_model))
+        expect_shape("decoder_norms", decoder_norms, (n_feat, num_layers - layer))
         if b_dec is not None:
-            _expect("b_dec", b_dec, (d_model,))
+            expect_shape("b_dec", b_dec, (d_model,))
         if activation_fn == "jumprelu":
             if threshold is None:
                 raise DictionaryError("a JumpReLU CLT needs per-feature thresholds")
-            _expect("threshold", threshold, (n_feat,))
+            expect_shape("threshold", threshold, (n_feat,))
         if activation_fn in ("topk", "batchtopk") and (k is None or k <= 0):
             raise DictionaryError(
                 f"a {activation_fn} CLT needs a positive k (cfg 'topk_k' or 'batchtopk_k')"
@@ -171,8 +182,8 @@ class CLTDictionary(Dictionary):
         if normalization == "mean_std":
             if norm_mean is None or norm_std is None:
                 raise DictionaryError("mean_std normalization needs the input mean and std")
-            _expect("norm mean", norm_mean, (d_model,))
-            _expect("norm std", norm_std, (d_model,))
+            expect_shape("norm mean", norm_mean, (d_model,))
+            expect_shape("norm std", norm_std, (d_model,))
 
         self.layer = int(layer)
         self.num_layers = int(num_layers)
@@ -397,6 +408,11 @@ def load_clt(
     else:
         parts = _load_reference(root, layer, weights_file)
     source.update(parts.pop("source"))
+    names = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")
+    check_finite(
+        {n: parts[n] for n in names if parts[n] is not None},
+        f"CLT layer {layer} ({source.get('weights_file')!r})",
+    )
     clt = CLTDictionary(source=source, **parts)
     if dtype is None:
         dtype = clt.W_enc.dtype
@@ -446,231 +462,6 @@ def _fetch_from_hub(spec: str, layer: int, weights_file: str | None) -> Path:
     return fetch([*small, *weights])
 
 
-# ---- tensor readers ---------------------------------------------------------------------
-class _Reader:
-    """Named-tensor access over an open safetensors file or a loaded state dict."""
-
-    def __init__(self, path: Path, handle: Any | None, tensors: dict[str, Tensor] | None):
-        self.path = path
-        self._h = handle
-        self._t = tensors
-        self._keys = set(handle.keys()) if handle is not None else set(tensors or {})
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._keys
-
-    def keys(self) -> list[str]:
-        return sorted(self._keys)
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        if self._h is not None:
-            return tuple(self._h.get_slice(name).get_shape())
-        assert self._t is not None
-        return tuple(self._t[name].shape)
-
-    def get(self, name: str, index: Any = None) -> Tensor:
-        """The tensor (or ``tensor[index]``, read without loading the rest for safetensors)."""
-        try:
-            if self._h is not None:
-                t = self._h.get_tensor(name) if index is None else self._h.get_slice(name)[index]
-            else:
-                assert self._t is not None
-                t = self._t[name] if index is None else self._t[name][index]
-        except (SafetensorError, RuntimeError, OSError) as exc:
-            raise DictionaryError(
-                f"could not read tensor {name!r} from {self.path.name!r}: {exc}. The file "
-                "looks truncated or corrupt: download or export it again"
-            ) from exc
-        return t.clone() if self._h is None else t
-
-    def checked(self, name: str, expected: tuple[int, ...]) -> Tensor:
-        """Read ``name`` and fail with a clear message unless its shape is ``expected``."""
-        got = self.shape(name)
-        if got != expected:
-            raise DictionaryError(
-                f"tensor {name!r} in {self.path.name!r} has shape {list(got)}, expected "
-                f"{list(expected)}: the weights do not match the config (num_features, d_model, "
-                "num_layers); check that cfg.json belongs to these weights"
-            )
-        return self.get(name)
-
-
-@contextmanager
-def _open_weights(path: Path) -> Iterator[_Reader]:
-    """Open a ``.safetensors`` lazily, or a ``.pt`` with ``torch.load(weights_only=True)``."""
-    if path.suffix == ".safetensors":
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as handle:
-                yield _Reader(path, handle, None)
-        except SafetensorError as exc:
-            raise DictionaryError(
-                f"{path.name!r} is not a readable safetensors file ({exc}): it is truncated or "
-                "corrupt; download or export it again"
-            ) from exc
-        return
-    yield _Reader(path, None, _load_pt(path))
-
-
-def _load_pt(path: Path) -> dict[str, Tensor]:
-    """A plain tensor state dict from a ``.pt``; anything else pickled is refused unrun."""
-    obj: Any = None
-    errors: list[str] = []
-    for mmap in (True, False):
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-            break
-        except Exception as exc:  # weights_only refuses any non-tensor global
-            errors.append(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-    else:
-        raise DictionaryError(
-            f"refused to load {path.name!r}: it is not a plain tensor checkpoint readable with "
-            f"torch.load(weights_only=True) (arbitrary pickled objects are never executed): "
-            f"{errors[-1]}. Re-export the weights as safetensors"
-        )
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model_state_dict", "model"):
-            inner = obj.get(key)
-            if isinstance(inner, dict) and any(isinstance(v, Tensor) for v in inner.values()):
-                obj = inner
-                break
-    if not isinstance(obj, dict) or not all(
-        isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()
-    ):
-        raise DictionaryError(
-            f"{path.name!r} does not hold a state dict of named tensors "
-            f"(got {type(obj).__name__}): save model.state_dict() or re-export as safetensors"
-        )
-    return obj
-
-
-# ---- config helpers ----------------------------------------------------------------------
-def _expect(name: str, t: Tensor, shape: tuple[int, ...]) -> None:
-    if tuple(t.shape) != shape:
-        raise DictionaryError(f"{name} has shape {list(t.shape)}, expected {list(shape)}")
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DictionaryError(
-            f"{path.name} in {str(path.parent)!r} is not valid JSON: {exc}"
-        ) from exc
-
-
-def _cfg_int(cfg: dict[str, Any], keys: tuple[str, ...], where: str) -> int | None:
-    for key in keys:
-        if key in cfg and cfg[key] is not None:
-            val = cfg[key]
-            if isinstance(val, bool) or not isinstance(val, int) or val <= 0:
-                raise DictionaryError(f"{where}: {key!r} must be a positive integer, got {val!r}")
-            return val
-    return None
-
-
-def _activation(name: Any, where: str) -> str:
-    act = _ACT_ALIASES.get(str(name).lower(), str(name).lower())
-    if act not in ACTIVATIONS:
-        raise DictionaryError(
-            f"{where}: unknown activation_fn {name!r}: supported are {list(ACTIVATIONS)}"
-        )
-    return act
-
-
-def _normalization(name: Any, where: str) -> str:
-    norm = _NORM_ALIASES.get(str(name), str(name))
-    if norm not in NORMALIZATIONS:
-        raise DictionaryError(
-            f"{where}: unknown normalization_method {name!r}: supported are "
-            f"{list(NORMALIZATIONS)} (legacy 'auto' and 'estimated_mean_std' mean 'mean_std')"
-        )
-    return norm
-
-
-def _hook(template: Any, layer: int, default: str, key: str) -> str:
-    """Fill a hook template: ``blocks.{}.x``, ``blocks.{layer}.x`` or a bare ``x``."""
-    if template is None:
-        template = default
-    template = str(template)
-    if "{}" in template:
-        return template.replace("{}", str(layer))
-    if "{layer}" in template:
-        return template.replace("{layer}", str(layer))
-    if not template.startswith("blocks."):
-        return f"blocks.{layer}.{template}"
-    raise DictionaryError(
-        f"hook template {key}={template!r} has no '{{}}' placeholder for the layer: write it "
-        f"like {default!r}"
-    )
-
-
-def _k(cfg: dict[str, Any], act: str, where: str) -> float | None:
-    if act not in ("topk", "batchtopk"):
-        return None
-    keys = ("topk_k", "batchtopk_k") if act == "topk" else ("batchtopk_k", "topk_k")
-    for key in keys:
-        val = cfg.get(key)
-        if val is not None:
-            if isinstance(val, bool) or not isinstance(val, int | float) or val <= 0:
-                raise DictionaryError(f"{where}: {key!r} must be a positive number, got {val!r}")
-            return float(val)
-    raise DictionaryError(f"{where}: activation_fn {act!r} needs {keys[0]!r} (features per token)")
-
-
-def _norm_stats(root: Path, layer: int, d_model: int) -> tuple[Tensor, Tensor]:
-    path = root / "norm_stats.json"
-    if not path.is_file():
-        raise DictionaryError(
-            f"normalization_method is mean_std but {str(root)!r} has no norm_stats.json: copy the "
-            "training run's norm_stats.json next to cfg.json (or set normalization_method to "
-            "'none' if the inputs were not normalised)"
-        )
-    stats = _read_json(path)
-    entry = stats.get(str(layer)) if isinstance(stats, dict) else None
-    if entry is None:
-        have = sorted(stats, key=lambda s: (len(s), s)) if isinstance(stats, dict) else []
-        raise DictionaryError(
-            f"norm_stats.json has no entry for layer {layer} (has {have[:8]}): use the "
-            "norm_stats.json written for this CLT's training run"
-        )
-    try:
-        mean = torch.tensor(entry["inputs"]["mean"], dtype=torch.float32)
-        std = torch.tensor(entry["inputs"]["std"], dtype=torch.float32)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise DictionaryError(
-            f"norm_stats.json layer {layer} needs {{'inputs': {{'mean': [...], 'std': [...]}}}} "
-            f"with {d_model} numbers each ({exc!r})"
-        ) from exc
-    for name, t in (("mean", mean), ("std", std)):
-        if t.shape != (d_model,):
-            raise DictionaryError(
-                f"norm_stats.json layer {layer} inputs.{name} has {list(t.shape)} values, "
-                f"expected [{d_model}] (d_model)"
-            )
-        if not torch.isfinite(t).all():
-            raise DictionaryError(f"norm_stats.json layer {layer} inputs.{name} is not finite")
-    return mean, std
-
-
-def _check_layer(layer: int, num_layers: int) -> None:
-    if not 0 <= layer < num_layers:
-        raise DictionaryError(
-            f"layer {layer} is out of range: this CLT has {num_layers} layers "
-            f"(valid 0-{num_layers - 1})"
-        )
-
-
-def _missing(reader: _Reader, names: list[str]) -> None:
-    missing = [n for n in names if n not in reader]
-    if missing:
-        present = reader.keys()
-        raise DictionaryError(
-            f"{reader.path.name!r} lacks {len(missing)} tensor(s) the layer needs, e.g. "
-            f"{missing[:4]} (file has {len(present)} tensors, e.g. {present[:4]}): point "
-            "weights_file at the full CLT checkpoint"
-        )
-
-
 # ---- reference layout -------------------------------------------------------------------
 def _weights_path(root: Path, weights_file: str | None) -> Path:
     if weights_file is not None:
@@ -691,7 +482,7 @@ def _weights_path(root: Path, weights_file: str | None) -> Path:
     )
 
 
-def _bias_name(reader: _Reader, weight_name: str) -> str:
+def _bias_name(reader: Reader, weight_name: str) -> str:
     base = weight_name.removesuffix(".weight")
     return f"{base}.bias" if f"{base}.bias" in reader else f"{base}.bias_param"
 
@@ -705,43 +496,53 @@ def _load_reference(root: Path, layer: int, weights_file: str | None) -> dict[st
             "tl_input_template) next to its weights; a circuit-tracer CLT needs "
             "W_enc_{i}.safetensors / W_dec_{i}.safetensors files"
         )
-    cfg = _read_json(cfg_path)
+    cfg = read_json(cfg_path)
     if not isinstance(cfg, dict):
         raise DictionaryError("cfg.json must hold a JSON object")
     sizes = {}
     for key in ("num_features", "num_layers", "d_model"):
-        val = _cfg_int(cfg, (key,), "cfg.json")
+        val = cfg_int(cfg, (key,), "cfg.json")
         if val is None:
             raise DictionaryError(f"cfg.json lacks {key!r}: add it (an integer)")
         sizes[key] = val
     n_feat, n_layers, d_model = sizes["num_features"], sizes["num_layers"], sizes["d_model"]
-    _check_layer(layer, n_layers)
+    check_layer(layer, n_layers)
     path = _weights_path(root, weights_file)
     act_raw = cfg.get("activation_fn")
-    norm = _normalization(cfg.get("normalization_method") or "none", "cfg.json")
+    norm = normalization_name(cfg.get("normalization_method") or "none", "cfg.json")
     mean = std = None
     if norm == "mean_std":
-        mean, std = _norm_stats(root, layer, d_model)
+        mean, std = norm_stats(root, layer, d_model)
 
-    with _open_weights(path) as r:
+    with open_weights(path) as r:
         act = (
-            _activation(act_raw, "cfg.json")
+            activation_name(act_raw, "cfg.json")
             if act_raw
             else ("jumprelu" if _LOG_THETA in r else "relu")
         )
-        k = _k(cfg, act, "cfg.json")
+        k = topk_k(cfg, act, "cfg.json")
+        n_enc = sum(1 for name in r if _ENC_W_RE.match(name))
+        if n_layers > n_enc:
+            raise DictionaryError(
+                f"cfg.json declares num_layers = {n_layers:,} but {path.name!r} holds encoders "
+                f"for {n_enc} layer(s): fix num_layers in cfg.json (or point weights_file at "
+                "the full CLT checkpoint)"
+            )
         enc_w = _ENC_W.format(layer)
         dec_w = [_DEC_W.format(layer, t) for t in range(layer, n_layers)]
-        _missing(r, [enc_w, *dec_w])
+        require(r, [enc_w, *dec_w])
         enc_b = _bias_name(r, enc_w)
-        _missing(r, [enc_b])
+        require(r, [enc_b])
         W_enc = r.checked(enc_w, (n_feat, d_model))
         b_enc = r.checked(enc_b, (n_feat,))
+        check_fits(n_feat * (n_layers - layer), "the decoder norm table", repr(path.name))
         norms = torch.empty(n_feat, n_layers - layer)
         W_dec = None
         for j, name in enumerate(dec_w):
             w = r.checked(name, (d_model, n_feat))
             norms[:, j] = w.float().norm(dim=0)
+            if not bool(torch.isfinite(norms[:, j]).all()):
+                check_finite({name: w}, repr(path.name))
             if j == 0:
                 W_dec = w.T.contiguous()
             del w
@@ -775,10 +576,10 @@ def _load_reference(root: Path, layer: int, weights_file: str | None) -> dict[st
         "normalization": norm,
         "norm_mean": mean,
         "norm_std": std,
-        "hook_in": _hook(
+        "hook_in": fill_hook(
             cfg.get("tl_input_template"), layer, DEFAULT_INPUT_TEMPLATE, "tl_input_template"
         ),
-        "hook_out": _hook(
+        "hook_out": fill_hook(
             cfg.get("tl_output_template"), layer, DEFAULT_OUTPUT_TEMPLATE, "tl_output_template"
         ),
         "source": {
@@ -809,15 +610,16 @@ def _layer_tensors(
 def _small_config(root: Path) -> dict[str, Any]:
     """``cfg.json`` or ``config.yaml`` of a circuit-tracer directory ({} when absent)."""
     if (root / "cfg.json").is_file():
-        cfg = _read_json(root / "cfg.json")
+        cfg = read_json(root / "cfg.json")
     elif (root / "config.yaml").is_file() or (root / "config.yml").is_file():
         import yaml
 
         path = root / "config.yaml" if (root / "config.yaml").is_file() else root / "config.yml"
+        text = read_config_text(path)
         try:
-            cfg = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise DictionaryError(f"{path.name} is not valid YAML: {exc}") from exc
+            cfg = yaml.safe_load(text)
+        except (yaml.YAMLError, RecursionError) as exc:
+            raise DictionaryError(f"{path.name} is not valid YAML: {str(exc)[:300]}") from exc
     else:
         return {}
     if not isinstance(cfg, dict):
@@ -828,9 +630,9 @@ def _small_config(root: Path) -> dict[str, Any]:
 def _load_circuit_tracer(root: Path, layer: int) -> dict[str, Any]:
     cfg = _small_config(root)
     where = "CLT config"
-    n_layers_cfg = _cfg_int(cfg, ("num_layers", "n_layers"), where)
+    n_layers_cfg = cfg_int(cfg, ("num_layers", "n_layers"), where)
     if n_layers_cfg is not None:
-        _check_layer(layer, n_layers_cfg)
+        check_layer(layer, n_layers_cfg)
     enc_path, dec_path = root / f"W_enc_{layer}.safetensors", root / f"W_dec_{layer}.safetensors"
     if layer < 0 or not enc_path.is_file():
         have = sorted(int(m.group(1)) for p in root.iterdir() if (m := _CT_ENC.match(p.name)))
@@ -847,19 +649,19 @@ def _load_circuit_tracer(root: Path, layer: int) -> dict[str, Any]:
         )
     names = (f"W_enc_{layer}", f"b_enc_{layer}", f"b_dec_{layer}", f"threshold_{layer}")
     w_name, be_name, bd_name, th_name = names
-    with _open_weights(enc_path) as r:
-        _missing(r, [w_name, be_name])
+    with open_weights(enc_path) as r:
+        require(r, [w_name, be_name])
         be_shape = r.shape(be_name)
         if len(be_shape) != 1:
             raise DictionaryError(
                 f"tensor {be_name!r} has shape {list(be_shape)}, expected [d_transcoder]"
             )
         n_feat = be_shape[0]
-        d_model = _cfg_int(cfg, ("d_model",), where)
+        d_model = cfg_int(cfg, ("d_model",), where)
         if d_model is None and bd_name in r:
             d_model = r.shape(bd_name)[0]
         if d_model is None:
-            with _open_weights(dec_path) as rd:
+            with open_weights(dec_path) as rd:
                 if f"W_dec_{layer}" in rd:
                     d_model = rd.shape(f"W_dec_{layer}")[-1]
         if d_model is None:
@@ -886,7 +688,7 @@ def _load_circuit_tracer(root: Path, layer: int) -> dict[str, Any]:
             threshold = r.get(th_name).reshape(n_feat)
     act_raw = cfg.get("activation_fn", cfg.get("activation_function"))
     act = (
-        _activation(act_raw, where)
+        activation_name(act_raw, where)
         if act_raw
         else ("jumprelu" if threshold is not None else "relu")
     )
@@ -897,29 +699,34 @@ def _load_circuit_tracer(root: Path, layer: int) -> dict[str, Any]:
                 "config has no 'jumprelu_threshold'"
             )
         threshold = torch.full((n_feat,), float(cfg["jumprelu_threshold"]))
-    k = _k(cfg, act, where)
-    norm = _normalization(cfg.get("normalization_method") or "none", where)
+    k = topk_k(cfg, act, where)
+    norm = normalization_name(cfg.get("normalization_method") or "none", where)
     mean = std = None
     if norm == "mean_std":
-        mean, std = _norm_stats(root, layer, d_model)
+        mean, std = norm_stats(root, layer, d_model)
 
     d_name = f"W_dec_{layer}"
-    with _open_weights(dec_path) as r:
-        _missing(r, [d_name])
+    with open_weights(dec_path) as r:
+        require(r, [d_name])
         shape = r.shape(d_name)
         n_out = shape[1] if len(shape) == 3 else -1
         n_layers = n_layers_cfg if n_layers_cfg is not None else layer + n_out
         expected = (n_feat, n_layers - layer, d_model)
+        if n_layers_cfg is None and n_out > 0:
+            check_layer(layer, n_layers)
         if shape != expected:
             raise DictionaryError(
                 f"tensor {d_name!r} has shape {list(shape)}, expected {list(expected)} "
                 "(d_transcoder, n_layers - layer, d_model)"
             )
+        check_fits(n_feat * (n_layers - layer), "the decoder norm table", repr(dec_path.name))
         norms = torch.empty(n_feat, n_layers - layer)
         W_dec = None
         for j in range(n_layers - layer):
             w = r.get(d_name, (slice(None), j, slice(None)))
             norms[:, j] = w.float().norm(dim=1)
+            if not bool(torch.isfinite(norms[:, j]).all()):
+                check_finite({f"{d_name}[:, {j}]": w}, repr(dec_path.name))
             if j == 0:
                 W_dec = w.contiguous()
             del w
@@ -934,13 +741,13 @@ def _load_circuit_tracer(root: Path, layer: int) -> dict[str, Any]:
         "normalization": norm,
         "norm_mean": mean,
         "norm_std": std,
-        "hook_in": _hook(
+        "hook_in": fill_hook(
             cfg.get("tl_input_template", cfg.get("feature_input_hook")),
             layer,
             DEFAULT_INPUT_TEMPLATE,
             "feature_input_hook",
         ),
-        "hook_out": _hook(
+        "hook_out": fill_hook(
             cfg.get("tl_output_template", cfg.get("feature_output_hook")),
             layer,
             DEFAULT_OUTPUT_TEMPLATE,

@@ -10,6 +10,7 @@ transcoders and CLTs differ in their adapters, never in the engine.
 from __future__ import annotations
 
 import hashlib
+import re
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -20,6 +21,49 @@ from torch import Tensor
 
 class DictionaryError(ValueError):
     """A dictionary could not be loaded or does not fit the model (message says how to fix)."""
+
+
+#: a TransformerLens hook name: dotted identifiers or block numbers, ending in ``hook_...``
+HOOK_NAME = re.compile(r"^(?:(?:[A-Za-z_][A-Za-z0-9_]*|\d{1,5})\.){0,8}hook_[A-Za-z0-9_]{1,60}$")
+
+
+def check_hook_name(name: object, where: str) -> str:
+    """``name`` if it is a well-formed hook name (e.g. ``blocks.6.hook_resid_pre``).
+
+    Hook names come from dictionary files; anything else (code, format fields, several
+    names) is refused here, before the dictionary meets a model (which then checks that
+    the hook exists).
+    """
+    if not isinstance(name, str) or not HOOK_NAME.match(name):
+        raise DictionaryError(
+            f"{where} is {str(name)[:80]!r}, not a TransformerLens hook name: write one like "
+            "'blocks.6.hook_resid_pre' (dotted names and layer numbers ending in hook_...)"
+        )
+    return name
+
+
+def check_finite(tensors: dict[str, Tensor], where: str) -> None:
+    """Refuse weights holding NaN or infinity, naming the tensor and the count.
+
+    Scans in slices, so no full-size mask is allocated.
+    """
+    for name, t in tensors.items():
+        if t is None or not t.is_floating_point():
+            continue
+        flat = t.detach().reshape(-1)
+        nan = inf = 0
+        for part in flat.split(1 << 22):
+            bad = ~torch.isfinite(part)
+            if bool(bad.any()):
+                n_nan = int(torch.isnan(part).sum())
+                nan += n_nan
+                inf += int(bad.sum()) - n_nan
+        if nan or inf:
+            raise DictionaryError(
+                f"{where}: tensor {name!r} {list(t.shape)} holds {nan:,} NaN and {inf:,} "
+                "infinite value(s): the weights are damaged (or training diverged); download or "
+                "export them again"
+            )
 
 
 class Dictionary(ABC):

@@ -16,7 +16,12 @@ from sae_lens import SAE, GatedSAE, JumpReLUSAE, JumpReLUTranscoder, StandardSAE
 from torch import Tensor
 
 from core.dictionaries import register
-from core.dictionaries.protocol import Dictionary, DictionaryError
+from core.dictionaries.protocol import (
+    Dictionary,
+    DictionaryError,
+    check_finite,
+    check_hook_name,
+)
 
 # Encoder families, decided by class (never by name).
 _ELEMENTWISE = (StandardSAE, Transcoder)  # activation_fn(x W + b), feature by feature
@@ -58,6 +63,9 @@ class SAELensDictionary(Dictionary):
                 "decoder writes to (e.g. 'blocks.6.hook_mlp_out')"
             )
         self._hook_out = hook_out or self._hook_in
+        check_hook_name(self._hook_in, "the SAE's cfg.metadata.hook_name")
+        check_hook_name(self._hook_out, "the SAE's cfg.metadata.hook_name_out")
+        check_finite(dict(sae.state_dict()), "the SAE's weights")
         if isinstance(sae, _JUMPRELU):
             self._family = "jumprelu"
         elif isinstance(sae, _GATED):

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 import shutil
+import struct
 from pathlib import Path
 
 import pytest
@@ -687,3 +689,112 @@ def test_engine_end_to_end(tmp_path):
             assert ex.value == pytest.approx(want, abs=tol)
             n_checked += 1
     assert n_checked > 0
+
+
+# ---- hardening: hook templates, declared sizes, non-finite weights ----------------------------
+@pytest.mark.parametrize(
+    "template",
+    ["blocks.{}.hook_resid_pre; import os", "{0.__class__}", "{}{}{}", "blocks.{0}.hook_x"],
+)
+def test_hook_templates_are_checked_before_filling(tmp_path, template):
+    write_reference(
+        tmp_path, reference_tensors(), base_cfg(tl_input_template=template), norm_stats()
+    )
+    with pytest.raises(DictionaryError, match="is not a hook name template"):
+        load_clt(tmp_path, 0)
+    enc, dec = circuit_tracer_tensors()
+    ct = write_circuit_tracer(
+        tmp_path / "ct", enc, dec, config_yaml=f"feature_output_hook: {json.dumps(template)}\n"
+    )
+    with pytest.raises(DictionaryError, match="feature_output_hook=.*not a hook name template"):
+        load_clt(ct, 0)
+
+
+def test_filled_template_must_be_a_hook_name(tmp_path):
+    cfg = base_cfg(tl_output_template="blocks.{}.mlp_out")  # no hook_ point
+    write_reference(tmp_path, reference_tensors(), cfg, norm_stats())
+    with pytest.raises(DictionaryError, match="'blocks.1.mlp_out', not a TransformerLens hook"):
+        load_clt(tmp_path, 1)
+
+
+@pytest.mark.parametrize(
+    ("num_layers", "words"),
+    [(10**9, "declares 1,000,000,000 layers"), (500, "num_layers = 500 but .* 3 layer")],
+)
+def test_declared_layer_count_is_checked_before_allocating(tmp_path, num_layers, words):
+    cfg = base_cfg(num_layers=num_layers)
+    write_reference(tmp_path, reference_tensors(), cfg, norm_stats())
+    with pytest.raises(DictionaryError, match=words):
+        load_clt(tmp_path, 0)
+    enc, dec = circuit_tracer_tensors()
+    ct = write_circuit_tracer(tmp_path / "ct", enc, dec, config_yaml=f"n_layers: {num_layers}\n")
+    with pytest.raises(DictionaryError, match="declares|expected"):
+        load_clt(ct, 0)
+
+
+def _sparse_safetensors(path: Path, tensors: dict[str, list[int]]) -> None:
+    """A safetensors file whose header declares ``tensors`` (float32) and whose data is a
+    hole: as large as declared, but no disk is used."""
+    header, offset = {}, 0
+    for name, shape in tensors.items():
+        size = 4 * math.prod(shape)
+        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    with path.open("wb") as fh:
+        fh.write(struct.pack("<Q", len(raw)) + raw)
+        fh.truncate(8 + len(raw) + offset)
+
+
+def test_circuit_tracer_terabyte_tensor_is_refused(tmp_path):
+    n_feat, d_model = 1 << 18, 1 << 20  # W_enc_0 declares 1 TiB
+    _sparse_safetensors(
+        tmp_path / "W_enc_0.safetensors",
+        {"W_enc_0": [n_feat, d_model], "b_enc_0": [n_feat], "b_dec_0": [d_model]},
+    )
+    _sparse_safetensors(tmp_path / "W_dec_0.safetensors", {"W_dec_0": [n_feat, 1, d_model]})
+    # refused when mapping the file (strict overcommit) or, at the latest, before reading
+    with pytest.raises(DictionaryError, match=r"W_enc_0.*1,024.0 GiB"):
+        load_clt(tmp_path, 0)
+
+
+def test_declared_tensor_sizes_are_checked_against_memory(tmp_path, monkeypatch):
+    n_feat, d_model = 1 << 14, 1 << 15  # W_enc_0 declares 2 GiB
+    _sparse_safetensors(
+        tmp_path / "W_enc_0.safetensors",
+        {"W_enc_0": [n_feat, d_model], "b_enc_0": [n_feat], "b_dec_0": [d_model]},
+    )
+    _sparse_safetensors(tmp_path / "W_dec_0.safetensors", {"W_dec_0": [n_feat, 1, d_model]})
+    monkeypatch.setattr("core.dictionaries.clt_files.memory_budget", lambda: 1 << 30)
+    with pytest.raises(
+        DictionaryError,
+        match=r"tensor 'W_enc_0' \[16384, 32768\] in 'W_enc_0.safetensors' would take 2.0 GiB",
+    ):
+        load_clt(tmp_path, 0)
+
+
+def test_non_finite_weights_are_refused(tmp_path):
+    t = reference_tensors()
+    t["encoder_module.encoders.0.weight"][3, :5] = float("nan")
+    write_reference(tmp_path / "a", t, base_cfg(), norm_stats())
+    with pytest.raises(DictionaryError, match="'W_enc' \\[24, 32\\] holds 5 NaN and 0 infinite"):
+        load_clt(tmp_path / "a", 0)
+    load_clt(tmp_path / "a", 1)  # another layer's encoder is fine
+    t = reference_tensors()
+    t["decoder_module.decoders.0->2.weight"][1, 2] = float("inf")
+    write_reference(tmp_path / "b", t, base_cfg(), norm_stats())
+    with pytest.raises(DictionaryError, match="'decoder_module.decoders.0->2.weight'.* 1 infinite"):
+        load_clt(tmp_path / "b", 0)
+    enc, dec = circuit_tracer_tensors()
+    dec[1]["W_dec_1"][0, 1, 0] = float("nan")
+    ct = write_circuit_tracer(tmp_path / "ct", enc, dec)
+    with pytest.raises(DictionaryError, match=r"'W_dec_1\[:, 1\]'.* 1 NaN"):
+        load_clt(ct, 1)
+
+
+def test_deeply_nested_config_is_a_clear_error(tmp_path):
+    write_reference(tmp_path, reference_tensors(), None, norm_stats())
+    (tmp_path / "cfg.json").write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(DictionaryError, match="nested too deeply"):
+        load_clt(tmp_path, 0)
