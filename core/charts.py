@@ -104,15 +104,22 @@ def logit_histogram(
 def density_overview(
     summary: dict[str, list], width: int | str = "container", height: int = 200
 ) -> alt.Chart:
-    """Log10 density of every feature in the dictionary (dead features counted apart)."""
+    """Log10 density of every feature in the dictionary (dead features counted apart):
+    each bar counts the features whose density falls in its bin."""
     dens = [d for d in summary["density"] if d > 0]
     df = pd.DataFrame({"log10_density": [math.log10(d) for d in dens]})
     dead = len(summary["density"]) - len(dens)
+    bins = alt.Bin(maxbins=50)
     return (
-        alt.Chart(df, title=f"Feature density (log10); {dead} dead features not shown")
+        alt.Chart(df, title=f"Feature density (log10); {plural(dead, 'dead feature')} not shown")
         .mark_bar(color="#4a5568")
         .encode(
-            x=alt.X("log10_density:Q", bin=alt.Bin(maxbins=50), title="log10 density"), y="count()"
+            x=alt.X("log10_density:Q", bin=bins, title="log10 density (share of tokens active)"),
+            y=alt.Y("count():Q", title="features"),
+            tooltip=[
+                alt.Tooltip("log10_density:Q", bin=bins, title="log10 density", format=".2f"),
+                alt.Tooltip("count():Q", title="features"),
+            ],
         )
         .properties(width=width, height=height)
     )
@@ -187,17 +194,34 @@ def examples_html(examples: list[Example], max_act: float, title: str | None = N
     return head + "".join(example_html(e, max_act) for e in examples)
 
 
+def plural(n: int, word: str) -> str:
+    """``"1 token"``, ``"2 tokens"``, ``"1,024 tokens"``."""
+    return f"{n:,} {word}" if n == 1 else f"{n:,} {word}s"
+
+
 def intervals_html(fd: FeatureData) -> str:
+    """Interval groups, strongest first; bins without any activation are left out and
+    counted in a closing note."""
     out = []
+    empty = 0
     for g in reversed(fd.intervals):
+        if g.n_active == 0 and not g.examples:
+            empty += 1
+            continue
         title = f"Interval ({g.lo:.3f}, {g.hi:.3f}]"
-        sub = f" {g.n_active} tokens, {g.share:.2%} of activations"
+        sub = f" {plural(g.n_active, 'token')}, {g.share:.2%} of activations"
         out.append(
             f'<div class="fs-group">{esc(title)}<small>{esc(sub)}</small></div>'
             + (
                 "".join(example_html(e, fd.max_act) for e in g.examples)
                 or '<div class="fs-meta">no examples</div>'
             )
+        )
+    if empty:
+        were = "was" if empty == 1 else "were"
+        out.append(
+            f'<div class="fs-meta fs-empty-bins">{plural(empty, "empty interval")} of '
+            f"{len(fd.intervals)} {were} not shown (no activation in that range)</div>"
         )
     return "".join(out)
 
@@ -223,12 +247,30 @@ def logit_table_html(top: LogitTable, bottom: LogitTable) -> str:
     )
 
 
+#: display names of table columns: correlated neurons and features are measured on
+#: activations over the swept tokens (unlike the nearest features by decoder cosine)
+COLUMN_TITLES = {
+    "pearson": "activation pearson",
+    "cosine": "activation cosine",
+    "l1_share": "l1 share",
+}
+COLUMN_HELP = {
+    "pearson": "Pearson correlation of the two activations over the swept tokens",
+    "cosine": "cosine similarity of the two activation vectors over the swept tokens",
+    "l1_share": "share of the decoder row's L1 norm",
+}
+
+
 def table_html(table: Table, index_name: str, link: str | None = None) -> str:
-    """A ranked table; ``link`` (e.g. ``"?feature={}"``) makes indices links."""
+    """A ranked table; ``link`` (e.g. ``"?feature={}"``) makes indices links. Column
+    names are shown as :data:`COLUMN_TITLES` says, with :data:`COLUMN_HELP` on hover."""
     if not table.indices:
         return '<div class="fs-meta">none</div>'
     cols = list(table.columns)
-    head = "".join(f"<th>{esc(c)}</th>" for c in [index_name, *cols])
+    head = f"<th>{esc(index_name)}</th>" + "".join(
+        f'<th title="{esc(COLUMN_HELP.get(c, c))}">{esc(COLUMN_TITLES.get(c, c))}</th>'
+        for c in cols
+    )
     rows = []
     for j, idx in enumerate(table.indices):
         cell = f'<a href="{esc(link.format(idx))}" target="_self">{idx}</a>' if link else str(idx)
@@ -263,3 +305,69 @@ def tokens_html(tokens: list[str], acts: list[float], max_act: float | None = No
             f'{esc(visible_token(tok))}<span class="fs-tip">{esc(tip)}</span></span>'
         )
     return f'<div class="fs-ex">{"".join(parts)}</div>'
+
+
+def effects_summary_html(summary: dict[str, Any]) -> str:
+    """The exact-effects summary (``extras["effects"]``) as sentences, not JSON."""
+    lines = []
+    method = summary.get("method", "exact ablation")
+    where = summary.get("write_hook")
+    lines.append(f"Effects: {method}" + (f" at {where}" if where else ""))
+    mean = summary.get("mean_loss_qualifying")
+    if mean is not None:
+        lines.append(
+            f"mean loss effect at the max token {float(mean):+.4f} (positive: the feature helps)"
+        )
+    if summary.get("k"):
+        lines.append(f"the {summary['k']} tokens most raised / lowered are in each token's hover")
+    if summary.get("scope"):
+        lines.append(str(summary["scope"]))
+    if summary.get("legend"):
+        lines.append(str(summary["legend"]))
+    return "".join(f'<div class="fs-meta fs-effects-line">{esc(t)}</div>' for t in lines)
+
+
+def extras_html(extras: dict[str, Any]) -> str:
+    """A feature's extras for people: the effects summary as sentences, a cross-layer
+    transcoder's decoder norms per target layer as a table, anything else as short text."""
+    parts = []
+    rest = dict(extras)
+    effects = rest.pop("effects", None)
+    layers = rest.pop("decoder_layers", None)
+    norms = rest.pop("decoder_norms_by_layer", None)
+    if layers is not None and norms is not None:
+        rows = "".join(
+            f"<tr><td>{esc(layer)}</td><td>{float(n):.4f}</td></tr>"
+            for layer, n in zip(layers, norms, strict=False)
+        )
+        parts.append(
+            '<table class="fs-table"><tr><th>target layer</th><th>decoder norm</th></tr>'
+            f"{rows}</table>"
+        )
+    elif layers is not None or norms is not None:
+        rest.update({"decoder_layers": layers} if layers is not None else {})
+        rest.update({"decoder_norms_by_layer": norms} if norms is not None else {})
+    if rest:
+        rows = "".join(
+            f"<tr><th>{esc(k.replace('_', ' '))}</th><td>{esc(_short_text(v))}</td></tr>"
+            for k, v in rest.items()
+        )
+        parts.append(f'<table class="fs-table">{rows}</table>')
+    if isinstance(effects, dict):
+        parts.append(effects_summary_html(effects))
+    return "".join(parts)
+
+
+def _short_text(v: Any, limit: int = 300) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list | tuple) and all(isinstance(x, int | float) for x in v):
+        text = ", ".join(f"{x:.4g}" if isinstance(x, float) else str(x) for x in v)
+    else:
+        text = str(v)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def tokens_text(tokens: list[str]) -> str:
+    """Tokens for a table cell: whitespace made visible, quoted, space-separated."""
+    return " ".join(repr(visible_token(t)) for t in tokens)

@@ -32,6 +32,7 @@ from core.engine.features import FeatureData
 from core.hosted import Limits
 from core.memo import Memo
 from core.models import ModelAdapter
+from core.previews import feature_preview
 from core.queue import COMPUTE_QUEUE
 from core.sources import (
     DatasetSpec,
@@ -41,6 +42,18 @@ from core.sources import (
 )
 
 Progress = Callable[[float, str], None]
+#: columns of :meth:`Workspace.summary`; the version is part of its memo key (bumped when
+#: a column is added, so an older stored table is rebuilt from the cached features)
+SUMMARY_COLUMNS = [
+    "feature",
+    "density",
+    "max_act",
+    "mean_act",
+    "n_active",
+    "top_tokens",
+    "fires_on",
+]
+SUMMARY_VERSION = 2
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 _LOCKS: dict[int, threading.RLock] = {}
@@ -136,6 +149,7 @@ class Workspace:
         self._unit_dirs: torch.Tensor | None = None
         self._vocab_index: dict[str, list[int]] | None = None
         self._fits: set[str] = set()  # hooks the dictionary was checked to fit
+        self._previews: dict[int, dict[str, list[str]]] = {}  # computed features only
 
     @classmethod
     def from_specs(
@@ -297,17 +311,32 @@ class Workspace:
         key = base_key(self.model, self.dictionary, self.tokens, cfg, [i])
         return self.memo.get_feature(f"{key}:{i}")
 
+    def previews(self, indices: list[int]) -> dict[int, dict[str, list[str]]]:
+        """:func:`~core.previews.feature_preview` of each of ``indices`` that is already
+        computed (read from the memo, never computed here; the others are left out)."""
+        out: dict[int, dict[str, list[str]]] = {}
+        for i in indices:
+            i = self.check_index(i)
+            if i not in self._previews:
+                fd = self.cached(i)
+                if fd is None:
+                    continue
+                self._previews[i] = feature_preview(fd)
+            out[i] = self._previews[i]
+        return out
+
     def summary(self, progress: Progress | None = None) -> dict[str, list]:
-        """Whole-dictionary table (index, density, max, mean, top tokens), computed once."""
-        key = f"{self.identity_key()}:summary:{token_fingerprint(self.tokens)[:12]}"
+        """Whole-dictionary table (index, density, max, mean, active tokens, top promoted
+        tokens, the tokens each feature fires on most), computed once."""
+        key = (
+            f"{self.identity_key()}:summary{SUMMARY_VERSION}:{token_fingerprint(self.tokens)[:12]}"
+        )
         if self.memo is not None:
             got = self.memo.get_json(key)
             if got is not None:
                 return got
         data = self.features(list(range(self.n_features)), progress)
-        out: dict[str, list] = {
-            k: [] for k in ["feature", "density", "max_act", "mean_act", "n_active", "top_tokens"]
-        }
+        out: dict[str, list] = {k: [] for k in SUMMARY_COLUMNS}
         for i, fd in data.items():
             out["feature"].append(i)
             out["density"].append(fd.density)
@@ -315,6 +344,7 @@ class Workspace:
             out["mean_act"].append(fd.mean_act)
             out["n_active"].append(fd.n_active)
             out["top_tokens"].append(fd.top_logits.tokens[:3])
+            out["fires_on"].append(feature_preview(fd)["fires_on"])
         if self.memo is not None:
             self.memo.put_json(key, out)
         return out

@@ -136,3 +136,32 @@ def test_token_search_matches_the_full_logit_table(ws):
     assert [r["feature"] for r in got["promote"]] == full.topk(5).indices.tolist()
     assert [r["feature"] for r in got["suppress"]] == (-full).topk(5).indices.tolist()
     assert got["promote"][0]["effect"] == pytest.approx(float(full.max()), rel=1e-5)
+
+
+def test_summary_lists_the_tokens_each_feature_fires_on(ws, tmp_path):
+    from core.memo import Memo
+
+    ws.memo = Memo(tmp_path / "memo")
+    table = ws.summary()
+    assert table["feature"] == list(range(48))
+    for f, fires, top in zip(table["feature"], table["fires_on"], table["top_tokens"], strict=True):
+        fd = ws.cached(f)
+        maxes = [e.tokens[e.qualifying_index] for e in fd.top_examples]
+        assert fires == list(dict.fromkeys(maxes))[:3]  # distinct, strongest first
+        assert top == fd.top_logits.tokens[:3]
+    alive = [f for f in table["feature"] if table["n_active"][f] > 0]
+    assert alive and all(table["fires_on"][f] for f in alive)
+
+
+def test_previews_read_computed_features_only(ws, tmp_path):
+    from core.memo import Memo
+
+    ws.memo = Memo(tmp_path / "memo")
+    assert ws.previews([3, 5]) == {}
+    ws.features([5])
+    got = ws.previews([3, 5])
+    assert list(got) == [5]
+    fd = ws.cached(5)
+    assert got[5]["promotes"] == fd.top_logits.tokens[:3]
+    assert got[5]["fires_on"][0] == fd.top_examples[0].tokens[fd.top_examples[0].qualifying_index]
+    assert ws.missing([3, 5]) == [3]  # listing previews computed nothing
