@@ -6,11 +6,12 @@ the same builders), so the app and the exported page look alike.
 
 from __future__ import annotations
 
+import os
+import re
 import time
 from typing import Any
 from urllib.parse import urlencode
 
-import pandas as pd
 import streamlit as st
 
 from core import charts
@@ -48,8 +49,9 @@ COMPONENT_INFO: dict[str, tuple[str, str]] = {
     ),
     "correlated_features": (
         "Correlated features",
-        "Features that fire with this one over the swept tokens (click to open), and the "
-        "nearest features by decoder cosine.",
+        "Features that fire with this one over the swept tokens (activation pearson and "
+        "cosine, click to open), and the nearest features by the cosine of their decoder "
+        "directions (the chips).",
     ),
     "top_examples": (
         "Top activations",
@@ -77,6 +79,13 @@ def inject_css() -> None:
 .fs-table a{color:#c2410c;text-decoration:none;font-weight:600}
 .fs-table a:hover{text-decoration:underline}
 div[data-testid="stMainBlockContainer"]{padding-top:2.2rem}
+.fs-scroll{overflow-x:auto;max-width:100%}
+.st-key-fs_dash{container-type:inline-size}
+@container (max-width: 720px){
+ .st-key-fs_dash div[data-testid="stHorizontalBlock"]{flex-wrap:wrap}
+ .st-key-fs_dash div[data-testid="stColumn"]{flex:1 1 100% !important;width:100% !important;
+  min-width:100% !important}
+}
 """
         + "</style>"
     )
@@ -170,11 +179,12 @@ def get_feature(ws: Any, i: int) -> tuple[Any, str]:
 
 # ---- dashboard components ------------------------------------------------------------------------
 def render_component(name: str, fd: Any, ws: Any, layout: list[str]) -> None:
-    """Draw one dashboard component of feature ``fd``."""
+    """Draw one dashboard component of feature ``fd`` (tables scroll sideways in a column
+    too narrow for them instead of spilling into the next one)."""
     if name not in ("act_hist", "logit_hist"):  # the charts carry their own titles
         section(name)
     if name == "summary":
-        st.html(charts.summary_html(fd))
+        _html(charts.summary_html(fd))
         if fd.n_active == 0:
             st.warning(
                 f"This feature never fired on the {fd.n_tokens:,} swept tokens (dead feature).",
@@ -194,13 +204,13 @@ def render_component(name: str, fd: Any, ws: Any, layout: list[str]) -> None:
         if not fd.top_logits.tokens and not fd.bottom_logits.tokens:
             st.caption("none")
         else:
-            st.html(charts.logit_table_html(fd.top_logits, fd.bottom_logits))
+            _html(charts.logit_table_html(fd.top_logits, fd.bottom_logits))
     elif name == "neuron_alignment":
-        st.html(charts.table_html(fd.neuron_alignment, "neuron"))
+        _html(charts.table_html(fd.neuron_alignment, "neuron"))
     elif name == "correlated_neurons":
-        st.html(charts.table_html(fd.correlated_neurons, "neuron"))
+        _html(charts.table_html(fd.correlated_neurons, "neuron"))
     elif name == "correlated_features":
-        st.html(
+        _html(
             charts.table_html(
                 fd.correlated_features, "feature", link=state.feature_link_template(ws, layout)
             )
@@ -218,7 +228,11 @@ def render_component(name: str, fd: Any, ws: Any, layout: list[str]) -> None:
         if not fd.extras:
             st.caption("nothing extra for this dictionary")
         else:
-            st.json(fd.extras, expanded=1)
+            _html(charts.extras_html(fd.extras))
+
+
+def _html(fragment: str) -> None:
+    st.html(f'<div class="fs-scroll">{fragment}</div>')
 
 
 def similar_pills(ws: Any, i: int, k: int = 8) -> None:
@@ -236,11 +250,13 @@ def similar_pills(ws: Any, i: int, k: int = 8) -> None:
     st.pills(
         "Nearest by decoder cosine",
         list(labels),
+        wrap=True,
         format_func=labels.__getitem__,
         key=f"fs_sim_{i}",
         on_change=_go_to_selected,
         args=(f"fs_sim_{i}",),
-        help="Features whose decoder directions point the same way; click to open.",
+        help="Features whose decoder directions point the same way: feature · cosine of the "
+        "two decoder directions (not of activations); click to open.",
     )
 
 
@@ -255,10 +271,12 @@ def render_dashboard(fd: Any, ws: Any, layout: list[str]) -> None:
     """The layout's components: narrow ones on the left, examples on the right, in order."""
     left = [c for c in layout if c not in WIDE]
     right = [c for c in layout if c in WIDE]
+    # the container's key gives it a CSS class: below 720 px wide its columns stack
+    box = st.container(key="fs_dash")
     if left and right:
-        col_l, col_r = st.columns([2, 3], gap="medium")
+        col_l, col_r = box.columns([2, 3], gap="medium")
     else:
-        col_l = col_r = st.container()
+        col_l = col_r = box
     with col_l:
         for name in left:
             render_component(name, fd, ws, layout)
@@ -267,40 +285,42 @@ def render_dashboard(fd: Any, ws: Any, layout: list[str]) -> None:
             render_component(name, fd, ws, layout)
 
 
-# ---- result tables -------------------------------------------------------------------------------
-def feature_table(
-    ws: Any,
-    rows: list[dict[str, Any]],
-    key: str,
-    columns: dict[str, Any] | None = None,
-    height: int | str = "auto",
-) -> None:
-    """Results with a ``feature`` column: click a row to open it here, or the link column
-    to open it in a new tab."""
-    if not rows:
-        st.caption("no features")
-        return
-    df = pd.DataFrame(rows)
-    df.insert(1, "open", [state.feature_href(ws, int(f)) for f in df["feature"]])
-    config: dict[str, Any] = {
-        "feature": st.column_config.NumberColumn("feature", format="%d", width="small"),
-        "open": st.column_config.LinkColumn(
-            "link", display_text="open ↗", width="small", help="open in a new tab"
-        ),
-        **(columns or {}),
-    }
-    event = st.dataframe(
-        df,
-        hide_index=True,
-        column_config=config,
-        on_select="rerun",
-        selection_mode="single-row",
-        key=key,
-        height=height,
-    )
-    picked = event.selection.rows if event is not None else []
-    if picked:
-        state.open_feature(ws, int(df["feature"].iloc[picked[0]]))
+# ---- links ---------------------------------------------------------------------------------------
+#: the app's public address (e.g. ``https://example.org/featurescope``), for share links
+#: behind a reverse proxy; without it the address comes from the request's headers
+BASE_URL_ENV = "FEATURESCOPE_BASE_URL"
+_HOST = re.compile(r"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
+
+
+def base_url() -> str:
+    """The app's absolute address, ending in ``/``: ``$FEATURESCOPE_BASE_URL`` when set,
+    else the scheme and host the browser used (``X-Forwarded-Proto``/``-Host`` from a
+    proxy, else ``Host``) plus ``server.baseUrlPath``; ``""`` when neither is known."""
+    env = os.environ.get(BASE_URL_ENV, "").strip()
+    if env:
+        if not re.match(r"^https?://[^\s/]+", env):
+            raise ValueError(
+                f"{BASE_URL_ENV}={env!r} is not an absolute http(s) address: set it to the "
+                "address users open, e.g. https://example.org/featurescope"
+            )
+        return env.rstrip("/") + "/"
+    try:
+        headers = st.context.headers
+    except Exception:  # outside a session (e.g. a test calling the page helpers)
+        return ""
+    host = (headers.get("X-Forwarded-Host") or headers.get("Host") or "").split(",")[0].strip()
+    if not _HOST.match(host):
+        return ""
+    proto = (headers.get("X-Forwarded-Proto") or "").split(",")[0].strip().lower()
+    if proto not in ("http", "https"):
+        proto = "https" if headers.get("X-Forwarded-Ssl") == "on" else "http"
+    path = str(st.get_option("server.baseUrlPath") or "").strip("/")
+    return f"{proto}://{host}/" + (f"{path}/" if path else "")
+
+
+def share_url(relative: str) -> str:
+    """``relative`` (e.g. ``feature?feature=3&ws=...``) as an absolute address."""
+    return base_url() + relative.lstrip("/")
 
 
 # ---- export ----------------------------------------------------------------------------------------
@@ -442,7 +462,7 @@ def get_effects(ws: Any, i: int) -> tuple[Any, str]:
     bar.empty()
     stats = getattr(ws, "last_effects_stats", {}) or {}
     took = time.perf_counter() - t0
-    how = "effects from the cache" if stats.get("cached") else f"effects in {took:.1f} s"
+    how = "effects from the cache" if stats.get("from_memo") else f"effects in {took:.1f} s"
     return fd, how
 
 

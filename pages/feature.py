@@ -207,8 +207,13 @@ def _loss_note(fd) -> str:
 
 
 with head, st.popover("Share", icon=":material/share:"):
-    st.caption("This page's address is a link to this dashboard (feature, layout, sources):")
-    st.code("feature?" + urlencode(params), language=None, wrap_lines=True)
+    st.caption("A link to this dashboard (feature, layout, sources):")
+    try:
+        link = ui.share_url("feature?" + urlencode(params))
+    except ValueError as exc:  # a malformed FEATURESCOPE_BASE_URL: say so, keep a link
+        st.warning(str(exc), icon=":material/link_off:")
+        link = "feature?" + urlencode(params)
+    st.code(link, language=None, wrap_lines=True)
     if state.can_export_html():
         ui.export_button(ws, fd, layout, params)
 

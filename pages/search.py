@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from core import charts
+from pages import _results as results
 from pages import _state as state
 from pages import _ui as ui
 
@@ -24,18 +25,93 @@ MODES = {
     "stats": "By statistics",
     "similar": "By similarity",
 }
+#: query parameters that hold a search (so a reload or a shared link runs it again)
+QUERY_PARAMS = ("q", "token", "of", "k")
+
+
+def parse_mode(raw: str | None) -> tuple[str, str | None]:
+    """The mode a link names (its key, or the label older links used) and a warning for a
+    name that is neither."""
+    if not raw:
+        return "prompt", None
+    name = raw.strip()
+    if name in MODES:
+        return name, None
+    by_label = {label.lower(): key for key, label in MODES.items()}
+    if name.lower() in by_label:
+        return by_label[name.lower()], None
+    return "prompt", (
+        f"Unknown search mode {raw!r} in the link; modes are {', '.join(MODES)} "
+        "(e.g. ?mode=similar): showing the search by prompt."
+    )
+
+
+def url_int(name: str, lo: int, hi: int, default: int, what: str = "a whole number") -> int:
+    """Whole number ``name`` from the URL, in ``[lo, hi]``; a warning saying what was
+    used instead for anything else."""
+    raw = st.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or not lo <= value <= hi:
+        st.warning(
+            f"{name}={raw!r} in the link is not {what} from {lo} to {hi}: using {default}; "
+            "pick another value below",
+            icon=":material/link_off:",
+        )
+        return default
+    return value
+
+
+def token_labels(tokens: list[str]) -> list[str]:
+    """One distinct label per position: a token that occurs again gets invisible
+    zero-width spaces appended, since pills tell their options apart by label."""
+    seen: set[str] = set()
+    out = []
+    for tok in tokens:
+        label = charts.visible_token(tok) or "∅"
+        while label in seen:
+            label += "\u200b"
+        seen.add(label)
+        out.append(label)
+    return out
+
+
+raw_mode = st.query_params.get("mode")
+url_mode, bad_mode = parse_mode(raw_mode)
+if st.session_state.get("fs_mode_url") != raw_mode or "mode" not in st.session_state:
+    st.session_state["mode"] = url_mode
+    st.session_state["fs_mode_url"] = raw_mode
+    if not bad_mode and raw_mode is not None and raw_mode != url_mode:  # an old label
+        st.query_params["mode"] = url_mode
+        st.session_state["fs_mode_url"] = url_mode
+
+
+def _mode_changed() -> None:
+    """Keep the mode's stable key in the URL; the other modes' queries leave it."""
+    mode = st.session_state["mode"]
+    st.query_params["mode"] = mode
+    st.session_state["fs_mode_url"] = mode
+    for name in QUERY_PARAMS:
+        st.query_params.pop(name, None)
+
+
 head = st.container(horizontal=True, vertical_alignment="bottom")
 head.markdown("## Search", width="content")
 mode = head.segmented_control(
     "Search",
     list(MODES),
     format_func=MODES.__getitem__,
-    default="prompt",
     required=True,
     key="mode",
-    bind="query-params",
+    on_change=_mode_changed,
     label_visibility="collapsed",
 )
+if bad_mode:
+    st.warning(bad_mode, icon=":material/link_off:")
 needs_model = not state.is_live(ws)
 
 
@@ -47,12 +123,27 @@ def _no_model(what: str) -> None:
     )
 
 
+def _from_url(param: str, tried_key: str) -> bool:
+    """True when the URL holds a search (``param``) not run yet in this session (the
+    caller puts its values in the form's widgets, before they are drawn, and runs it)."""
+    value = st.query_params.get(param)
+    if not value or st.session_state.get(tried_key) == (ident, value):
+        return False
+    st.session_state[tried_key] = (ident, value)
+    return True
+
+
 # ---- by prompt --------------------------------------------------------------------------------------
 if mode == "prompt":
     st.caption("Type text: the features most active on it overall, and per token (pick a token).")
     if needs_model:
         _no_model("by prompt")
         st.stop()
+    st.session_state.setdefault("fs_prompt_k", 10)
+    auto = _from_url("q", "fs_prompt_url")
+    if auto:
+        st.session_state["fs_prompt"] = st.query_params.get("q")
+        st.session_state["fs_prompt_k"] = url_int("k", 5, 50, 10, "a list length")
     with st.form("fs_prompt_form", border=False):
         text = st.text_area(
             "Prompt",
@@ -62,9 +153,9 @@ if mode == "prompt":
             label_visibility="collapsed",
         )
         c1, c2 = st.columns([1, 5], vertical_alignment="bottom")
-        k = c2.slider("Features per list", 5, 50, 10, key="fs_prompt_k", width=260)
+        k = c2.slider("Features per list", 5, 50, key="fs_prompt_k", width=260)
         go = c1.form_submit_button("Find features", type="primary", icon=":material/search:")
-    if go:
+    if go or auto:
         with state.shown_errors():
             r = ws.prompt_search(text, k=k)
             st.session_state["fs_prompt_result"] = {
@@ -75,6 +166,8 @@ if mode == "prompt":
                 "per": r.per_token,
             }
             st.session_state.pop("fs_tok_pick", None)
+            st.query_params.update({"mode": "prompt", "q": text, "k": str(k)})
+            st.session_state["fs_prompt_url"] = (ident, text)
     res = st.session_state.get("fs_prompt_result")
     if res and res["ident"] == ident:
         left, right = st.columns(2, gap="large")
@@ -93,7 +186,7 @@ if mode == "prompt":
                 }
                 for r in res["top"]
             ]
-            ui.feature_table(
+            results.feature_table(
                 ws,
                 rows,
                 key="fs_prompt_top",
@@ -106,10 +199,11 @@ if mode == "prompt":
         with right:
             tokens = res["tokens"]
             st.markdown("**Per token**", help="Pick a token to see its most active features.")
+            labels = token_labels(tokens)  # one per position: repeated tokens differ
             pick = st.pills(
                 "Token",
                 list(range(len(tokens))),
-                format_func=lambda p: charts.visible_token(tokens[p]) or "∅",
+                format_func=labels.__getitem__,
                 key="fs_tok_pick",
                 label_visibility="collapsed",
                 wrap=True,
@@ -118,7 +212,7 @@ if mode == "prompt":
                 st.caption("Pick a token above.")
             else:
                 st.caption(f"Position {pick}: {state.md(charts.visible_token(tokens[pick]))!s}")
-                ui.feature_table(
+                results.feature_table(
                     ws,
                     [{"feature": f["feature"], "activation": f["act"]} for f in res["per"][pick]],
                     key=f"fs_tok_table_{pick}",
@@ -134,6 +228,11 @@ elif mode == "token":
     if needs_model:
         _no_model("by token")
         st.stop()
+    st.session_state.setdefault("fs_token_k", 15)
+    auto = _from_url("token", "fs_token_url")
+    if auto:
+        st.session_state["fs_token"] = st.query_params.get("token")
+        st.session_state["fs_token_k"] = url_int("k", 5, 50, 15, "a list length")
     with st.form("fs_token_form", border=False):
         c1, c2, c3 = st.columns([3, 2, 1], vertical_alignment="bottom")
         token = c1.text_input(
@@ -141,11 +240,13 @@ elif mode == "token":
             key="fs_token",
             help="The exact token string, leading space included (e.g. ' the'), or a token id.",
         )
-        k = c2.slider("Features per list", 5, 50, 15, key="fs_token_k")
+        k = c2.slider("Features per list", 5, 50, key="fs_token_k")
         go = c3.form_submit_button("Search", type="primary", icon=":material/search:")
-    if go:
+    if go or auto:
         with state.shown_errors():
             st.session_state["fs_token_result"] = (ident, ws.token_search(token, k=k))
+            st.query_params.update({"mode": "token", "token": token, "k": str(k)})
+            st.session_state["fs_token_url"] = (ident, token)
     got = st.session_state.get("fs_token_result")
     if got and got[0] == ident:
         res = got[1]
@@ -154,16 +255,16 @@ elif mode == "token":
         left, right = st.columns(2, gap="large")
         with left:
             st.markdown("**Promote**")
-            ui.feature_table(ws, res["promote"], key="fs_token_promote", columns=fmt)
+            results.feature_table(ws, res["promote"], key="fs_token_promote", columns=fmt)
         with right:
             st.markdown("**Suppress**")
-            ui.feature_table(ws, res["suppress"], key="fs_token_suppress", columns=fmt)
+            results.feature_table(ws, res["suppress"], key="fs_token_suppress", columns=fmt)
 
 # ---- by statistics ----------------------------------------------------------------------------------
 elif mode == "stats":
     st.caption(
-        "Every feature's density, activation and top promoted tokens: sort by a column, "
-        "filter, e.g. to find dead or dense features."
+        "Every feature's density, activation, the tokens it fires on and the tokens it "
+        "promotes: sort by a column, filter, e.g. to find dead or dense features."
     )
     summary = None
     with state.shown_errors():
@@ -192,10 +293,12 @@ elif mode == "stats":
                     )
                     st.rerun()
     else:
-        df = pd.DataFrame(summary)
-        df["top_tokens"] = [
-            " ".join(repr(charts.visible_token(t)) for t in toks) for toks in df["top_tokens"]
-        ]
+        df = pd.DataFrame(summary).drop(columns=["skipped"], errors="ignore")
+        if "fires_on" not in df:  # a table stored before the column existed
+            got = results.previews(ws, [int(f) for f in df["feature"]])
+            df["fires_on"] = [got.get(int(f), {}).get("fires_on", []) for f in df["feature"]]
+        df["fires_on"] = [charts.tokens_text(t) for t in df["fires_on"]]
+        df["top_tokens"] = [charts.tokens_text(t) for t in df["top_tokens"]]
         dead = int((df["n_active"] == 0).sum())
         st.caption(
             f"{len(df):,} features · {dead:,} dead · median density "
@@ -217,8 +320,17 @@ elif mode == "stats":
             min_max = st.number_input(
                 "Min max activation", value=0.0, step=0.1, key="fs_stats_min_max"
             )
+            fires_filter = st.text_input(
+                "Fires on a token containing",
+                key="fs_stats_fires",
+                placeholder="e.g. def",
+                help="The tokens the feature fires on most (its top examples' max tokens).",
+            )
             tok_filter = st.text_input(
-                "Top tokens contain", key="fs_stats_tok", placeholder="e.g. def"
+                "Promotes a token containing",
+                key="fs_stats_tok",
+                placeholder="e.g. def",
+                help="The tokens whose logits the feature's decoder raises most.",
             )
         with ccol:
             if (df["density"] > 0).any():
@@ -232,50 +344,69 @@ elif mode == "stats":
             view = view[view["density"] > dense_at / 100]
         if min_max > 0:
             view = view[view["max_act"] >= min_max]
+        if fires_filter:
+            view = view[view["fires_on"].str.contains(fires_filter, regex=False)]
         if tok_filter:
             view = view[view["top_tokens"].str.contains(tok_filter, regex=False)]
         st.caption(f"{len(view):,} features match · click a row to open it")
-        ui.feature_table(
+        results.feature_table(
             ws,
             view.to_dict("records"),
             key="fs_stats_table",
             height=460,
+            preview=False,  # the table has both columns already
             columns={
                 "density": st.column_config.NumberColumn(format="percent"),
                 "max_act": st.column_config.NumberColumn("max act", format="%.3f"),
                 "mean_act": st.column_config.NumberColumn("mean act", format="%.3f"),
                 "n_active": st.column_config.NumberColumn("active tokens", format="%d"),
-                "top_tokens": st.column_config.TextColumn("top promoted tokens"),
+                "fires_on": results.PREVIEW_COLUMNS["fires_on"],
+                "top_tokens": st.column_config.TextColumn(
+                    "promotes", help="The tokens whose logits its decoder raises most."
+                ),
             },
         )
         ui.export_features_button(ws, [int(f) for f in view["feature"]], key="fs_stats_export")
 
 # ---- by similarity ----------------------------------------------------------------------------------
 elif mode == "similar":
-    st.caption("Nearest features by cosine similarity of their decoder directions.")
+    st.caption("Nearest features by the cosine similarity of their decoder directions.")
     if needs_model:
         _no_model("by similarity")
         st.stop()
-    c1, c2 = st.columns([1, 3], vertical_alignment="bottom")
-    i = c1.number_input(
-        "Feature",
-        0,
-        n - 1,
-        min(int(st.session_state.get("fs_last_feature", 0)), n - 1),
-        key="fs_sim_feature",
+    if st.query_params.get("of") is not None and st.session_state.get("fs_sim_url") != (
+        st.query_params.get("of"),
+        st.query_params.get("k"),
+    ):
+        st.session_state["fs_sim_url"] = (st.query_params.get("of"), st.query_params.get("k"))
+        st.session_state["fs_sim_feature"] = url_int("of", 0, n - 1, 0, "a feature index")
+        st.session_state["fs_sim_k"] = url_int("k", 5, 50, 15)
+    st.session_state.setdefault(
+        "fs_sim_feature", min(int(st.session_state.get("fs_last_feature", 0)), n - 1)
     )
-    k = c2.slider("Neighbours", 5, 50, 15, key="fs_sim_k", width=300)
+    st.session_state.setdefault("fs_sim_k", 15)
+    c1, c2 = st.columns([1, 3], vertical_alignment="bottom")
+    i = c1.number_input("Feature", 0, n - 1, key="fs_sim_feature")
+    k = c2.slider("Neighbours", 5, 50, key="fs_sim_k", width=300)
     with state.shown_errors():
         near = ws.similar(int(i), k=k)
+        st.query_params.update({"mode": "similar", "of": str(int(i)), "k": str(k)})
+        st.session_state["fs_sim_url"] = (str(int(i)), str(k))
         st.page_link(
             state.FEATURE_PAGE,
             label=f"open feature {int(i)}",
             icon=":material/insights:",
             query_params=state.feature_params(ws, int(i)),
         )
-        ui.feature_table(
+        results.feature_table(
             ws,
-            near,
+            [{"feature": r["feature"], "decoder cosine": r["cosine"]} for r in near],
             key="fs_sim_table",
-            columns={"cosine": st.column_config.NumberColumn(format="%.3f")},
+            columns={
+                "decoder cosine": st.column_config.NumberColumn(
+                    format="%.3f",
+                    help="Cosine similarity of the two features' decoder directions "
+                    "(not of their activations).",
+                )
+            },
         )

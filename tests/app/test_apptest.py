@@ -12,6 +12,7 @@ import html
 import json
 import time
 
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -418,3 +419,148 @@ def test_failing_cache_writes_are_shown(tiny_ws):
     finally:
         ws.memo._write_failing = False
     assert not run_app().sidebar.warning
+
+
+# ---- issue 12: search links, per-token picks, previews, effects, share ------------------------------
+def test_prompt_tokens_are_picked_by_position(tiny_ws):
+    """A token that occurs twice ('the') is two options: each click selects its own position."""
+    at = run_app("pages/search.py")
+    at.text_area(key="fs_prompt").input(PROMPT)
+    next(b for b in at.button if b.label == "Find features").click().run()
+    toks = tiny_ws.prompt_search(PROMPT, k=10).tokens
+    first, second = [p for p, t in enumerate(toks) if t.strip() == "the"][:2]
+    at.pills(key="fs_tok_pick").set_value(first).run()
+    assert at.pills(key="fs_tok_pick").value == first
+    assert f"Position {first}:" in texts(at.caption)
+    at.pills(key="fs_tok_pick").set_value(second).run()
+    assert f"Position {second}:" in texts(at.caption)
+    at.pills(key="fs_tok_pick").set_value(first).run()  # back to the first: still selected
+    assert at.pills(key="fs_tok_pick").value == first
+    assert f"Position {first}:" in texts(at.caption)
+
+
+def test_search_mode_link_uses_stable_keys(tiny_ws):
+    at = run_app("pages/search.py", mode="similar")
+    assert at.segmented_control(key="mode").value == "similar"
+    assert at.number_input(key="fs_sim_feature")  # the similarity form is shown
+    assert not at.warning
+
+    at = run_app("pages/search.py", mode="By token")  # an old link with the label
+    assert at.segmented_control(key="mode").value == "token"
+    assert at.query_params["mode"] == "token"
+
+    at = run_app("pages/search.py", mode="nearest")
+    assert at.segmented_control(key="mode").value == "prompt"
+    warning = texts(at.warning)
+    assert "'nearest'" in warning and "similar" in warning
+
+    at.segmented_control(key="mode").set_value("stats").run()
+    assert at.query_params["mode"] == "stats"
+    assert not at.warning
+
+
+def test_search_query_is_kept_in_the_url(tiny_ws):
+    at = run_app("pages/search.py")
+    at.text_area(key="fs_prompt").input(PROMPT)
+    next(b for b in at.button if b.label == "Find features").click().run()
+    assert at.query_params["q"] == PROMPT and at.query_params["mode"] == "prompt"
+    params = {k: at.query_params[k] for k in ("mode", "q", "k")}
+
+    reloaded = run_app("pages/search.py", **params)  # a reload or a shared link
+    expected = tiny_ws.prompt_search(PROMPT, k=10)
+    assert reloaded.text_area(key="fs_prompt").value == PROMPT
+    top = reloaded.dataframe[0].value
+    assert list(top["feature"]) == [r["feature"] for r in expected.top_overall]
+
+    at = run_app("pages/search.py", mode="token", token="dog", k="5")
+    expected = tiny_ws.token_search("dog", k=5)
+    assert list(at.dataframe[0].value["feature"]) == [r["feature"] for r in expected["promote"]]
+
+    at = run_app("pages/search.py", mode="similar", of="9", k="6")
+    assert at.number_input(key="fs_sim_feature").value == 9
+    near = tiny_ws.similar(9, k=6)
+    table = at.dataframe[0].value
+    assert list(table["feature"]) == [r["feature"] for r in near]
+    assert "decoder cosine" in table.columns and "cosine" not in table.columns
+    at.number_input(key="fs_sim_feature").set_value(11).run()
+    assert at.query_params["of"] == "11"
+
+
+def test_result_tables_preview_computed_features_only(tiny_ws):
+    """Features already computed show what they fire on and promote; the others stay
+    blank, and listing them computes nothing."""
+    expected = tiny_ws.token_search("cat", k=15)["promote"]
+    listed = [r["feature"] for r in expected]
+    tiny_ws.features(listed[:3])
+    before = set(tiny_ws.missing(listed))
+    at = run_app("pages/search.py", mode="token", token="cat", k="15")
+    table = at.dataframe[0].value
+    assert list(table["feature"]) == listed
+    rows = zip(table["feature"], table["fires_on"], table["promotes"], strict=True)
+    for f, fires, promotes in rows:
+        if f in before:
+            assert pd.isna(fires) and pd.isna(promotes)
+        else:
+            fd = tiny_ws.feature(int(f))
+            q = fd.top_examples[0]
+            assert fires.startswith(repr(charts.visible_token(q.tokens[q.qualifying_index])))
+            assert promotes.startswith(repr(charts.visible_token(fd.top_logits.tokens[0])))
+    assert set(tiny_ws.missing(listed)) == before  # nothing was computed for the table
+
+
+def test_previews_never_compute(tmp_path, tiny_ws):
+    from core.memo import Memo
+    from pages import _results as results
+
+    ws = copy.copy(tiny_ws)
+    ws.memo = Memo(tmp_path / "memo")  # nothing computed yet
+    ws._previews = {}
+    rows = [{"feature": 4}, {"feature": 9}]
+    assert [r["fires_on"] for r in results.with_previews(ws, rows)] == [None, None]
+    assert ws.missing([4, 9]) == [4, 9]
+    ws.features([9])
+    got = results.with_previews(ws, rows)
+    assert got[0]["fires_on"] is None and got[1]["fires_on"]
+    assert got[1]["promotes"] == charts.tokens_text(ws.feature(9).top_logits.tokens[:3])
+    assert ws.missing([4, 9]) == [4]
+
+
+def test_statistics_filter_by_tokens_fired_on(tiny_ws):
+    summary = tiny_ws.summary()
+    at = run_app("pages/search.py", mode="stats")
+    table = at.dataframe[0].value
+    assert "fires_on" in table.columns
+    word = next(t for toks in summary["fires_on"] for t in toks if t.strip())
+    at.text_input(key="fs_stats_fires").input(word).run()
+    want = [
+        f
+        for f, toks in zip(summary["feature"], summary["fires_on"], strict=True)
+        if word in charts.tokens_text(toks)
+    ]
+    got = list(at.dataframe[0].value["feature"])
+    assert got == want and 0 < len(got) < len(summary["feature"])
+
+
+def test_effects_from_cache_caption_and_readable_extras(tiny_ws):
+    at = run_app("pages/feature.py", feature="6", effects="1")
+    assert not at.error, texts(at.error)
+    again = run_app("pages/feature.py", feature="6", effects="1")
+    assert "effects from the cache" in texts(again.caption)
+    assert not again.get("json"), "extras are shown as text, not raw JSON"
+    page = html_text(again)
+    assert "mean loss effect at the max token" in page and '"effects"' not in page
+
+
+def test_share_box_gives_an_absolute_link(tiny_ws, monkeypatch):
+    from pages import _ui as ui
+
+    monkeypatch.setenv(ui.BASE_URL_ENV, "https://example.org/fs/")
+    at = run_app("pages/feature.py", feature="3")
+    link = texts(at.code)
+    assert link.startswith("https://example.org/fs/feature?feature=3&ws="), link
+
+    monkeypatch.setenv(ui.BASE_URL_ENV, "example.org")
+    at = run_app("pages/feature.py", feature="3")
+    assert "FEATURESCOPE_BASE_URL='example.org'" in texts(at.warning)
+    assert texts(at.code).startswith("feature?feature=3")  # still a link
+    assert "## Feature 3" in texts(at.markdown)
