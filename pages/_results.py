@@ -54,7 +54,8 @@ def previews(ws: Any, indices: list[int]) -> dict[int, dict[str, list[str]]]:
 
 
 def with_previews(ws: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``rows`` with ``fires_on`` and ``promotes`` text for the computed features."""
+    """``rows`` with ``fires_on`` and ``promotes`` text for the computed features (blank
+    for the others)."""
     got = previews(ws, [int(r["feature"]) for r in rows])
     out = []
     for r in rows:
@@ -62,8 +63,8 @@ def with_previews(ws: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out.append(
             {
                 **r,
-                "fires_on": charts.tokens_text(p["fires_on"]) if p else None,
-                "promotes": charts.tokens_text(p["promotes"]) if p else None,
+                "fires_on": charts.tokens_text(p["fires_on"]) if p else "",
+                "promotes": charts.tokens_text(p["promotes"]) if p else "",
             }
         )
     return out

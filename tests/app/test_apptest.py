@@ -12,7 +12,6 @@ import html
 import json
 import time
 
-import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -499,7 +498,7 @@ def test_result_tables_preview_computed_features_only(tiny_ws):
     rows = zip(table["feature"], table["fires_on"], table["promotes"], strict=True)
     for f, fires, promotes in rows:
         if f in before:
-            assert pd.isna(fires) and pd.isna(promotes)
+            assert fires == "" and promotes == ""
         else:
             fd = tiny_ws.feature(int(f))
             q = fd.top_examples[0]
@@ -516,11 +515,11 @@ def test_previews_never_compute(tmp_path, tiny_ws):
     ws.memo = Memo(tmp_path / "memo")  # nothing computed yet
     ws._previews = {}
     rows = [{"feature": 4}, {"feature": 9}]
-    assert [r["fires_on"] for r in results.with_previews(ws, rows)] == [None, None]
+    assert [r["fires_on"] for r in results.with_previews(ws, rows)] == ["", ""]
     assert ws.missing([4, 9]) == [4, 9]
     ws.features([9])
     got = results.with_previews(ws, rows)
-    assert got[0]["fires_on"] is None and got[1]["fires_on"]
+    assert got[0]["fires_on"] == "" and got[1]["fires_on"]
     assert got[1]["promotes"] == charts.tokens_text(ws.feature(9).top_logits.tokens[:3])
     assert ws.missing([4, 9]) == [4]
 
