@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format install demo bench clean-cache browser
+.PHONY: run run-network test lint format install demo bench clean-cache browser
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,8 +20,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m core demo-prepare
 
+# Serves this machine only (.streamlit/config.toml: server.address = 127.0.0.1).
 run: $(STAMP) demo
 	$(BIN)/streamlit run app.py
+
+# Opt-in: serve on every interface WITHOUT hosted mode (anyone who reaches the port can
+# load any file this user can read). For a shared server use hosted mode (README).
+run-network: $(STAMP) demo
+	@echo "WARNING: serving on every network interface without hosted mode: anyone who" \
+	  "can reach this port can load any file this user can read (README, 'Hosted mode')" >&2
+	FEATURESCOPE_ALLOW_NETWORK=1 $(BIN)/streamlit run app.py --server.address 0.0.0.0
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -28,11 +28,17 @@ except ValueError as exc:  # a broken hosted configuration: the operator must fi
     state.log.error("hosted configuration: %s", exc)
     st.error(f"The server's hosted configuration is invalid: {exc}", icon=":material/error:")
     st.stop()
+# Without hosted mode any path can be loaded: such a server serves this machine only,
+# unless the operator opted in (core/hosted.py network_problem).
+refusal = state.network_refusal(hosted)
+if refusal is not None:
+    st.error(refusal, icon=":material/lan:")
+    st.stop()
 if hosted is not None:
     from core.queue import COMPUTE_QUEUE
 
     COMPUTE_QUEUE.set_slots(hosted.limits.max_concurrent_computations)
-    if hosted.auth.required and not hosted.auth.allows(state.user_email()):
+    if not state.may_enter(hosted):
         st.navigation(
             [
                 st.Page(
@@ -57,6 +63,8 @@ feature_page = st.Page(
 )
 page = st.navigation([load_page, search_page, feature_page])
 state.init_session()  # after the navigation, so the page list shows at once
+if state.link_confirmation():  # a link names sources not loaded here: ask first
+    st.stop()
 
 # A deep link to the root (``/?feature=12``) opens the feature page.
 if page.url_path == load_page.url_path and "feature" in st.query_params:

@@ -24,11 +24,15 @@ Everything here is plain Python (no Streamlit, no torch), so it is tested direct
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from core.login import EmailError, normal_domain, parse_email, unverified_reason
 
 ENV = "FEATURESCOPE_HOSTED"
 DEFAULT_FILE = Path(__file__).resolve().parent.parent / ".streamlit" / "hosted.toml"
@@ -45,23 +49,57 @@ class HostedConfigError(ValueError):
 
 @dataclass
 class AuthPolicy:
-    """Login and the accounts that may use the server."""
+    """Login and the accounts that may use the server (emails are read strictly, see
+    :mod:`core.login`)."""
 
     required: bool = True
     allowed_emails: list[str] = field(default_factory=list)
     allowed_domains: list[str] = field(default_factory=list)
+    #: accept a login whose identity token has no ``email_verified`` claim (for providers
+    #: that never send it); a claim that says "not verified" is refused regardless
+    allow_missing_email_verified: bool = False
 
-    def allows(self, email: str | None) -> bool:
-        """True when ``email`` is listed or in a listed domain (case-insensitive)."""
+    def refusal(self, email: object) -> str | None:
+        """Why ``email`` may not use the server, or ``None`` when it is listed or in a
+        listed domain (exact, case-insensitive comparison of the parsed address)."""
         if not self.required:
-            return True
-        if not email or "@" not in email:
-            return False
-        email = email.strip().lower()
-        if email in {e.strip().lower() for e in self.allowed_emails}:
-            return True
-        domain = email.rsplit("@", 1)[1]
-        return domain in {d.strip().lower().lstrip("@") for d in self.allowed_domains}
+            return None
+        try:
+            local, domain = parse_email(email)
+        except EmailError as exc:
+            return f"the account's email address is not valid: {exc}"
+        emails = {parse_email(e) for e in self.allowed_emails}
+        domains = {normal_domain(d) for d in self.allowed_domains}
+        if (local, domain) in emails or domain in domains:
+            return None
+        return "this account is not on this server's list of allowed accounts"
+
+    def allows(self, email: object) -> bool:
+        """True when ``email`` is listed or in a listed domain."""
+        return self.refusal(email) is None
+
+    def user_refusal(self, claims: Mapping[str, Any]) -> str | None:
+        """Why the signed-in user with identity-token ``claims`` (``st.user``) may not use
+        the server, or ``None``."""
+        if not self.required:
+            return None
+        return self.refusal(claims.get("email")) or unverified_reason(
+            claims, self.allow_missing_email_verified
+        )
+
+    def validate(self, source: str) -> None:
+        """:class:`HostedConfigError` for an allowlist entry that is not an email/domain."""
+        for name, entries, parse in (
+            ("allowed_emails", self.allowed_emails, parse_email),
+            ("allowed_domains", self.allowed_domains, normal_domain),
+        ):
+            if not isinstance(entries, list):
+                raise HostedConfigError(f"{source}: auth.{name} must be a list")
+            for entry in entries:
+                try:
+                    parse(entry)
+                except EmailError as exc:
+                    raise HostedConfigError(f"{source}: auth.{name}: {exc}") from exc
 
 
 @dataclass
@@ -126,6 +164,7 @@ class HostedConfig:
             limits = Limits(**dict(data.get("limits") or {}))
         except TypeError as exc:
             raise HostedConfigError(f"{source or 'hosted config'}: {exc}") from exc
+        auth.validate(source or "hosted config")
         for name in ("max_prompt_chars", "max_prompt_tokens", "max_dataset_tokens"):
             if getattr(limits, name) < 1:
                 raise HostedConfigError(f"{source}: limits.{name} must be at least 1")
@@ -240,6 +279,8 @@ class HostedConfig:
             if all(want[k] == v for k, v in allowed.items() if k not in free):
                 if part == "dataset":
                     self._check_dataset_size(want)
+                if part == "model":
+                    check_device(want.get("device"))
                 if want.get("path") and _is_local(want):
                     want["path"] = self.check_path(want["path"])
                 return want
@@ -331,3 +372,55 @@ def load_hosted_config(path: str | Path | None = None) -> HostedConfig | None:
     """The hosted configuration, or ``None`` when the server runs for one researcher."""
     path = path if path is not None else hosted_config_path()
     return None if path is None else HostedConfig.load(path)
+
+
+# ---- devices ---------------------------------------------------------------------------------
+def server_devices() -> list[str]:
+    """The devices a model may be placed on here, as offered to users: ``auto`` and what
+    :func:`core.source_guard.available_devices` finds (``cpu``, ``cuda:N``, ``mps``)."""
+    from core.source_guard import available_devices  # imports torch
+
+    return ["auto", *available_devices()]
+
+
+def check_device(device: object) -> str:
+    """``device`` when this server has it (:func:`core.source_guard.validate_device`), else
+    :class:`AccessError` naming the ones it has. Called before anything loads."""
+    from core.source_guard import SourceError, validate_device  # imports torch
+
+    try:
+        validate_device(device)
+    except SourceError as exc:
+        raise AccessError(str(exc)) from exc
+    return str(device)
+
+
+# ---- serving on a network ------------------------------------------------------------------------
+NETWORK_ENV = "FEATURESCOPE_ALLOW_NETWORK"
+
+
+def is_loopback(address: str | None) -> bool:
+    """True when the server listens on this machine only (``127.0.0.1``, ``::1``,
+    ``localhost``); an unset address means every interface."""
+    if not address:
+        return False
+    if address.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def network_problem(address: str | None, hosted: bool, environ: Mapping[str, str]) -> str | None:
+    """Why a server listening on ``address`` must not serve (an operator error), or
+    ``None``. Without hosted mode any local path can be loaded, so the app only serves
+    on a network when the operator opted in with ``$FEATURESCOPE_ALLOW_NETWORK=1``."""
+    if hosted or is_loopback(address) or environ.get(NETWORK_ENV) == "1":
+        return None
+    return (
+        f"this server listens on {address or 'every network interface'}, and without hosted "
+        "mode anyone who reaches it can load any file on this machine. Operator: serve on "
+        "127.0.0.1 (the default of .streamlit/config.toml), use hosted mode (README, "
+        f"'Hosted mode'), or opt in with {NETWORK_ENV}=1 (make run-network)"
+    )

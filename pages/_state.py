@@ -5,8 +5,8 @@
   precomputed output directory (``{"precomputed": path}``), or, for tests only, a
   factory named by the ``FEATURESCOPE_TEST_WORKSPACE`` environment variable
   (``{"factory": "module:function"}``; never read from a URL).
-* **Workspaces** are built once per process per sources (``st.cache_resource``, bounded)
-  and shared by every session; computed data lives in the memo layer.
+* **Workspaces** are built once per process per sources (a bounded registry, see
+  ``pages/_shared.py``) and shared by every session; computed data lives in the memo layer.
 * **Jobs** compute many features in a background thread, pass by pass, so a user can
   leave the page and come back; every finished pass is in the memo, so a stopped job
   resumes where it stopped.
@@ -40,6 +40,16 @@ from typing import Any
 from urllib.parse import urlencode
 
 import streamlit as st
+
+from core.hosted import (
+    HostedConfig,
+    check_device,
+    hosted_config_path,
+    is_loopback,
+    network_problem,
+)
+from core.login import cookie_secret_problem
+from pages._shared import Registry
 
 log = logging.getLogger("featurescope.app")
 
@@ -125,41 +135,132 @@ def encode_sources(sources: dict[str, Any]) -> str | None:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+#: a link's ``src=`` is at most this many characters (links made by the app are far shorter)
+MAX_SRC_CHARS = 4096
+#: and its JSON nests at most this deep (the app's links nest two levels)
+MAX_SRC_DEPTH = 4
+_DAMAGED = "the link's src= parameter is damaged (copy the whole link)"
+
+
 def decode_sources(text: str) -> dict[str, Any]:
-    """Inverse of :func:`encode_sources`; raises ``ValueError`` with a readable message."""
+    """Inverse of :func:`encode_sources`; raises ``ValueError`` with a readable message
+    (also for a ``src=`` too long or nested too deeply to be one of the app's links)."""
     if text == "demo":
         return canonical(DEMO_SOURCES)
+    if len(text) > MAX_SRC_CHARS:
+        raise ValueError(
+            f"the link's src= parameter has {len(text):,} characters, more than the "
+            f"{MAX_SRC_CHARS:,} a link made by this app can have (copy the link again)"
+        )
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except ValueError as exc:
+        raise ValueError(_DAMAGED) from exc
+    depth = _json_depth(raw)
+    if depth > MAX_SRC_DEPTH:
+        raise ValueError(
+            f"the link's src= parameter nests {depth} levels deep, more than the "
+            f"{MAX_SRC_DEPTH} a link made by this app can have (copy the link again)"
+        )
+    try:
         minimal = json.loads(raw)
     except ValueError as exc:
-        raise ValueError("the link's src= parameter is damaged (copy the whole link)") from exc
+        raise ValueError(_DAMAGED) from exc
     if not isinstance(minimal, dict):
-        raise ValueError("the link's src= parameter is damaged (copy the whole link)")
+        raise ValueError(_DAMAGED)
     if "p" in minimal:
         return {"precomputed": str(minimal["p"])}
     full = {p: minimal.get(p[:2], {}) for p in PARTS}
     if not all(isinstance(v, dict) for v in full.values()):
-        raise ValueError("the link's src= parameter is damaged (copy the whole link)")
+        raise ValueError(_DAMAGED)
     return canonical(full)
 
 
+def _json_depth(raw: bytes) -> int:
+    """The deepest nesting of arrays and objects in JSON text (brackets inside strings
+    do not count), without parsing it."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest
+
+
+PENDING_KEY = "fs_link_pending"
+
+
 def init_session() -> None:
-    """First run of a session: take the sources from the URL (``src=``) or the default."""
+    """First run of a session: take the sources from the URL (``src=``) or the default.
+
+    In hosted mode a link may name allowlisted sources only. Otherwise a link naming
+    sources that are neither the default nor already loaded on this server (a local file or
+    model directory, a hub id, another device) is not loaded on open: the session keeps
+    the default and :func:`link_confirmation` asks first."""
     if SOURCES_KEY in st.session_state:
         return
     src = st.query_params.get("src")
     sources = default_sources()
     if src:
         try:
-            sources = decode_sources(src)
+            wanted = decode_sources(src)
             cfg = hosted()
             if cfg is not None:
-                cfg.check_sources(sources)
+                cfg.check_sources(wanted)
+            if "model" in wanted:
+                check_device(wanted["model"].get("device"))
+            if cfg is not None or wanted == sources or is_loaded(wanted):
+                sources = wanted
+            else:
+                st.session_state[PENDING_KEY] = wanted
         except ValueError as exc:  # AccessError is one
             st.session_state["fs_link_error"] = error_message(exc)
-            sources = default_sources()
     st.session_state[SOURCES_KEY] = sources
+
+
+def is_loaded(src: dict[str, Any]) -> bool:
+    """True when the workspace of ``src`` is already built in this server process."""
+    return json.dumps(src, sort_keys=True) in WORKSPACES
+
+
+def link_confirmation() -> bool:
+    """Ask before loading what a link named (see :func:`init_session`). True while the
+    question is shown: the caller stops the page."""
+    pending = st.session_state.get(PENDING_KEY)
+    if pending is None:
+        return False
+    st.markdown("## :material/link: Open this link?")
+    st.warning(
+        f"This link asks to load: {md(sources_label(pending))}. Load?  \nLoading reads "
+        "these files, directories or hub repositories on this server; only load links "
+        "you trust.",
+        icon=":material/warning:",
+    )
+    st.code(json.dumps(pending, indent=2, sort_keys=True), language="json")
+    c = st.container(horizontal=True)
+    c.button("Load", type="primary", icon=":material/download:", on_click=_accept_link)
+    c.button("Open the default instead", icon=":material/undo:", on_click=_decline_link)
+    return True
+
+
+def _accept_link() -> None:
+    set_sources(st.session_state.pop(PENDING_KEY))
+
+
+def _decline_link() -> None:
+    st.session_state.pop(PENDING_KEY, None)
 
 
 def sources() -> dict[str, Any]:
@@ -187,13 +288,17 @@ def sources_label(src: dict[str, Any]) -> str:
 
 
 # ---- workspaces ------------------------------------------------------------------------------------
-@st.cache_resource(show_spinner=False)
 def shared_memo():
     """The process's memo layer (``$FEATURESCOPE_CACHE_DIR`` or ``cache/memo``)."""
-    from core.memo import Memo
-
     cfg = hosted()
-    return Memo(size_limit=None if cfg is None else int(cfg.limits.cache_size_gb * 2**30))
+    limit = None if cfg is None else int(cfg.limits.cache_size_gb * 2**30)
+
+    def build():
+        from core.memo import Memo
+
+        return Memo(size_limit=limit)
+
+    return _MEMOS.get(json.dumps(limit), build)
 
 
 def _import_factory(name: str) -> Callable[[], Any]:
@@ -203,9 +308,19 @@ def _import_factory(name: str) -> Callable[[], Any]:
     return getattr(importlib.import_module(module), func)
 
 
-@st.cache_resource(max_entries=MAX_WORKSPACES, show_spinner=False)
+#: workspaces and memo layers shared by every session (not in ``st.cache_resource``, which
+#: any session's ``clear_cache`` message empties for everyone: see ``pages/_shared.py``)
+WORKSPACES = Registry(MAX_WORKSPACES)
+_MEMOS = Registry(2)
+
+
 def _open(key: str) -> Any:
-    """Build the workspace for canonical sources (JSON ``key``); shared by all sessions."""
+    """The workspace for canonical sources (JSON ``key``), shared by all sessions."""
+    return WORKSPACES.get(key, lambda: _build(key))
+
+
+def _build(key: str) -> Any:
+    """Build the workspace for canonical sources (JSON ``key``)."""
     src = json.loads(key)
     if "factory" in src:
         return _import_factory(src["factory"])()
@@ -230,6 +345,8 @@ def open_workspace(src: dict[str, Any]) -> Any:
     cfg = hosted()
     if cfg is not None:
         src = cfg.check_sources(src)
+    if "model" in src:  # before anything loads: a device this server does not have
+        check_device(src["model"].get("device"))
     ws = _open(json.dumps(src, sort_keys=True))
     if cfg is not None and hasattr(ws, "limits"):
         ws.limits = cfg.limits
@@ -330,8 +447,6 @@ def hosted() -> Any | None:
     """The hosted configuration (:class:`core.hosted.HostedConfig`), or ``None`` when the
     app serves one researcher. Re-read when the file changes; a broken file raises
     ``HostedConfigError`` (the app shows it and stops)."""
-    from core.hosted import hosted_config_path
-
     path = hosted_config_path()
     if path is None:
         return None
@@ -340,8 +455,6 @@ def hosted() -> Any | None:
 
 @functools.lru_cache(maxsize=4)
 def _hosted_at(path: str, mtime_ns: int) -> Any:
-    from core.hosted import HostedConfig
-
     return HostedConfig.load(path)
 
 
@@ -352,11 +465,16 @@ def session_id() -> str:
     return st.session_state["fs_session"]
 
 
-def _auth_configured() -> bool:
+def _auth_secrets() -> dict[str, Any] | None:
+    """The ``[auth]`` section of the secrets, or ``None`` when there is none."""
     try:
-        return "auth" in st.secrets
+        return dict(st.secrets["auth"]) if "auth" in st.secrets else None
     except Exception:  # no secrets file at all
-        return False
+        return None
+
+
+def _auth_configured() -> bool:
+    return _auth_secrets() is not None
 
 
 def _logged_in() -> bool:
@@ -366,42 +484,90 @@ def _logged_in() -> bool:
         return False
 
 
+def user_claims() -> dict[str, Any]:
+    """The signed-in user's identity-token claims (``st.user``); empty when signed out."""
+    return dict(st.user.to_dict()) if _logged_in() else {}
+
+
 def user_email() -> str | None:
     """The signed-in user's email, or ``None``."""
-    email = st.user.get("email") if _logged_in() else None
+    email = user_claims().get("email")
     return str(email) if email else None
+
+
+def _login_problem() -> str | None:
+    """An operator error that stops every session: no login provider, or a cookie secret
+    that would let anyone forge a login (:func:`core.login.cookie_secret_problem`)."""
+    auth = _auth_secrets()
+    if auth is None:
+        return (
+            "This server requires a login, but no login provider is configured. Operator: add "
+            "an [auth] section to .streamlit/secrets.toml (see secrets.example.toml), or set "
+            "auth.required = false in the hosted configuration."
+        )
+    problem = cookie_secret_problem(auth)
+    return None if problem is None else f"This server cannot offer a safe login: {problem}."
+
+
+def may_enter(cfg: Any) -> bool:
+    """True when this session may use the app (hosted mode): no login needed, or a usable
+    login set-up and a signed-in user the policy accepts."""
+    if not cfg.auth.required:
+        return True
+    if _login_problem() is not None or not _logged_in():
+        return False
+    return cfg.auth.user_refusal(user_claims()) is None
 
 
 def access_gate(cfg: Any) -> bool:
     """True when this session may use the app. Otherwise shows only the sign-in (or the
     refusal) and returns False; the caller stops the script."""
-    if not cfg.auth.required:
+    if may_enter(cfg):
         return True
     st.markdown("## :material/biotech: FeatureScope")
-    if not _auth_configured():
-        log.error("hosted mode requires login, but .streamlit/secrets.toml has no [auth] section")
-        st.error(
-            "This server requires a login, but no login provider is configured. Operator: add "
-            "an [auth] section to .streamlit/secrets.toml (see secrets.example.toml), or set "
-            "auth.required = false in the hosted configuration.",
-            icon=":material/lock:",
-        )
+    problem = _login_problem()
+    if problem is not None:
+        log.error("hosted mode: %s", problem)
+        st.error(problem, icon=":material/lock:")
         return False
     if not _logged_in():
         st.info("Sign in to use this server.", icon=":material/lock:")
         st.button("Sign in", type="primary", icon=":material/login:", on_click=st.login)
         return False
     email = user_email()
-    if not cfg.auth.allows(email):
-        log.warning("refused sign-in by %s (not on the allowlist)", email)
-        st.error(
-            f"The account {md(email or '(no email)')} is not allowed on this server. Sign in "
-            "with another account, or ask the operator to add this one.",
-            icon=":material/block:",
+    reason = cfg.auth.user_refusal(user_claims())
+    log.warning("refused sign-in by %r: %s", email, reason)
+    shown = ascii(email)[1:-1] if email else "(no email)"  # control characters made visible
+    st.error(
+        f"The account {md(shown)} is not allowed on this server: "
+        f"{md(str(reason))}. Sign in with another account, or ask the operator.",
+        icon=":material/block:",
+    )
+    st.button("Sign out", icon=":material/logout:", on_click=st.logout)
+    return False
+
+
+_NETWORK_WARNED: set[str] = set()
+
+
+def network_refusal(cfg: Any | None) -> str | None:
+    """An operator error when this server listens on a network without hosted mode (and
+    without the opt-in, :func:`core.hosted.network_problem`); ``None`` otherwise. The
+    opt-in (or an unset address) is logged as a warning once per process."""
+    address = st.get_option("server.address")
+    problem = network_problem(address, cfg is not None, os.environ)
+    if problem is not None and address:
+        log.error("%s", problem)
+        return f"This server is not safe to use: {problem}."
+    exposed = cfg is None and not is_loopback(address)
+    if exposed and str(address) not in _NETWORK_WARNED:
+        _NETWORK_WARNED.add(str(address))
+        log.warning(
+            "serving on %s without hosted mode: anyone who reaches this port can load any "
+            "file this process can read",
+            address or "every network interface",
         )
-        st.button("Sign out", icon=":material/logout:", on_click=st.logout)
-        return False
-    return True
+    return None
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ from typing import Any
 
 import streamlit as st
 
+from core.hosted import server_devices
 from pages import _state as state
 from pages import _ui as ui
 
@@ -258,7 +259,9 @@ with tab_specs:
                 placeholder="/path/to/model (config.json, weights, tokenizer)",
             )
         with st.expander("Device and precision"):
-            model["device"] = st.selectbox("Device", ["auto", "cpu", "cuda"], key="fs_m_dev")
+            model["device"] = st.selectbox(
+                "Device", server_devices(), key="fs_m_dev", help="The devices this server has."
+            )
             model["dtype"] = st.selectbox(
                 "dtype", ["float32", "bfloat16", "float16"], key="fs_m_dtype"
             )

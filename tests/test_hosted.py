@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from core.hosted import (
+    NETWORK_ENV,
     AccessError,
     AuthPolicy,
     HostedConfig,
     HostedConfigError,
     Limits,
+    check_device,
+    is_loopback,
     load_hosted_config,
+    network_problem,
 )
+from core.login import EmailError, cookie_secret_problem, parse_email
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -176,3 +182,124 @@ def test_limits():
             lim.check_prompt(bad)
     with pytest.raises(AccessError, match="allows 3"):
         lim.check_count(4, "features", 3)
+
+
+# ---- strict logins (issue 11) --------------------------------------------------------------------
+TEAM = AuthPolicy(allowed_emails=["alice@lab.example"], allowed_domains=["team.example"])
+VERIFIED = {"email_verified": True}
+
+
+@pytest.mark.parametrize(
+    "email, match",
+    [
+        ("evil@evil.org\n@team.example", "whitespace or control"),  # two '@' and a newline
+        ("evil@evil.org@team.example", "exactly one '@'"),
+        ("@team.example", "empty local part"),
+        (" bob@team.example", "whitespace"),
+        ("bob@team.example\x00", "control"),
+        ("bob@team.example.", "domain name"),
+        ("bob@.team.example", "domain name"),
+        ("bob@team..example", "domain name"),
+        ("b..ob@team.example", "local part"),
+        ("<bob>@team.example", "local part"),
+        ("bob@team.\u212aexample", "non-ASCII"),  # the Kelvin sign lower-cases to 'k'
+        ("bob", "exactly one '@'"),
+        (None, "no email address"),
+    ],
+)
+def test_emails_are_parsed_strictly(email, match):
+    with pytest.raises(EmailError, match=match):
+        parse_email(email)
+    refusal = TEAM.user_refusal({"email": email, **VERIFIED})
+    assert refusal is not None and "not valid" in refusal
+    assert not TEAM.allows(email)
+
+
+def test_domains_compare_exactly_and_case_insensitively():
+    assert parse_email("Bob.Smith+x@Team.Example") == ("bob.smith+x", "team.example")
+    assert TEAM.user_refusal({"email": "Bob@TEAM.example", **VERIFIED}) is None
+    assert TEAM.user_refusal({"email": "ALICE@lab.example", **VERIFIED}) is None
+    for other in ("bob@sub.team.example", "bob@team.example.evil.org", "bob@xteam.example"):
+        assert "not on this server's list" in TEAM.user_refusal({"email": other, **VERIFIED})
+    assert "not on this server's list" in TEAM.user_refusal({"email": "carol@lab.example"})
+
+
+def test_the_provider_must_say_the_email_is_verified():
+    bob = {"email": "bob@team.example"}
+    assert "not verified" in TEAM.user_refusal({**bob, "email_verified": False})
+    assert "not verified" in TEAM.user_refusal({**bob, "email_verified": "false"})
+    assert "not verified" in TEAM.user_refusal({**bob, "email_verified": 1})
+    missing = TEAM.user_refusal(bob)
+    assert "no email_verified claim" in missing and "allow_missing_email_verified" in missing
+    assert TEAM.user_refusal({**bob, "email_verified": True}) is None
+    assert TEAM.user_refusal({**bob, "email_verified": "true"}) is None  # some providers
+    relaxed = AuthPolicy(allowed_domains=["team.example"], allow_missing_email_verified=True)
+    assert relaxed.user_refusal(bob) is None
+    assert "not verified" in relaxed.user_refusal({**bob, "email_verified": False})
+    cfg = HostedConfig.from_dict({"auth": {"allow_missing_email_verified": True}}, "t")
+    assert cfg.auth.allow_missing_email_verified
+
+
+@pytest.mark.parametrize(
+    "auth, match",
+    [
+        ({"allowed_emails": ["evil@evil.org\n@team.example"]}, "allowed_emails"),
+        ({"allowed_emails": ["@team.example"]}, "empty local part"),
+        ({"allowed_domains": ["team example"]}, "allowed_domains"),
+        ({"allowed_domains": "team.example"}, "must be a list"),
+    ],
+)
+def test_bad_allowlist_entries_are_operator_errors(auth, match):
+    with pytest.raises(HostedConfigError, match=match):
+        HostedConfig.from_dict({"auth": auth}, source="hosted.toml")
+
+
+def test_cookie_secrets_that_allow_forged_logins_are_refused():
+    fix = "at least 32 bytes"
+    example = tomllib.loads((ROOT / ".streamlit" / "secrets.example.toml").read_text())
+    for auth, match in [
+        (None, "missing"),
+        ({}, "missing"),
+        ({"cookie_secret": ""}, "missing"),
+        ({"cookie_secret": 12345}, "missing"),
+        ({"cookie_secret": "x" * 31}, "is 31 bytes"),
+        ({"cookie_secret": "a long random string"}, "published value"),  # shipped before
+        (example["auth"], "published value"),  # the shipped example, copied as is
+    ]:
+        problem = cookie_secret_problem(auth)
+        assert problem is not None and match in problem and fix in problem, (auth, problem)
+    assert cookie_secret_problem({"cookie_secret": "é" * 16}) is None  # 32 bytes in UTF-8
+    assert cookie_secret_problem({"cookie_secret": "k" * 32}) is None
+
+
+def test_devices_the_server_does_not_have_are_refused(tmp_path):
+    import torch
+
+    assert check_device("cpu") == "cpu" and check_device("auto") == "auto"
+    n = torch.cuda.device_count()
+    for bad in ("meta", f"cuda:{n}", "cuda:7" if n < 8 else "cuda:99", "tpu", None):
+        with pytest.raises(AccessError, match="not available on this machine.*'cpu'"):
+            check_device(bad)
+    if n == 0:
+        with pytest.raises(AccessError, match="not available"):
+            check_device("cuda")
+    root = tmp_path / "root"
+    (root / "m").mkdir(parents=True)
+    cfg = make_config(root)
+    with pytest.raises(AccessError, match="'meta' is not available on this machine"):
+        cfg.check_spec("model", {"kind": "demo", "device": "meta"})
+    assert cfg.check_spec("model", {"kind": "demo", "device": "cpu"})["device"] == "cpu"
+
+
+def test_serving_on_a_network_needs_hosted_mode_or_the_opt_in():
+    for address in ("127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2"):
+        assert is_loopback(address) and network_problem(address, False, {}) is None
+    for address in ("0.0.0.0", "::", "192.168.1.5", "", None, "example.org"):
+        assert not is_loopback(address)
+        problem = network_problem(address, False, {})
+        assert "any file on this machine" in problem and "127.0.0.1" in problem
+        assert network_problem(address, True, {}) is None
+        assert network_problem(address, False, {NETWORK_ENV: "1"}) is None
+    conf = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert conf["server"]["address"] == "127.0.0.1"
+    assert conf["server"]["maxUploadSize"] == 0  # the app takes no uploads

@@ -9,16 +9,17 @@ hosted-mode app tests and the load test use it).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
-from tests.app.fixtures import WORDS
+from tests.app.fixtures import WORDS, make_workspace
 
 HOOK = "blocks.1.hook_resid_pre"
 SITE_PROMPT = "the cat sat on a mat and the dog ran home"
 #: an OIDC ``[auth]`` secrets section (never contacted: the sign-in is not completed offline)
 AUTH = {
     "redirect_uri": "http://localhost:8501/oauth2callback",
-    "cookie_secret": "test-secret",
+    "cookie_secret": "test-only-cookie-secret-0123456789abcdef",  # 40 bytes
     "client_id": "id",
     "client_secret": "secret",
     "server_metadata_url": "https://login.example/.well-known/openid-configuration",
@@ -97,3 +98,15 @@ def write_site(
     ]
     conf.write_text("\n".join(toml))
     return conf
+
+
+#: file to which :func:`counted_workspace` appends a line per build
+BUILDS_ENV = "FEATURESCOPE_TEST_BUILDS"
+
+
+def counted_workspace():
+    """The app tests' workspace (:func:`tests.app.fixtures.make_workspace`); every build
+    appends a line to ``$FEATURESCOPE_TEST_BUILDS``, so a test can see rebuilds."""
+    with open(os.environ[BUILDS_ENV], "a", encoding="utf-8") as f:
+        f.write("built\n")
+    return make_workspace()

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import base64
 import json
+import tomllib
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.app.conftest import run_app, texts
+from tests.app.conftest import ROOT, run_app, texts
 from tests.app.hosted_site import AUTH, SITE_PROMPT, write_site
 
 
@@ -38,7 +39,8 @@ def hosted_app(user: dict | None, page: str | None = None, secrets: bool = True,
     return run_app(page, user=user, secrets={"auth": AUTH} if secrets else None, **params)
 
 
-ALICE = {"is_logged_in": True, "email": "alice@lab.example", "name": "Alice"}
+ALICE = {"is_logged_in": True, "email": "alice@lab.example", "email_verified": True}
+BOB = {"is_logged_in": True, "email": "bob@team.example", "email_verified": True}
 
 
 def test_a_session_that_is_not_logged_in_sees_only_the_sign_in(site):
@@ -57,10 +59,44 @@ def test_a_session_that_is_not_logged_in_sees_only_the_sign_in(site):
 
 def test_a_disallowed_email_is_refused(site):
     for email in ("mallory@evil.example", "alice@lab.example.evil.org", ""):
-        at = hosted_app({"is_logged_in": True, "email": email})
+        at = hosted_app({"is_logged_in": True, "email": email, "email_verified": True})
         assert "is not allowed on this server" in texts(at.error)
         assert [b.label for b in at.button] == ["Sign out"]
         assert "Tiny GPT-2" not in everything(at)
+
+
+@pytest.mark.parametrize(
+    "user, why",
+    [
+        ({"email": "evil@evil.org\n@team.example", "email_verified": True}, "not valid"),
+        ({"email": "@team.example", "email_verified": True}, "empty local part"),
+        ({"email": "bob@team.example", "email_verified": False}, "not verified"),
+        ({"email": "bob@team.example"}, "did not say whether"),
+    ],
+)
+def test_malformed_or_unverified_emails_are_refused(site, user, why):
+    at = hosted_app({"is_logged_in": True, **user}, feature="3")
+    assert "is not allowed on this server" in texts(at.error) and why in texts(at.error)
+    assert [b.label for b in at.button] == ["Sign out"]
+    assert "Tiny GPT-2" not in everything(at) and not at.sidebar.caption
+
+
+def test_a_usable_cookie_secret_is_required(site):
+    example = tomllib.loads((ROOT / ".streamlit" / "secrets.example.toml").read_text())
+    for secret, why in [
+        (example["auth"]["cookie_secret"], "published value"),
+        ("a long random string", "published value"),
+        ("short", "is 5 bytes"),
+        (None, "missing"),
+    ]:
+        auth = {k: v for k, v in AUTH.items() if k != "cookie_secret"}
+        if secret is not None:
+            auth["cookie_secret"] = secret
+        at = run_app(user=ALICE, secrets={"auth": auth}, feature="3")
+        shown = texts(at.error)
+        assert "cannot offer a safe login" in shown and why in shown, secret
+        assert "at least 32 bytes" in shown
+        assert not at.button and "Tiny GPT-2" not in everything(at)
 
 
 def test_missing_login_provider_is_an_operator_error(site):
@@ -71,7 +107,7 @@ def test_missing_login_provider_is_an_operator_error(site):
 
 def test_allowed_users_by_email_and_domain_get_the_app(site):
     for email in ("alice@lab.example", "bob@team.example"):
-        at = hosted_app({"is_logged_in": True, "email": email})
+        at = hosted_app({"is_logged_in": True, "email": email, "email_verified": True})
         side = texts(at.sidebar.caption)
         assert f"Signed in as {email}" in side and "64 features" in side
         labels = [b.label for b in at.button]
@@ -130,7 +166,7 @@ def test_sessions_never_see_each_others_prompts_or_errors(site):
     next(b for b in a.button if b.label == "Find features").click().run()
     assert texts(a.error)
 
-    b = hosted_app({"is_logged_in": True, "email": "bob@team.example"}, "pages/search.py")
+    b = hosted_app(BOB, "pages/search.py")
     shown = everything(b)
     assert "mat mat" not in shown and "zz" * 10 not in shown
     assert not texts(b.error)
