@@ -106,6 +106,7 @@ GROUPS = {
     "pickle": "pickled payloads",
     "paths": "paths escaping the allowed roots (hosted)",
     "cache": "read-only or full cache",
+    "files": "code, devices, memory and hangs from files (models, dictionaries, datasets)",
 }
 
 UNEXPECTED = "unexpected error type"
@@ -547,22 +548,6 @@ def _index_app(raw: str) -> Callable[[Env], Outcome]:
         at.text_input(key="fs_jump").input("2").run()
         if at.exception or at.error or "## Feature 2" not in texts(at.markdown):
             problems.append("the app did not show feature 2 afterwards")
-        return env.outcome(message, problems)
-
-    return run
-
-
-# ---- 1. search links (issue 12, Engineer D) --------------------------------------------------------
-def _search_link_app(params: dict[str, str]) -> Callable[[Env], Outcome]:
-    """A search link with a bad value: a warning naming it, and the search still works."""
-
-    def run(env: Env) -> Outcome:
-        env.ws  # noqa: B018 - baseline first
-        at = run_app("pages/search.py", **params)
-        message = texts(at.warning) or texts(at.error) or "(no warning shown)"
-        problems = app_problems(at)
-        if at.exception or not at.dataframe:
-            problems.append("the search page showed no results afterwards")
         return env.outcome(message, problems)
 
     return run
@@ -1258,20 +1243,6 @@ def _cases() -> list[Case]:
             *expect,
         )
 
-    # 1. feature index: search links (issue 12, Engineer D)
-    for params, expect in [
-        ({"mode": "similar", "of": "abc"}, ("of='abc'", "feature index from 0 to 63")),
-        ({"mode": "similar", "of": "64"}, ("of='64'", "feature index from 0 to 63")),
-        ({"mode": "similar", "of": "3", "k": "1e9"}, ("k='1e9'", "from 5 to 50")),
-    ]:
-        add(
-            "index-search-link-" + "-".join(params.values()),
-            "index",
-            "search link ?" + "&".join(f"{k}={v}" for k, v in params.items()),
-            _search_link_app(params),
-            *expect,
-        )
-
     # 2. token budgets
     for n, ctx, expect in [
         (-5, 16, ("token budget must be a positive integer", "-5")),
@@ -1686,6 +1657,104 @@ def _cases() -> list[Case]:
         "the dataset will be tokenised again next time",
         "FEATURESCOPE_DATA_DIR",
     )
+    # 12. files: code, devices, memory and hangs (issue 11, Engineer B)
+    for name, part, damage, tried, expect in [
+        (
+            "files-clt-template-code",
+            "clt",
+            _clt_cfg(tl_input_template="blocks.{}.hook_resid_pre; import os"),
+            "CLT cfg.json tl_input_template 'blocks.{}.hook_resid_pre; import os'",
+            ("is not a hook name template", "one '{}' for the layer"),
+        ),
+        (
+            "files-clt-template-format",
+            "clt",
+            _clt_cfg(tl_input_template="{0.__class__}"),
+            "CLT cfg.json tl_input_template '{0.__class__}'",
+            ("is not a hook name template",),
+        ),
+        (
+            "files-clt-num-layers",
+            "clt",
+            _clt_cfg(num_layers=10**9),
+            "CLT cfg.json num_layers = 10**9",
+            ("declares 1,000,000,000 layers", "fix num_layers"),
+        ),
+        (
+            "files-sae-nan",
+            "sae",
+            _sae_weight("W_enc", float("nan")),
+            "SAE W_enc with 3 NaN",
+            ("tensor 'W_enc'", "3 NaN", "download or export them again"),
+        ),
+        (
+            "files-sae-inf",
+            "sae",
+            _sae_weight("W_dec", float("inf")),
+            "SAE W_dec with 3 infinite values",
+            ("tensor 'W_dec'", "3 infinite"),
+        ),
+        (
+            "files-sae-hook-code",
+            "sae",
+            _sae_cfg(hook_name="blocks.1.hook_resid_pre; import os"),
+            "SAE cfg.json metadata hook_name with code appended",
+            ("not a TransformerLens hook name",),
+        ),
+    ]:
+        add(name, "files", tried, _corrupt(part, damage), *expect)
+    for config in ("config.json", "tokenizer_config.json"):
+        add(
+            f"files-remote-code-{config}",
+            "files",
+            f"model {config} auto_map to a Python file + SAE metadata trust_remote_code",
+            _remote_code(config),
+            "asks to run its own Python code",
+            "convert it",
+        )
+    add(
+        "files-sae-n-devices",
+        "files",
+        "SAE metadata model_from_pretrained_kwargs {n_devices: 8, trust_remote_code: true}",
+        _sae_model_kwargs,
+        "n_devices=8",
+        "trust_remote_code=True",
+        "dropped",
+    )
+    for device in ("meta", "cuda:7"):
+        add(
+            f"files-model-device-{device}",
+            "files",
+            f"load_sources with the model device {device!r}",
+            _model_device(device),
+            f"device {device!r} is not available on this machine",
+            "'cpu'",
+        )
+    for name, write, tried, expect in [
+        ("fifo", _fifo, "dataset fifo.txt, a named pipe", ("is a FIFO",)),
+        ("dev-zero", _dev_zero, "dataset zero.txt, a link to /dev/zero", ("character device",)),
+        ("sparse-nul", _sparse_nul, "dataset of 2 GiB NUL bytes (sparse) named .txt", ("binary",)),
+        (
+            "utf16-no-bom",
+            _utf16,
+            "dataset .txt in UTF-16 without a byte-order mark",
+            ("binary", "save it as UTF-8"),
+        ),
+        ("nested-json", _nested_json, "dataset .json of 200,000 nested arrays", ("nested too",)),
+        (
+            "input-ids-floats",
+            _ids_floats,
+            "dataset .jsonl whose input_ids hold 1.7",
+            ("row 1 of column 'input_ids' holds 1.7",),
+        ),
+        (
+            "input-ids-vocab",
+            _ids_vocab,
+            "dataset .jsonl whose input_ids go past the vocabulary",
+            ("row 1 of column 'input_ids' holds token id 10000", "another model"),
+        ),
+    ]:
+        add(f"files-dataset-{name}", "files", tried, _dataset_file(write), *expect)
     names = [c.name for c in out]
     assert len(names) == len(set(names)), "case names must be unique"
     return out
@@ -1701,6 +1770,171 @@ def _unicode_prompt_on_app(text: str) -> Callable[[Env], Outcome]:
         if "r" in got:
             message = f"accepted: {len(got['r'].tokens)} tokens (BOS + one unknown word)"
         return env.outcome(message)
+
+    return run
+
+
+# ---- 12. files: code, devices, memory and hangs (issue 11, Engineer B) --------------------------
+def _edit_json(path: Path, edit: Callable[[dict[str, Any]], None]) -> None:
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+def _clt_cfg(**values: Any) -> Callable[[Path], None]:
+    return lambda path: _edit_json(path / "cfg.json", lambda cfg: cfg.update(values))
+
+
+def _sae_cfg(**metadata: Any) -> Callable[[Path], None]:
+    return lambda path: _edit_json(path / "cfg.json", lambda cfg: cfg["metadata"].update(metadata))
+
+
+def _sae_weight(name: str, value: float) -> Callable[[Path], None]:
+    def damage(path: Path) -> None:
+        from safetensors.torch import load_file, save_file
+
+        file = path / "sae_weights.safetensors"
+        tensors = load_file(str(file))
+        tensors[name].view(-1)[[0, 5, 9]] = value
+        save_file(tensors, str(file))
+
+    return damage
+
+
+def _remote_code(config: str) -> Callable[[Env], Outcome]:
+    """A model directory whose ``config`` maps a class to a Python file that touches a
+    marker when imported, with an SAE whose metadata asks for trust_remote_code."""
+
+    def run(env: Env) -> Outcome:
+        from core.sources import DictionarySpec, ModelSpec, load_sources
+
+        h = env.hostile
+        marker = env.marker()
+        model = env.copy_of("model", "model-remote-code")
+        (model / "evil.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n")
+        auto_map = (
+            {"AutoConfig": "evil.C"} if config == "config.json" else {"AutoTokenizer": "evil.T"}
+        )
+        _edit_json(model / config, lambda cfg: cfg.update(auto_map=auto_map))
+        sae = env.copy_of("sae", "sae-remote-code")
+        _sae_cfg(model_from_pretrained_kwargs={"trust_remote_code": True})(sae)
+        problems: list[str] = []
+        with env.token_cache_watch(problems):
+            message = error_of(
+                lambda: load_sources(
+                    ModelSpec(kind="local", path=str(model), device="cpu"),
+                    DictionarySpec(kind="saelens_local", path=str(sae)),
+                    h["data_spec"],
+                )
+            )
+        if marker.exists():
+            problems.append("THE MODEL'S PYTHON FILE WAS IMPORTED")
+        return env.outcome(message, problems + env.sources_problems())
+
+    return run
+
+
+def _sae_model_kwargs(env: Env) -> Outcome:
+    """Accepted: the unsafe loader options are dropped with a warning, the model loads."""
+    from core.sources import DictionarySpec, load_sources
+
+    h = env.hostile
+    sae = env.copy_of("sae", "sae-n-devices")
+    kwargs = {"n_devices": 8, "trust_remote_code": True}
+    _sae_cfg(model_from_pretrained_kwargs=kwargs)(sae)
+    problems: list[str] = []
+    with env.token_cache_watch(problems), logged_warnings() as warnings:
+        message = error_of(
+            lambda: load_sources(
+                h["model_spec"], DictionarySpec(kind="saelens_local", path=str(sae)), h["data_spec"]
+            )
+        )
+    if message.startswith("(no error"):
+        message = "accepted; warned: " + " | ".join(warnings)
+    return env.outcome(message, problems + env.sources_problems())
+
+
+def _model_device(device: str) -> Callable[[Env], Outcome]:
+    def run(env: Env) -> Outcome:
+        from core.sources import ModelSpec, load_sources
+
+        h = env.hostile
+        spec = ModelSpec(kind="local", path=str(h["model_dir"]), device=device)
+        message = error_of(lambda: load_sources(spec, h["sae_spec"], h["data_spec"]))
+        return env.outcome(message, env.sources_problems())
+
+    return run
+
+
+def _fifo(path: Path) -> Path:
+    fifo = path / "fifo.txt"
+    os.mkfifo(fifo)
+    return fifo
+
+
+def _dev_zero(path: Path) -> Path:
+    (path / "zero.txt").symlink_to("/dev/zero")
+    return path / "zero.txt"
+
+
+def _sparse_nul(path: Path) -> Path:
+    with (path / "nul.txt").open("wb") as fh:
+        fh.truncate(2 << 30)
+    return path / "nul.txt"
+
+
+def _utf16(path: Path) -> Path:
+    (path / "u16.txt").write_bytes((" ".join(NORMAL_WORDS) + "\n").encode("utf-16-le") * 50)
+    return path / "u16.txt"
+
+
+def _nested_json(path: Path) -> Path:
+    (path / "deep.json").write_text("[" * 200_000 + "]" * 200_000)
+    return path / "deep.json"
+
+
+def _ids_rows(path: Path, bad: list[Any]) -> Path:
+    rows = [{"input_ids": list(range(16))}, {"input_ids": bad}]
+    (path / "ids.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    return path / "ids.jsonl"
+
+
+def _ids_floats(path: Path) -> Path:
+    return _ids_rows(path, [1.7, *range(15)])
+
+
+def _ids_vocab(path: Path) -> Path:
+    return _ids_rows(path, [*range(15), 10_000])
+
+
+def _dataset_file(write: Callable[[Path], Path]) -> Callable[[Env], Outcome]:
+    """A local dataset file written by ``write``, tokenised for the hostile model. A FIFO
+    that is read (instead of refused) is ended after 20 s, so nothing hangs."""
+
+    def run(env: Env) -> Outcome:
+        import threading
+
+        from core.sources import DatasetSpec, load_tokens
+
+        h = env.hostile
+        folder = env.root / "damaged" / f"data-{uuid.uuid4().hex[:8]}"
+        folder.mkdir(parents=True)
+        path = write(folder)
+        spec = DatasetSpec(kind="local", path=str(path), n_tokens=64, context_length=16)
+
+        def unblock() -> None:
+            with contextlib.suppress(OSError):
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+
+        timer = threading.Timer(20, unblock)
+        timer.start()
+        problems: list[str] = []
+        try:
+            with env.token_cache_watch(problems):
+                message = error_of(lambda: load_tokens(spec, h["ws"].model))
+        finally:
+            timer.cancel()
+        return env.outcome(message, problems + env.sources_problems())
 
     return run
 
