@@ -553,6 +553,22 @@ def _index_app(raw: str) -> Callable[[Env], Outcome]:
     return run
 
 
+# ---- 1. search links (issue 12, Engineer D) --------------------------------------------------------
+def _search_link_app(params: dict[str, str]) -> Callable[[Env], Outcome]:
+    """A search link with a bad value: a warning naming it, and the search still works."""
+
+    def run(env: Env) -> Outcome:
+        env.ws  # noqa: B018 - baseline first
+        at = run_app("pages/search.py", **params)
+        message = texts(at.warning) or texts(at.error) or "(no warning shown)"
+        problems = app_problems(at)
+        if at.exception or not at.dataframe:
+            problems.append("the search page showed no results afterwards")
+        return env.outcome(message, problems)
+
+    return run
+
+
 # ==== 2. token budgets =============================================================================
 def _budget_local(n_tokens: Any, context: Any) -> Callable[[Env], Outcome]:
     def run(env: Env) -> Outcome:
@@ -1240,6 +1256,20 @@ def _cases() -> list[Case]:
             "index",
             f"app link ?feature={raw}",
             _index_app(raw),
+            *expect,
+        )
+
+    # 1. feature index: search links (issue 12, Engineer D)
+    for params, expect in [
+        ({"mode": "similar", "of": "abc"}, ("of='abc'", "feature index from 0 to 63")),
+        ({"mode": "similar", "of": "64"}, ("of='64'", "feature index from 0 to 63")),
+        ({"mode": "similar", "of": "3", "k": "1e9"}, ("k='1e9'", "from 5 to 50")),
+    ]:
+        add(
+            "index-search-link-" + "-".join(params.values()),
+            "index",
+            "search link ?" + "&".join(f"{k}={v}" for k, v in params.items()),
+            _search_link_app(params),
             *expect,
         )
 
