@@ -106,6 +106,7 @@ GROUPS = {
     "pickle": "pickled payloads",
     "paths": "paths escaping the allowed roots (hosted)",
     "cache": "read-only or full cache",
+    "links": "links naming what the server may load (size, depth, devices, local files)",
     "files": "code, devices, memory and hangs from files (models, dictionaries, datasets)",
 }
 
@@ -1785,6 +1786,44 @@ def _cases() -> list[Case]:
         ),
     ]:
         add(f"files-dataset-{name}", "files", tried, _dataset_file(write), *expect)
+    # 11. links (issue 11, Engineer A)
+    nested = base64.urlsafe_b64encode(b"[" * 100_000 + b"]" * 100_000).decode()
+    for name, src, tried, expect in [
+        (
+            "link-src-nested-100k",
+            nested,
+            "app link whose src= is base64 of 100,000 nested JSON arrays",
+            ("more than the 4,096", "copy the link again"),
+        ),
+        (
+            "link-src-nested-deep",
+            link({"mo": {"kind": [[[[[[["local"]]]]]]]}}),
+            "app link whose src= nests 9 levels",
+            ("nests 9 levels deep", "copy the link again"),
+        ),
+        (
+            "link-device-meta",
+            link({"mo": {"kind": "demo", "device": "meta"}}),
+            "app link naming the model device 'meta'",
+            ("device 'meta' is not available on this machine", "use 'auto' or one of"),
+        ),
+        (
+            "link-device-cuda-7",
+            link({"mo": {"kind": "demo", "device": "cuda:7"}}),
+            "app link naming the model device 'cuda:7'",
+            ("device 'cuda:7' is not available on this machine", "use 'auto' or one of"),
+        ),
+    ]:
+        add(name, "links", tried, _link_app(src), *expect, "showing the default sources")
+    add(
+        "link-local-notes-file",
+        "links",
+        "app link naming a local notes file as the dataset (server not hosted)",
+        _link_notes,
+        "This link asks to load",
+        "notes.txt",
+        "Load?",
+    )
     names = [c.name for c in out]
     assert len(names) == len(set(names)), "case names must be unique"
     return out
@@ -1967,6 +2006,51 @@ def _dataset_file(write: Callable[[Path], Path]) -> Callable[[Env], Outcome]:
         return env.outcome(message, problems + env.sources_problems())
 
     return run
+
+
+# ---- 11. links (issue 11, Engineer A) -----------------------------------------------------------
+NOTES_TEXT = "PRIVATE NOTES: the reviewer's password is hunter2"
+
+
+def _link_app(src: str) -> Callable[[Env], Outcome]:
+    """A feature link with a bad ``src=``: a warning, and the default sources' feature."""
+
+    def run(env: Env) -> Outcome:
+        env.ws  # noqa: B018 - baseline first
+        at = run_app("pages/feature.py", feature="1", src=src)
+        message = texts(at.warning) or texts(at.error) or "(no warning shown)"
+        problems = app_problems(at)
+        if "## Feature 1" not in texts(at.markdown):
+            problems.append("the default sources' feature did not render")
+        return env.outcome(message, problems)
+
+    return run
+
+
+def _link_notes(env: Env) -> Outcome:
+    """A link naming a local notes file as the dataset is not loaded on open: it asks."""
+    from pages import _state as state
+
+    site = env.site
+    env.ws  # noqa: B018
+    notes = env.root / "notes.txt"
+    notes.write_text("\n".join([NOTES_TEXT] * 600) + "\n")
+    src = link(
+        {
+            "mo": {"kind": "local", "path": str(site / "model"), "device": "cpu"},
+            "di": {"kind": "saelens_local", "path": str(site / "sae")},
+            "da": {"kind": "local", "path": str(notes), "n_tokens": 2048, "context_length": 32},
+        }
+    )
+    at = run_app("pages/feature.py", feature="1", src=src)
+    message = texts(at.warning) or "(no question asked)"
+    problems = app_problems(at)
+    shown = "\n".join(texts(p) for p in (at.markdown, at.caption, at.code)) + app_html(at)
+    if "hunter2" in shown:
+        problems.append("the notes file's text was shown")
+    if state.is_loaded(state.decode_sources(src)):
+        problems.append("the link's sources were loaded without asking")
+    return env.outcome(message, problems)
 
 
 CASES: list[Case] = _cases()

@@ -350,6 +350,8 @@ def test_link_sources_are_loaded_from_the_url(tmp_path, tiny_ws):
         )
     )
     at = run_app("pages/feature.py", feature="1", src=src)
+    assert "This link asks to load" in texts(at.warning)  # sources not loaded here: ask first
+    next(b for b in at.button if b.label == "Load").click().run()
     err = texts(at.error)
     assert "Nothing is loaded" in err and "no-model" in err and "does not exist" in err
     assert at.get("page_link"), "a way back to the Sources page"
