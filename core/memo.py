@@ -6,6 +6,14 @@
   pickling, CVE-2025-69872).
 * Every value carries a sha256 of its payload; a corrupted or truncated entry is
   detected on read, dropped, and reported as a miss so the caller recomputes it.
+* Only files the memo named itself are read or removed: diskcache's own file names
+  (``xx/yy/<28 hex>.val``) inside the directory, regular files (no links, FIFOs or
+  devices), exactly as long as their row says. A row naming anything else is a corrupt
+  entry: the row is dropped, the path is never touched. Unknown or malformed rows in
+  diskcache's ``Settings`` table are dropped before the cache is opened.
+* A directory that cannot be written (a read-only mount, a full disk) is opened
+  read-only: reads work, writes are skipped with a warning (:attr:`Memo.read_only`,
+  :attr:`Memo.writes_failing`).
 * Keys are sha256 digests of everything that fixes a result (see :func:`memo_key`).
 
 The directory defaults to ``cache/memo`` in the project and can be moved with the
@@ -16,16 +24,26 @@ sets the size limit (default 4 GiB, least recently stored entries go first).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
 import sqlite3
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import diskcache
-from diskcache.core import MODE_PICKLE, UNKNOWN
+from diskcache.core import MODE_BINARY, MODE_PICKLE, MODE_RAW
+
+from core.memo_disk import (
+    CorruptEntry,
+    NoPickleDisk,
+    ReadOnlyDb,
+    read_value_file,
+    repair_settings,
+)
 
 if TYPE_CHECKING:
     from core.engine.features import FeatureData
@@ -36,38 +54,12 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DIR = PROJECT_ROOT / "cache" / "memo"
 DEFAULT_SIZE = 4 << 30
 _MAGIC = b"FSM1"
+DB_NAME = "cache.db"
+_FIX = "Make it writable, or set FEATURESCOPE_CACHE_DIR to a writable directory"
 
 
 class MemoError(RuntimeError):
     """The cache directory cannot be used (message says why and what to do)."""
-
-
-class NoPickleDisk(diskcache.Disk):
-    """A diskcache ``Disk`` that stores and returns bytes only, and never unpickles."""
-
-    def put(self, key):
-        if not isinstance(key, str | bytes):
-            raise TypeError(f"memo keys must be str or bytes, got {type(key).__name__}")
-        return super().put(key)
-
-    def get(self, key, raw):
-        if not raw:
-            raise ValueError(
-                "refusing to unpickle a cache key: the cache directory was tampered with"
-            )
-        return super().get(key, raw)
-
-    def store(self, value, read, key=UNKNOWN):
-        if not read and not isinstance(value, bytes):
-            raise TypeError(f"memo values must be bytes, got {type(value).__name__}")
-        return super().store(value, read, key=key)
-
-    def fetch(self, mode, filename, value, read):
-        if mode == MODE_PICKLE:
-            raise ValueError(
-                "refusing to unpickle a cache value: the cache directory was tampered with"
-            )
-        return super().fetch(mode, filename, value, read)
 
 
 def memo_key(*parts: Any) -> str:
@@ -78,12 +70,21 @@ def memo_key(*parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+_SELECT = (
+    "SELECT mode, filename, value, size FROM Cache WHERE key = ? AND raw = 1 "
+    "AND (expire_time IS NULL OR expire_time > ?)"
+)
+
+
 class Memo:
     """Bytes-only memo store with integrity checks.
 
     Args:
         directory: where entries live (default ``$FEATURESCOPE_CACHE_DIR`` or ``cache/memo``).
         size_limit: bytes kept before eviction (default ``$FEATURESCOPE_CACHE_SIZE`` or 4 GiB).
+
+    A directory that cannot be written is opened read-only (:attr:`read_only`): entries
+    already there are served, new ones are not kept, and a warning says so once.
     """
 
     def __init__(self, directory: str | Path | None = None, size_limit: int | None = None):
@@ -92,36 +93,107 @@ class Memo:
             size_limit = int(os.environ.get("FEATURESCOPE_CACHE_SIZE", DEFAULT_SIZE))
         self.directory = directory
         self.read_only = False
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-            self._cache = diskcache.Cache(
-                str(directory),
-                disk=NoPickleDisk,
-                size_limit=size_limit,
-                eviction_policy="least-recently-stored",
-            )
-        except (OSError, sqlite3.OperationalError) as exc:
-            raise MemoError(
-                f"cannot open the cache directory {directory}: {exc}. Make it writable, or point "
-                "FEATURESCOPE_CACHE_DIR at a writable directory"
-            ) from exc
         self.hits = 0
         self.misses = 0
         self.write_errors = 0
         self._write_failing = False
+        self._cache: diskcache.Cache | None = None
+        self._ro: ReadOnlyDb | None = None
+        db = directory / DB_NAME
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            if not directory.is_dir():
+                raise MemoError(
+                    f"cannot open the cache directory {directory}: {exc}. {_FIX}"
+                ) from exc
+        if self._writable(directory, db):
+            try:
+                dropped = repair_settings(db)
+                if dropped:
+                    log.warning(
+                        "the cache directory %s had unknown or malformed settings %s: dropped "
+                        "(defaults restored)",
+                        directory,
+                        sorted(dropped)[:5],
+                    )
+                self._cache = diskcache.Cache(
+                    str(directory),
+                    disk=NoPickleDisk,
+                    size_limit=size_limit,
+                    eviction_policy="least-recently-stored",
+                )
+                return
+            except (OSError, sqlite3.Error, ValueError, TypeError, KeyError) as exc:
+                reason = exc
+        else:
+            reason = OSError(errno.EROFS, "the directory is not writable")
+        self._open_read_only(db, reason)
+
+    @staticmethod
+    def _writable(directory: Path, db: Path) -> bool:
+        if not os.access(directory, os.W_OK):
+            return False
+        return not db.exists() or os.access(db, os.W_OK)
+
+    def _open_read_only(self, db: Path, reason: BaseException) -> None:
+        """Serve what the directory holds without writing anything to it."""
+        if db.exists():
+            try:
+                self._ro = ReadOnlyDb(db)
+            except sqlite3.DatabaseError as exc:
+                raise MemoError(
+                    f"cannot open the cache directory {self.directory}: {reason}; reading it "
+                    f"read-only failed too ({exc}). {_FIX}, or delete {db} if it is damaged"
+                ) from exc
+        self.read_only = True
+        self._write_failing = True
+        log.warning(
+            "the cache directory %s cannot be written (%s): it is opened read-only, so stored "
+            "results are served but new ones are not kept. %s",
+            self.directory,
+            reason,
+            _FIX,
+        )
+
+    # --- rows -----------------------------------------------------------------------------
+    def _rows(self, query: str, args: tuple = ()) -> list[tuple]:
+        if self._cache is not None:
+            return self._cache._sql(query, args).fetchall()
+        if self._ro is not None:
+            return self._ro.execute(query, args)
+        return []
+
+    def _read(self, key: str) -> bytes | None:
+        """The stored blob of ``key`` (``None``: no entry); raises CorruptEntry."""
+        rows = self._rows(_SELECT, (key, time.time()))
+        if not rows:
+            return None
+        mode, filename, value, size = rows[0]
+        if mode == MODE_RAW:
+            if not isinstance(value, bytes):
+                raise CorruptEntry(f"the row holds {type(value).__name__}, not bytes")
+            return value
+        if mode == MODE_BINARY:
+            return read_value_file(self.directory, filename, size)
+        if mode == MODE_PICKLE:
+            raise CorruptEntry(
+                "refusing to unpickle a cache value: the cache directory was tampered with"
+            )
+        raise CorruptEntry(f"the memo stores bytes only, the row has mode {mode!r}")
 
     # --- bytes ----------------------------------------------------------------------------
     def get_bytes(self, key: str) -> bytes | None:
         try:
-            blob = self._cache.get(key, default=None)
-        except (ValueError, OSError, sqlite3.DatabaseError) as exc:
+            blob = self._read(key)
+        except (CorruptEntry, OSError, sqlite3.DatabaseError) as exc:
             log.warning("dropping unreadable cache entry %s: %s", key[:12], exc)
             self.delete(key)
             blob = None
         if blob is None:
             self.misses += 1
             return None
-        if not isinstance(blob, bytes) or len(blob) < 36 or blob[:4] != _MAGIC:
+        if len(blob) < 36 or blob[:4] != _MAGIC:
             log.warning("dropping malformed cache entry %s", key[:12])
             self.delete(key)
             self.misses += 1
@@ -137,6 +209,9 @@ class Memo:
 
     def put_bytes(self, key: str, payload: bytes) -> bool:
         """Store ``payload``; returns False (and keeps going) when the disk refuses."""
+        if self._cache is None:
+            self.write_errors += 1
+            return False  # read-only: said once when opened
         blob = _MAGIC + hashlib.sha256(payload).digest() + payload
         try:
             self._cache.set(key, blob)
@@ -162,6 +237,9 @@ class Memo:
         return self._write_failing
 
     def delete(self, key: str) -> None:
+        """Drop ``key``'s row (its value file too when it is one of the memo's own)."""
+        if self._cache is None:
+            return
         with contextlib.suppress(OSError, sqlite3.DatabaseError, ValueError):
             self._cache.delete(key)
 
@@ -196,16 +274,37 @@ class Memo:
         return self.put_bytes(key, json.dumps(value, sort_keys=True).encode())
 
     def __contains__(self, key: str) -> bool:
-        return key in self._cache
+        query = "SELECT 1 FROM Cache WHERE key = ? AND raw = 1"
+        try:
+            return bool(self._rows(query, (key,)))
+        except sqlite3.DatabaseError:
+            return False
 
     def __len__(self) -> int:
-        return len(self._cache)
+        if self._cache is not None:
+            return len(self._cache)
+        return int(self._rows("SELECT COUNT(*) FROM Cache")[0][0]) if self._ro else 0
+
+    def stored_keys(self) -> list[str]:
+        """Every stored key (string keys only: the memo writes no others)."""
+        return [k for (k,) in self._rows("SELECT key FROM Cache WHERE raw = 1 ORDER BY rowid")]
 
     def volume(self) -> int:
-        return int(self._cache.volume())
+        if self._cache is not None:
+            return int(self._cache.volume())
+        if self._ro is None:
+            return 0
+        pages = self._rows("PRAGMA page_count")[0][0] * self._rows("PRAGMA page_size")[0][0]
+        return int(pages + self._rows("SELECT COALESCE(SUM(size), 0) FROM Cache")[0][0])
 
     def clear(self) -> None:
+        if self._cache is None:
+            log.warning("the cache directory %s is read-only: nothing was cleared", self.directory)
+            return
         self._cache.clear()
 
     def close(self) -> None:
-        self._cache.close()
+        if self._cache is not None:
+            self._cache.close()
+        if self._ro is not None:
+            self._ro.close()

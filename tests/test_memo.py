@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -167,3 +169,220 @@ def test_feature_bytes_are_deterministic_across_processes(parts, tmp_path):
     ]
     assert runs[0] == runs[1] == fd.to_bytes()
     assert type(fd).from_bytes(runs[0]) == fd
+
+
+# --- read-only and full directories (real mounts; the tests run as root, where chmod
+# stops nothing) -----------------------------------------------------------------------------
+def _mount(path: Path, *options: str) -> None:
+    import subprocess
+
+    path.mkdir(parents=True, exist_ok=True)
+    cmd = ["mount", "-t", "tmpfs", "-o", ",".join(["size=4m", *options]), "tmpfs", str(path)]
+    got = subprocess.run(cmd, capture_output=True, text=True)
+    if got.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({got.stderr.strip() or got.returncode})")
+
+
+def _remount_read_only(path: Path) -> None:
+    import subprocess
+
+    got = subprocess.run(["mount", "-o", "remount,ro", str(path)], capture_output=True, text=True)
+    if got.returncode != 0:
+        pytest.skip(f"cannot remount read-only here ({got.stderr.strip()})")
+
+
+def _umount(path: Path) -> None:
+    import subprocess
+
+    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@pytest.fixture()
+def read_only_memo_dir(tmp_path):
+    """A memo directory holding a small and a file-backed entry, on a read-only mount."""
+    mnt = tmp_path / "ro"
+    _mount(mnt)
+    try:
+        memo = Memo(mnt / "memo")
+        assert memo.put_bytes("small", b"s" * 10) and memo.put_bytes("big", b"b" * 100_000)
+        memo.close()
+        _remount_read_only(mnt)
+        with pytest.raises(OSError, match="Read-only"):
+            (mnt / "memo" / "probe").write_bytes(b"x")
+        yield mnt / "memo"
+    finally:
+        _umount(mnt)
+
+
+def test_read_only_directory_is_served(read_only_memo_dir, caplog):
+    with caplog.at_level("WARNING", logger="core.memo"):
+        memo = Memo(read_only_memo_dir)
+    assert memo.read_only and memo.writes_failing
+    assert memo.get_bytes("small") == b"s" * 10
+    assert memo.get_bytes("big") == b"b" * 100_000
+    assert "big" in memo and len(memo) == 2 and memo.volume() > 100_000
+    assert memo.put_bytes("new", b"n") is False  # skipped, not raised
+    assert memo.get_bytes("new") is None
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert str(read_only_memo_dir) in said and "read-only" in said
+    assert "FEATURESCOPE_CACHE_DIR" in said
+    memo.close()
+
+
+def _victim(tmp_path: Path) -> Path:
+    victim = tmp_path / "outside" / "deep" / "er" / "victim.txt"
+    victim.parent.mkdir(parents=True)
+    victim.write_bytes(b"not the cache's")
+    return victim
+
+
+def _point_row(directory: Path, key: str, filename: str, size: int | None = None) -> None:
+    con = sqlite3.connect(str(directory / "cache.db"))
+    with con:
+        if size is None:
+            con.execute("UPDATE Cache SET filename = ? WHERE key = ?", (filename, key))
+        else:
+            con.execute(
+                "UPDATE Cache SET filename = ?, size = ? WHERE key = ?", (filename, size, key)
+            )
+    con.close()
+
+
+def test_rows_naming_files_outside_are_dropped_untouched(tmp_path):
+    directory = tmp_path / "memo"
+    victim = _victim(tmp_path)
+    memo = Memo(directory)
+    rel = Path(os.path.relpath(victim, directory)).as_posix()
+    for n, name in enumerate([str(victim), rel, f"ab/cd/{'0' * 28}.val/../../../{rel}"]):
+        key = f"k{n}"
+        assert memo.put_bytes(key, b"v" * 100_000)
+        _point_row(directory, key, name)
+        assert memo.get_bytes(key) is None  # a corrupt entry: a miss
+        assert key not in memo  # its row is gone
+        assert victim.read_bytes() == b"not the cache's", name
+        assert victim.parent.is_dir()  # nor its (now empty-looking) folders
+        assert memo.put_bytes(key, b"again" * 10_000)  # recomputed, stored again
+        assert memo.get_bytes(key) == b"again" * 10_000
+    memo.close()
+
+
+def _in_thread(fn, seconds: float = 20.0):
+    import threading
+
+    out: dict[str, object] = {}
+    t = threading.Thread(target=lambda: out.setdefault("r", fn()), daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), "the read hung"
+    return out.get("r")
+
+
+def test_rows_naming_special_files_are_corrupt(tmp_path):
+    directory = tmp_path / "memo"
+    memo = Memo(directory)
+    assert memo.put_bytes("fifo", b"f" * 100_000)
+    # a FIFO with a name of the memo's own form, inside the directory
+    name = f"ab/cd/{'e' * 28}.val"
+    (directory / "ab" / "cd").mkdir(parents=True)
+    os.mkfifo(directory / name)
+    _point_row(directory, "fifo", name)
+    assert _in_thread(lambda: memo.get_bytes("fifo")) is None
+    assert "fifo" not in memo
+    # /dev/zero: never read (it would fill the memory)
+    assert memo.put_bytes("zero", b"z" * 100_000)
+    _point_row(directory, "zero", "/dev/zero", size=1 << 40)
+    assert _in_thread(lambda: memo.get_bytes("zero")) is None
+    assert Path("/dev/zero").exists()
+    # a link of the memo's own form to a file outside: not followed, the target stays
+    victim = _victim(tmp_path)
+    assert memo.put_bytes("link", b"l" * 100_000)
+    link = f"ab/cd/{'f' * 28}.val"
+    (directory / "ab" / "cd").mkdir(parents=True, exist_ok=True)  # dropping the FIFO removed it
+    (directory / link).symlink_to(victim)
+    _point_row(directory, "link", link, size=victim.stat().st_size)
+    assert memo.get_bytes("link") is None
+    assert victim.read_bytes() == b"not the cache's"
+    # a row whose size disagrees with its own file
+    assert memo.put_bytes("size", b"s" * 100_000)
+    con = sqlite3.connect(str(directory / "cache.db"))
+    with con:
+        con.execute("UPDATE Cache SET size = 10 WHERE key = 'size'")
+    con.close()
+    assert memo.get_bytes("size") is None and "size" not in memo
+    memo.close()
+
+
+def test_bad_settings_rows_do_not_break_later_opens(tmp_path):
+    directory = tmp_path / "memo"
+    memo = Memo(directory)
+    assert memo.put_bytes("kept", b"k" * 100)
+    memo.close()
+    con = sqlite3.connect(str(directory / "cache.db"))
+    with con:
+        for key, value in [
+            ("disk_surprise", 1),  # would be a Disk() argument
+            ("eviction_policy", "bogus"),
+            ("size_limit", "lots"),
+            ("sqlite_journal_mode", "wal; DROP TABLE Cache"),
+            ("_directory", "/etc"),  # would become an attribute of the cache
+            ("count", "many"),
+        ]:
+            con.execute("INSERT OR REPLACE INTO Settings VALUES (?, ?)", (key, value))
+    con.close()
+    for _ in range(2):
+        memo = Memo(directory)
+        assert not memo.read_only
+        assert memo.get_bytes("kept") == b"k" * 100
+        assert memo.put_bytes("new", b"n" * 100)
+        assert len(memo) == 2 and memo._cache.directory == str(directory)
+        memo.close()
+
+
+def test_compute_with_a_cache_that_fills_up(tmp_path, monkeypatch, caplog):
+    """`python -m core compute` on a cache disk that fills up mid-run: the output is
+    complete both times, a warning says why, and the second run opens the full cache
+    (serving what it holds) instead of failing at start."""
+    import json
+
+    import core.sources as sources
+    from core.cli import main
+    from tests.export.tiny_setup import CONTEXT, N_FEATURES, N_PROMPTS, tiny_assets
+
+    assets = tiny_assets()
+    monkeypatch.setattr(sources, "CACHE_ROOT", assets.cache_dir)
+    args = [
+        "compute",
+        "--model", str(assets.model_dir),
+        "--dictionary", str(assets.sae_dir),
+        "--dataset", str(assets.data_file),
+        "--n-tokens", str(N_PROMPTS * CONTEXT),
+        "--context-length", str(CONTEXT),
+        "--device", "cpu",
+        "--features", f"0:{N_FEATURES}",
+    ]  # fmt: skip
+    assert main([*args, "--no-memo", "--out", str(tmp_path / "ref.json")]) == 0
+    ref = {f["index"]: f["n_active"] for f in json.loads((tmp_path / "ref.json").read_text())}
+    mnt = tmp_path / "full"
+    _mount(mnt)
+    try:
+        # 550 kB: the cache database and the first features fit, the rest do not
+        import subprocess
+
+        subprocess.run(["mount", "-o", "remount,size=550k", str(mnt)], check=True)
+        monkeypatch.setenv("FEATURESCOPE_CACHE_DIR", str(mnt / "memo"))
+        for run in range(2):
+            out = tmp_path / f"run{run}.json"
+            caplog.clear()
+            with caplog.at_level("WARNING", logger="core.memo"):
+                assert main([*args, "--out", str(out)]) == 0
+            got = {f["index"]: f["n_active"] for f in json.loads(out.read_text())}
+            assert got == ref, f"run {run}: the output is incomplete or differs"
+            said = " ".join(r.getMessage() for r in caplog.records)
+            assert str(mnt / "memo") in said and "FEATURESCOPE_CACHE_DIR" in said, said
+        assert shutil.disk_usage(mnt).free < 64 * 1024  # the disk really was full
+        memo = Memo(mnt / "memo")
+        kept = [k for k in memo.stored_keys() if k.rsplit(":", 1)[-1].isdigit()]
+        assert kept and all(memo.get_feature(k) is not None for k in kept)
+        memo.close()
+    finally:
+        _umount(mnt)
