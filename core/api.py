@@ -84,8 +84,12 @@ class SaeVisConfig:
     quantile_feature_batch_size: int = 64
     run_options: dict[str, Any] = field(default_factory=dict)
 
-    def feature_list(self) -> list[int] | None:
-        """The requested features as a list (``None`` = all)."""
+    def feature_list(self, n_features: int | None = None) -> list[int] | None:
+        """The requested features as a list (``None`` = all).
+
+        With ``n_features`` (the dictionary's size) ranges and strings are checked against
+        it before they are expanded, so ``range(10**12)`` fails at once.
+        """
         f = self.features
         if f is None:
             return None
@@ -93,12 +97,13 @@ class SaeVisConfig:
             raise TypeError("features must be indices, a range or a string like '0:64'")
         if isinstance(f, int):
             return [f]
-        if isinstance(f, str):
-            return parse_features(f)
+        if isinstance(f, str | range):
+            return parse_features(f, n_features)
         return [int(x) for x in f]
 
-    def to_run_config(self) -> RunConfig:
-        """The engine configuration these settings mean."""
+    def to_run_config(self, n_features: int | None = None) -> RunConfig:
+        """The engine configuration these settings mean (``n_features``: the dictionary's
+        size, to check the feature selection against)."""
         if self.perform_ablation_experiments:
             raise NotImplementedError(
                 "perform_ablation_experiments is not supported: the dashboards show activations, "
@@ -108,7 +113,7 @@ class SaeVisConfig:
             raise NotImplementedError("use_dfa (direct feature attribution) is not supported")
         fields = {
             "hook": self.hook_point,
-            "features": self.feature_list(),
+            "features": self.feature_list(n_features),
             "batch_size": self.minibatch_size_tokens,
             "feature_chunk_size": self.minibatch_size_features,
             "device": self.device,
@@ -218,8 +223,8 @@ class SaeVisRunner:
         from core.memo import Memo
 
         cfg = self.cfg
-        rc = cfg.to_run_config()
         dictionary = _wrap_encoder(encoder)
+        rc = cfg.to_run_config(dictionary.n_features)
         adapter = _wrap_model(model)
         special = {adapter.bos_token_id, adapter.pad_token_id} - {None}
         extra_ignore = set(cfg.ignore_tokens) - special

@@ -31,6 +31,10 @@ class ConfigError(ValueError):
     """A run configuration value is invalid (the message names the field and the fix)."""
 
 
+class FeatureBoundsError(ConfigError):
+    """A feature selection that reads well but does not fit the dictionary (or needs its size)."""
+
+
 @dataclass
 class RunConfig:
     """Everything that fixes one sweep.
@@ -66,7 +70,9 @@ class RunConfig:
         activation_cache_bytes: keep the hook activations of the first pass on the device
             up to this many bytes so the second pass needs no forward pass.
         gram_precision: precision of the dense co-activation products: ``"auto"``
-            follows ``dtype``; ``"int8"`` is the fastest on CPU (Pearson within ~1e-3).
+            follows ``dtype``; ``"int8"`` is the fastest on CPU. Its Pearson values carry
+            the error of rounding each activation to a step of max/127 (bound in
+            ``tests/tolerance.py``; measured up to 1.6e-3, median 4.5e-4, against float64).
         gram_strategy: ``"auto"``, ``"dense"`` or ``"sparse"`` accumulation of the
             feature-by-feature co-activation matrix.
     """
@@ -167,23 +173,39 @@ class RunConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
 
-def parse_features(
-    spec: str | list[int] | range | None, n_features: int | None = None
-) -> list[int] | None:
-    """Parse a feature selection: ``"0:64"``, ``"1,5,9"``, ``"0:10,42"``, ``"all"`` or a list.
+#: without the dictionary size, a feature selection may not name more indices than this
+#: (the largest dictionaries in use have a few million features)
+MAX_FEATURES = 1 << 24
 
-    Returns ``None`` for all features. Ranges are half-open like Python slices.
+
+def parse_feature_ranges(
+    spec: str | list[int] | range | None, n_features: int | None = None
+) -> list[tuple[int, int]] | None:
+    """A feature selection as half-open ``(lo, hi)`` runs, checked but never expanded.
+
+    Accepts what :func:`parse_features` accepts. With ``n_features`` every index must lie
+    in ``0..n_features-1``; without it, ranges must be closed and name at most
+    :data:`MAX_FEATURES` indices in all. Returns ``None`` for all features.
+
+    Raises:
+        ConfigError: the text cannot be read, or an index or range lies outside the
+            dictionary (the message names the range and the valid indices).
     """
     if spec is None:
         return None
     if isinstance(spec, range):
-        return list(spec)
+        if len(spec) == 0:
+            return []
+        first, last = spec[0], spec[-1]  # constant time (min() would iterate)
+        lo, hi = min(first, last), max(first, last) + 1
+        _check_runs([(lo, hi)], str(spec), n_features)
+        return [(lo, hi)] if spec.step == 1 else [(v, v + 1) for v in spec]
     if isinstance(spec, list):
-        return [int(x) for x in spec]
+        return _check_runs([(int(x), int(x) + 1) for x in spec], None, n_features)
     text = str(spec).strip()
     if text in ("", "all", "*"):
         return None
-    out: list[int] = []
+    runs: list[tuple[int, int]] = []
     for part in text.split(","):
         part = part.strip()
         if not part:
@@ -193,20 +215,64 @@ def parse_features(
             lo_s, hi_s = part.split(sep, 1)
             try:
                 lo = int(lo_s) if lo_s.strip() else 0
-                if hi_s.strip():
-                    hi = int(hi_s)
-                elif n_features is not None:
-                    hi = n_features
-                else:
-                    raise ConfigError(f"open range {part!r} needs the dictionary size")
+                hi = int(hi_s) if hi_s.strip() else None
             except ValueError as exc:
                 raise ConfigError(f"cannot read feature range {part!r}: use e.g. 0:64") from exc
-            out.extend(range(lo, hi))
+            if hi is None:
+                if n_features is None:
+                    raise FeatureBoundsError(f"open range {part!r} needs the dictionary size")
+                hi = n_features
+            _check_runs([(lo, hi)], part, n_features)
+            if hi > lo:
+                runs.append((lo, hi))
         else:
             try:
-                out.append(int(part))
+                value = int(part)
             except ValueError as exc:
                 raise ConfigError(
                     f"cannot read feature index {part!r}: use e.g. '0:64' or '1,5,9'"
                 ) from exc
-    return out
+            runs.append((value, value + 1))
+    return _check_runs(runs, text, n_features)
+
+
+def _check_runs(
+    runs: list[tuple[int, int]], text: str | None, n_features: int | None
+) -> list[tuple[int, int]]:
+    """``runs`` unchanged once every run lies inside the dictionary (or under the cap)."""
+    for lo, hi in runs:
+        if hi <= lo:
+            continue
+        if n_features is not None and (lo < 0 or hi > n_features):
+            what = f"feature index {lo}" if hi == lo + 1 else f"feature range {lo}:{hi}"
+            if text is not None and hi != lo + 1 and text != f"{lo}:{hi}":
+                what += f" (from {text!r})"
+            valid = f"valid indices 0-{n_features - 1}" if n_features else "no valid indices"
+            raise FeatureBoundsError(
+                f"{what} is out of range: the dictionary has {n_features:,} features "
+                f"({valid}); use e.g. 0:{min(n_features, 64)}"
+            )
+        if lo < 0:
+            raise FeatureBoundsError(f"feature index {lo} is negative: indices start at 0")
+    total = sum(max(0, hi - lo) for lo, hi in runs)
+    if n_features is None and total > MAX_FEATURES:
+        raise FeatureBoundsError(
+            f"the selection {text!r} names {total:,} features, more than any dictionary "
+            f"this program reads ({MAX_FEATURES:,}); use a smaller range"
+        )
+    return runs
+
+
+def parse_features(
+    spec: str | list[int] | range | None, n_features: int | None = None
+) -> list[int] | None:
+    """Parse a feature selection: ``"0:64"``, ``"1,5,9"``, ``"0:10,42"``, ``"all"`` or a list.
+
+    Returns ``None`` for all features. Ranges are half-open like Python slices. Bounds
+    are checked on the text before any range is expanded (see
+    :func:`parse_feature_ranges`), so a huge range fails at once, in constant memory.
+    """
+    runs = parse_feature_ranges(spec, n_features)
+    if runs is None:
+        return None
+    return [v for lo, hi in runs for v in range(lo, hi)]

@@ -32,15 +32,23 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from core.config import ConfigError, RunConfig, parse_features
+from core.config import (
+    MAX_FEATURES,
+    ConfigError,
+    FeatureBoundsError,
+    RunConfig,
+    parse_feature_ranges,
+    parse_features,
+)
 from core.sources import DatasetSpec, DictionarySpec, ModelSpec
 
 if TYPE_CHECKING:
@@ -171,8 +179,11 @@ class PrecomputeConfig:
                 check_layout(self.layout)
             except ValueError as exc:
                 raise RunnerError(str(exc)) from exc
-        try:
-            parse_features(self.features) if not isinstance(self.features, list) else None
+        try:  # the text is read, never expanded; bounds are checked once the size is known
+            if not isinstance(self.features, list):
+                parse_feature_ranges(self.features)
+        except FeatureBoundsError:
+            pass
         except ConfigError as exc:
             raise RunnerError(str(exc)) from exc
 
@@ -212,8 +223,28 @@ def _ranges(values: list[int]) -> list[list[int]]:
     return out
 
 
-def _expand(ranges: list[list[int]]) -> list[int]:
-    return [v for lo, hi in ranges for v in range(lo, hi)]
+def _expand(ranges: Any, n_features: int, what: str) -> list[int]:
+    """``[lo, hi)`` runs from a manifest as a list, each checked to lie in ``0..n_features-1``
+    before it is expanded (a damaged manifest cannot make a huge list)."""
+    out: list[int] = []
+    ok = isinstance(ranges, list)
+    for run in ranges if ok else []:
+        ok = (
+            isinstance(run, list)
+            and len(run) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in run)
+            and 0 <= run[0] <= run[1] <= n_features
+        )
+        if not ok:
+            break
+        out.extend(range(run[0], run[1]))
+    if not ok:
+        raise RunnerError(
+            f"the manifest's {what} list is damaged (a run outside the dictionary's "
+            f"{n_features:,} features, or not a pair of indices); run the same precompute "
+            "command again with --overwrite to rebuild the directory"
+        )
+    return out
 
 
 def _json_text(obj: Any) -> str:
@@ -372,7 +403,7 @@ class PrecomputeRunner:
 
         cfg = self.cfg
         check_kind(src.dictionary, cfg.expect_kind)
-        n = src.dictionary.n_features
+        n = self.n_features = src.dictionary.n_features
         try:
             requested = parse_features(cfg.features, n)
             self.features = validate_features(requested, n)
@@ -534,9 +565,45 @@ class PrecomputeRunner:
                 "another output directory, or pass --overwrite to replace it"
             )
         completed = set(old["chunks"]["completed"])
-        done = set(_expand(old["features"]["done"]))
+        done = set(_expand(old["features"]["done"], self.n_features, "done features"))
         skipped = set(old["features"]["skipped"])
         return completed, done, skipped
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Turn a failed write into the output directory into a clear :class:`RunnerError`."""
+        try:
+            yield
+        except OSError as exc:
+            where = exc.filename or self.out
+            raise RunnerError(
+                f"cannot write to the output directory {self.out} ({exc.strerror or exc} at "
+                f"{where}): free space there or pick a writable --output-dir; chunks finished "
+                "before are kept, and the same command resumes from them"
+            ) from exc
+
+    def _check_writable(self, completed: set[int]) -> None:
+        """Refuse a read-only output directory before writing, saying what it holds."""
+        out = self.out
+        manifest = out / MANIFEST
+        if os.access(out, os.W_OK) and (not manifest.exists() or os.access(manifest, os.W_OK)):
+            return
+        if len(completed) == len(self.chunks) and completed:
+            held = (
+                f"it holds this run, complete ({len(completed)} chunks): read it with "
+                f"`python -m core inspect {out}` or open it in the app"
+            )
+        elif completed:
+            held = (
+                f"it holds this run, {len(completed)}/{len(self.chunks)} chunks done: copy it "
+                "to a writable place and run the same command there to finish it"
+            )
+        else:
+            held = "nothing of this run is there yet"
+        raise RunnerError(
+            f"the output directory {out} is read-only: {held}; pick a writable --output-dir "
+            "to compute"
+        )
 
     def _remove_results(self) -> None:
         for name in ("memo", "html", "neuronpedia"):
@@ -702,8 +769,10 @@ class PrecomputeRunner:
         try:
             src = self._sources or load_run_sources(cfg)
             self._plan(src)
-            completed, done, skipped = self._prepare_directory()
-            self._write_manifest(completed, done, skipped)  # first: marks the directory ours
+            with self._writing():
+                completed, done, skipped = self._prepare_directory()
+                self._check_writable(completed)
+                self._write_manifest(completed, done, skipped)  # first: marks the directory ours
             memo = Memo(self.out / "memo", size_limit=_NO_EVICTION)
             try:
                 self._verify(memo, completed, done, skipped)
@@ -716,17 +785,18 @@ class PrecomputeRunner:
                 t0 = time.perf_counter()
                 ok = False
                 try:
-                    for k in pending:
-                        new_done, new_skipped = self._write_chunk(
-                            src, memo, k, self.chunks[k], progress
-                        )
-                        done.update(new_done)
-                        skipped.update(new_skipped)
-                        completed.add(k)
-                        self._write_manifest(completed, done, skipped)
-                        progress.chunk_done(k, len(self.chunks[k]), len(done), len(skipped))
-                    self._finish(done, skipped)
-                    self._write_manifest(completed, done, skipped, finished=True)
+                    with self._writing():
+                        for k in pending:
+                            new_done, new_skipped = self._write_chunk(
+                                src, memo, k, self.chunks[k], progress
+                            )
+                            done.update(new_done)
+                            skipped.update(new_skipped)
+                            completed.add(k)
+                            self._write_manifest(completed, done, skipped)
+                            progress.chunk_done(k, len(self.chunks[k]), len(done), len(skipped))
+                        self._finish(done, skipped)
+                        self._write_manifest(completed, done, skipped, finished=True)
                     ok = True
                 finally:
                     progress.close(ok)
@@ -784,9 +854,15 @@ class PrecomputedStore:
                 f"version {FORMAT_VERSION}: recompute it"
             )
         feats = self.manifest["features"]
-        self.requested = _expand(feats["requested"])
-        self._position = {f: n for n, f in enumerate(self.requested)}
-        self.done = set(_expand(feats["done"]))
+        n = self.manifest.get("source", {}).get("n_features")
+        if not isinstance(n, int) or isinstance(n, bool) or not 0 < n <= MAX_FEATURES:
+            raise RunnerError(
+                f"{mpath} gives no usable dictionary size (n_features {n!r}): the manifest is "
+                "damaged; run the precompute again with --overwrite"
+            )
+        self.requested = _expand(feats["requested"], n, "requested features")
+        self._position = {f: k for k, f in enumerate(self.requested)}
+        self.done = set(_expand(feats["done"], n, "done features"))
         self.skipped = set(feats["skipped"])
         self.chunk_size = int(self.manifest["chunks"]["size"])
         self.completed = set(self.manifest["chunks"]["completed"])

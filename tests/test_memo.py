@@ -19,6 +19,7 @@ from core.engine.cached import base_key
 from core.memo import Memo, NoPickleDisk
 from core.models import ModelAdapter
 from tests.conftest import make_model, make_sae
+from tests.mounts import read_only_copy, tmpfs
 
 HOOK = "blocks.1.hook_resid_pre"
 
@@ -173,45 +174,14 @@ def test_feature_bytes_are_deterministic_across_processes(parts, tmp_path):
 
 # --- read-only and full directories (real mounts; the tests run as root, where chmod
 # stops nothing) -----------------------------------------------------------------------------
-def _mount(path: Path, *options: str) -> None:
-    import subprocess
-
-    path.mkdir(parents=True, exist_ok=True)
-    cmd = ["mount", "-t", "tmpfs", "-o", ",".join(["size=4m", *options]), "tmpfs", str(path)]
-    got = subprocess.run(cmd, capture_output=True, text=True)
-    if got.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({got.stderr.strip() or got.returncode})")
-
-
-def _remount_read_only(path: Path) -> None:
-    import subprocess
-
-    got = subprocess.run(["mount", "-o", "remount,ro", str(path)], capture_output=True, text=True)
-    if got.returncode != 0:
-        pytest.skip(f"cannot remount read-only here ({got.stderr.strip()})")
-
-
-def _umount(path: Path) -> None:
-    import subprocess
-
-    subprocess.run(["umount", "-l", str(path)], capture_output=True)
-
-
 @pytest.fixture()
 def read_only_memo_dir(tmp_path):
     """A memo directory holding a small and a file-backed entry, on a read-only mount."""
-    mnt = tmp_path / "ro"
-    _mount(mnt)
-    try:
-        memo = Memo(mnt / "memo")
-        assert memo.put_bytes("small", b"s" * 10) and memo.put_bytes("big", b"b" * 100_000)
-        memo.close()
-        _remount_read_only(mnt)
-        with pytest.raises(OSError, match="Read-only"):
-            (mnt / "memo" / "probe").write_bytes(b"x")
-        yield mnt / "memo"
-    finally:
-        _umount(mnt)
+    memo = Memo(tmp_path / "memo")
+    assert memo.put_bytes("small", b"s" * 10) and memo.put_bytes("big", b"b" * 100_000)
+    memo.close()
+    with read_only_copy(tmp_path / "memo", tmp_path / "ro") as directory:
+        yield directory
 
 
 def test_read_only_directory_is_served(read_only_memo_dir, caplog):
@@ -362,13 +332,8 @@ def test_compute_with_a_cache_that_fills_up(tmp_path, monkeypatch, caplog):
     ]  # fmt: skip
     assert main([*args, "--no-memo", "--out", str(tmp_path / "ref.json")]) == 0
     ref = {f["index"]: f["n_active"] for f in json.loads((tmp_path / "ref.json").read_text())}
-    mnt = tmp_path / "full"
-    _mount(mnt)
-    try:
-        # 550 kB: the cache database and the first features fit, the rest do not
-        import subprocess
-
-        subprocess.run(["mount", "-o", "remount,size=550k", str(mnt)], check=True)
+    # 550 kB: the cache database and the first features fit, the rest do not
+    with tmpfs(tmp_path / "full", size="550k") as mnt:
         monkeypatch.setenv("FEATURESCOPE_CACHE_DIR", str(mnt / "memo"))
         for run in range(2):
             out = tmp_path / f"run{run}.json"
@@ -384,5 +349,3 @@ def test_compute_with_a_cache_that_fills_up(tmp_path, monkeypatch, caplog):
         kept = [k for k in memo.stored_keys() if k.rsplit(":", 1)[-1].isdigit()]
         assert kept and all(memo.get_feature(k) is not None for k in kept)
         memo.close()
-    finally:
-        _umount(mnt)

@@ -265,7 +265,12 @@ def test_config_file_and_resume_guard(assets, tmp_path, capsys):
         (["--clt", "x", "--clt-layer", "0"], "--clt names the dictionary; drop --dictionary"),
         (["--clt-layer", "2"], "only apply with --clt"),
         (["--features", "abc"], "cannot read feature index 'abc'"),
-        (["--features", "0:999"], "feature index 24 is out of range: the dictionary has 24"),
+        (["--features", "0:999"], "feature range 0:999 is out of range: the dictionary has 24"),
+        (
+            ["--features", "0:9999999999999"],
+            "0:9999999999999 is out of range: the dictionary has 24",
+        ),
+        (["--features", "3,99999999"], "feature index 99999999 is out of range"),
         (["--transcoder"], "asks for a transcoder but the dictionary is a sae"),
         (["--n-tokens", "64"], "give the amount of data once"),
         (["--outputs", "memo,pdf"], "outputs must be a non-empty subset"),
@@ -295,3 +300,37 @@ def test_wandb_offline(assets, tmp_path, monkeypatch):
     assert main([*args, "--wandb", "--wandb-project", "fs-test"]) == 0
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
+
+
+def test_read_only_output_is_served_and_refused_clearly(assets, reference, tmp_path, capsys):
+    """A finished output on a read-only mount: the store reads it; a precompute into it
+    says the directory is read-only and what it holds, instead of a raw OSError."""
+    from tests.mounts import read_only_copy
+
+    live = [f for f in range(N_FEATURES) if f not in DEAD]
+    with read_only_copy(reference, tmp_path / "ro") as out:
+        with open_precomputed(out) as store:
+            assert store.memo.read_only
+            fd = store.feature(live[2])
+            assert fd.index == live[2] and fd.top_examples
+            assert len(store.summary()["feature"]) == N_FEATURES
+        capsys.readouterr()
+        assert main([*base_args(assets), "--output-dir", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"the output directory {out} is read-only" in err, err
+        assert "complete" in err and "python -m core inspect" in err
+        assert "--output-dir" in err
+
+
+def test_damaged_manifest_ranges_are_refused(reference, tmp_path):
+    import shutil
+
+    out = tmp_path / "damaged"
+    shutil.copytree(reference, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for field, runs in [("done", [[0, 100]]), ("requested", [[0, 10**13]]), ("done", [[3]])]:
+        bad = json.loads(json.dumps(manifest))
+        bad["features"][field] = runs
+        (out / "manifest.json").write_text(json.dumps(bad))
+        with pytest.raises(RunnerError, match=f"manifest's {field} features list is damaged"):
+            open_precomputed(out)

@@ -80,3 +80,37 @@ def test_sae_without_hook_name():
     sae.cfg.metadata.hook_name = None
     with pytest.raises(DictionaryError, match="hook_name is empty"):
         SAELensDictionary(sae)
+
+
+def test_feature_specs_are_checked_before_they_are_expanded():
+    """A huge range fails on its text, in constant memory, naming the range and the valid
+    indices (it used to be listed first: 0:99999999 ran out of memory)."""
+    import tracemalloc
+
+    from core.config import MAX_FEATURES
+
+    tracemalloc.start()
+    try:
+        for spec, named in [
+            ("0:3000000", "feature range 0:3000000"),
+            ("0:60000000", "feature range 0:60000000"),
+            ("0:9999999999999", "feature range 0:9999999999999"),
+            ("2,5,99999999", "feature index 99999999"),
+            ("4090:4097", "feature range 4090:4097"),
+            ("-3:5", "feature range -3:5"),
+        ]:
+            with pytest.raises(ConfigError, match=f"{named} is out of range") as err:
+                parse_features(spec, n_features=4096)
+            assert "4,096 features (valid indices 0-4095)" in str(err.value)
+        with pytest.raises(ConfigError, match="out of range"):
+            parse_features(range(0, 10**15, 7), n_features=4096)
+        # without the dictionary size, a range larger than any dictionary is refused
+        with pytest.raises(ConfigError, match="more than any dictionary"):
+            parse_features("0:9999999999999")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, f"{peak:,} bytes were allocated checking the specs"
+    assert parse_features("4090:", n_features=4096) == list(range(4090, 4096))
+    assert parse_features(range(1, 9, 3), n_features=16) == [1, 4, 7]
+    assert len(parse_features(f"0:{MAX_FEATURES}")) == MAX_FEATURES
