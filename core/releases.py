@@ -17,7 +17,7 @@ from typing import Any
 import transformer_lens.loading_from_pretrained as tl_loading
 from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
-from core.sources import SourceError
+from core.source_guard import SourceError
 
 _LAYER_IN_ID = re.compile(r"(?:^|[./_])(?:blocks|layer|layers)[._](\d+)(?:[./_]|$)")
 

@@ -41,6 +41,7 @@ from core.dataset_files import (
 )
 from core.dictionaries.protocol import Dictionary, DictionaryError
 from core.models import ModelAdapter
+from core.releases import check_model_name, check_release, releases_for
 from core.source_guard import SourceError, model_kwargs, refuse_remote_code, validate_device
 from core.storage import save_tensors
 
@@ -161,6 +162,7 @@ def _load_model(spec: ModelSpec, kwargs: dict[str, Any]) -> ModelAdapter:
     if spec.kind == "hub":
         if not spec.name:
             raise SourceError("a hub model needs a TransformerLens name, e.g. 'gpt2-small'")
+        check_model_name(spec.name)  # a few close names instead of hundreds
         from transformer_lens import HookedTransformer
 
         try:
@@ -319,16 +321,7 @@ def load_dictionary(spec: DictionarySpec, device: str = "cpu") -> Dictionary:
             raise SourceError(
                 "a SAELens dictionary needs a release and an sae_id (see the release list)"
             )
-        releases = saelens_releases()
-        if spec.release not in releases:
-            raise SourceError(
-                f"unknown SAELens release {spec.release!r}; pick one from the release list"
-            )
-        if spec.sae_id not in releases[spec.release]["ids"]:
-            raise SourceError(
-                f"release {spec.release!r} has no id {spec.sae_id!r}; "
-                f"it has e.g. {releases[spec.release]['ids'][:5]}"
-            )
+        check_release(spec.release, spec.sae_id, None)  # offline, before any download
         try:
             sae = SAE.from_pretrained(spec.release, spec.sae_id, device=device)
         except Exception as exc:
@@ -382,16 +375,10 @@ def saelens_releases(model: str | None = None) -> dict[str, dict[str, Any]]:
     """Pretrained SAELens releases (read offline from the directory inside sae-lens).
 
     Returns ``{release: {"model": ..., "repo_id": ..., "ids": [...]}}``, optionally
-    only those for ``model`` (a TransformerLens name such as ``gpt2-small``).
+    only those for ``model`` (any of its names: ``gpt2-small``, ``gpt2``; see
+    :mod:`core.releases`), sorted by release name.
     """
-    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
-
-    out = {}
-    for release, info in get_pretrained_saes_directory().items():
-        if model is not None and info.model != model:
-            continue
-        out[release] = {"model": info.model, "repo_id": info.repo_id, "ids": list(info.saes_map)}
-    return out
+    return {name: rel.to_dict() for name, rel in releases_for(model).items()}
 
 
 # ==== datasets ==================================================================================
@@ -657,6 +644,11 @@ def load_sources(
 
     Returns ``(model, dictionary, tokens, dataset identity)``.
     """
+    if dictionary_spec.kind == "saelens" and dictionary_spec.release:
+        # a release made for another model is refused before anything is downloaded
+        named = DEMO_MODEL_NAME if model_spec.kind == "demo" else model_spec.name
+        if model_spec.kind in ("demo", "hub") and named:
+            check_release(dictionary_spec.release, dictionary_spec.sae_id, named)
     dictionary = load_dictionary(dictionary_spec, device=model_spec.device)
     model = load_model(model_spec, dictionary_kwargs=model_kwargs_for(dictionary))
     tokens, identity = load_tokens(dataset_spec, model)

@@ -31,6 +31,13 @@ def _releases(model: str | None) -> dict[str, dict[str, Any]]:
 
 
 @st.cache_data(show_spinner=False)
+def _demo_model_name() -> str:
+    from core.sources import DEMO_MODEL_NAME
+
+    return DEMO_MODEL_NAME
+
+
+@st.cache_data(show_spinner=False)
 def _tl_model_names() -> list[str]:
     """TransformerLens model names: the short aliases (``gpt2-small``) and the official ones."""
     try:
@@ -281,17 +288,29 @@ with tab_specs:
         )
         dictionary: dict[str, Any] = {"kind": d_kind}
         if d_kind == "saelens":
-            model_name = model.get("name") if m_kind == "hub" else None
-            releases = _releases(model_name) if model_name else {}
-            if not releases:
-                if model_name:
-                    st.caption(f"No release lists {model_name!r}; showing all releases.")
-                releases = _releases(None)
+            # only the releases made for the chosen model: another model's would be refused
+            # at load (checked offline, before any download)
+            model_name = {"hub": model.get("name"), "demo": _demo_model_name()}.get(m_kind)
+            n_all = len(_releases(None))
+            releases = _releases(model_name) if model_name else _releases(None)
+            if model_name and not releases:
+                st.caption(
+                    f"None of the {n_all} SAELens releases is for {model_name}. Pick a model "
+                    "that has releases (e.g. gpt2-small, gemma-2-2b), or load a local dictionary."
+                )
+            elif model_name:
+                st.caption(f"{len(releases)} of {n_all} SAELens releases are for {model_name}.")
+            else:
+                st.caption(
+                    "A local model's name is read when it loads: a release for another model "
+                    "is refused then, before anything is downloaded."
+                )
             rel = st.selectbox(
                 "Release",
-                sorted(releases),
+                list(releases),
                 format_func=lambda r: f"{r} ({releases[r]['model']})",
                 key="fs_d_release",
+                index=0 if releases else None,
             )
             dictionary["release"] = rel
             if rel:

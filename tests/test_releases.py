@@ -64,3 +64,36 @@ def test_unknown_model_name_suggests_a_few_close_names():
     assert "gpt2" in text and len(text) < 400  # a few names, not hundreds
     assert closest_model_names("pythia-70")[0].startswith("EleutherAI/pythia-70m")
     assert closest_model_names("zzzzqqqq") == []
+
+
+def test_loaders_refuse_before_any_download(monkeypatch):
+    """The checks run in the loaders: nothing reaches the hub for a wrong pairing or name."""
+    import sae_lens
+    import transformer_lens
+
+    from core.sources import DatasetSpec, DictionarySpec, ModelSpec, load_model, load_sources
+
+    calls: list[str] = []
+
+    def no_download(*args, **kwargs):
+        calls.append(str(args[:2]))
+        raise AssertionError("download attempted")
+
+    monkeypatch.setattr(sae_lens.SAE, "from_pretrained", no_download)
+    monkeypatch.setattr(transformer_lens.HookedTransformer, "from_pretrained", no_download)
+    gpt2_release = next(iter(releases_for("gpt2-small").values()))
+    with pytest.raises(SourceError, match="trained on gpt2-small, but the model is pythia-70m"):
+        load_sources(
+            ModelSpec(kind="hub", name="pythia-70m"),
+            DictionarySpec(kind="saelens", release=gpt2_release.name, sae_id=gpt2_release.ids[0]),
+            DatasetSpec(kind="demo"),
+        )
+    with pytest.raises(SourceError, match="but the model is SmolLM2-135M-Instruct"):
+        load_sources(
+            ModelSpec(kind="demo"),
+            DictionarySpec(kind="saelens", release=gpt2_release.name, sae_id=gpt2_release.ids[0]),
+            DatasetSpec(kind="demo"),
+        )
+    with pytest.raises(SourceError, match="Closest known names: .*gpt2"):
+        load_model(ModelSpec(kind="hub", name="gtp2-smal"))
+    assert calls == []

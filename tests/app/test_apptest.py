@@ -409,6 +409,21 @@ def test_load_form_saelens_release_offline_error(tiny_ws):
     assert "The loaded sources did not change" in err
 
 
+def test_release_picker_offers_only_the_models_releases(tiny_ws):
+    from core.sources import saelens_releases
+
+    at = run_app()
+    at.radio(key="fs_m_kind").set_value("demo").run()
+    at.radio(key="fs_d_kind").set_value("saelens").run()
+    n_all = len(saelens_releases())
+    assert f"None of the {n_all} SAELens releases is for SmolLM2-135M-Instruct" in texts(at.caption)
+    assert at.selectbox(key="fs_d_release").options == []
+    at.radio(key="fs_m_kind").set_value("hub").run()
+    n_gpt2 = len(saelens_releases("gpt2-small"))
+    assert f"{n_gpt2} of {n_all} SAELens releases are for gpt2-small" in texts(at.caption)
+    assert len(at.selectbox(key="fs_d_release").options) == n_gpt2 < n_all
+
+
 def test_failing_cache_writes_are_shown(tiny_ws):
     from pages import _state as state
 
