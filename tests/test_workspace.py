@@ -15,6 +15,7 @@ from core.models import ModelAdapter
 from core.queue import COMPUTE_QUEUE, waiting_reporter
 from core.workspace import Workspace, WorkspaceError, is_out_of_memory
 from tests.conftest import make_model, make_sae
+from tests.tolerance import assert_sums_close, encode_tolerance, firing_margin
 
 HOOK = "blocks.1.hook_resid_pre"
 
@@ -54,9 +55,15 @@ def test_out_of_memory_retries_with_smaller_batches(ws):
     got = ws.features([1, 5])
     assert ws.oom_retries == 2 and ws.config.batch_size == 2  # 8 -> 4 -> 2
     assert max(calls) == 8 and calls[-1] <= 2
+    # other batch sizes, other GEMM shapes: equal up to the rounding of the encode
+    sae = ws.dictionary.sae
+    _, cache = ws.model.model.run_with_cache(ws.tokens, names_filter=HOOK)
+    tol = encode_tolerance(sae, cache[HOOK])
+    unsure = (firing_margin(sae, cache[HOOK]) <= tol).reshape(-1, sae.cfg.d_sae).sum(0)
     for i in (1, 5):
-        assert got[i].max_act == pytest.approx(expected[i].max_act)
-        assert got[i].density == pytest.approx(expected[i].density)
+        assert got[i].max_act == pytest.approx(expected[i].max_act, abs=tol[i])
+        n_tok = got[i].n_tokens
+        assert got[i].density == pytest.approx(expected[i].density, abs=unsure[i] / n_tok)
         assert [e.seq for e in got[i].top_examples] == [e.seq for e in expected[i].top_examples]
     # the smaller batch is kept: no further retries
     ws.features([2])
@@ -131,11 +138,17 @@ def test_token_search_matches_the_full_logit_table(ws):
     """Promoting/suppressing features for one token: the column of the full table."""
     w = ws.dictionary.decoder_directions(None).float()
     full = ws.model.logit_directions(w)[:, 7]
-    assert torch.allclose(ws.model.logit_directions(w, [7, 3])[:, 0], full, atol=1e-6)
+    # a column subset and the whole product sum the same d_model terms in other orders
+    tl = ws.model.model
+    ln_w = getattr(tl.ln_final, "w", torch.ones(w.shape[1])).detach().abs()
+    # centring, the normalisation's scale, then W_U
+    abs_sum = ((w.abs() + w.abs().mean(1, keepdim=True)) * ln_w) @ tl.W_U[:, 7].detach().abs()
+    assert_sums_close(ws.model.logit_directions(w, [7, 3])[:, 0], full, abs_sum, 2 * w.shape[1] + 2)
     got = ws.token_search("7", k=5)
     assert [r["feature"] for r in got["promote"]] == full.topk(5).indices.tolist()
     assert [r["feature"] for r in got["suppress"]] == (-full).topk(5).indices.tolist()
-    assert got["promote"][0]["effect"] == pytest.approx(float(full.max()), rel=1e-5)
+    best = int(full.argmax())
+    assert_sums_close(got["promote"][0]["effect"], full[best], abs_sum[best], 2 * w.shape[1] + 2)
 
 
 def test_summary_lists_the_tokens_each_feature_fires_on(ws, tmp_path):
