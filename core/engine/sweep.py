@@ -127,6 +127,37 @@ def check_fit(
         )
 
 
+def _feature_list(ids: Tensor, limit: int = 8) -> str:
+    """``"3, 5 and 7"`` (at most ``limit`` indices, then how many more)."""
+    values = [int(v) for v in ids[: limit + 1].tolist()]
+    shown = ", ".join(str(v) for v in values[:limit])
+    more = int(ids.numel()) - limit
+    return f"{shown} and {more:,} more" if more > 0 else shown
+
+
+def check_decoder(dictionary: Dictionary, feats: Tensor, chunk: int) -> None:
+    """Fail before the sweep when decoder directions of ``feats`` hold NaN or infinity."""
+    bad: list[Tensor] = []
+    for sl in _chunks(feats.numel(), chunk):
+        w = dictionary.decoder_directions(feats[sl])
+        bad.append(feats[sl][~torch.isfinite(w).all(dim=1)])
+    found = torch.cat(bad) if bad else feats[:0]
+    if found.numel():
+        raise EngineError(
+            f"the decoder of feature(s) {_feature_list(found)} holds NaN or infinite values: "
+            "the dictionary's weights are damaged (or training diverged); load or export them "
+            "again"
+        )
+
+
+def _non_finite_error(what: str, feats: Tensor, hook: str) -> EngineError:
+    return EngineError(
+        f"{what} of feature(s) {_feature_list(feats)} at hook {hook!r} are NaN or infinite: "
+        "the dictionary's encoder weights are damaged (or the model overflows in float16: try "
+        "bfloat16 or float32); load or export the dictionary again"
+    )
+
+
 def _gram_dtype(config: RunConfig, dtype: torch.dtype) -> torch.dtype:
     if config.gram_precision == "auto":
         return torch.float32 if dtype == torch.float16 else dtype
@@ -195,6 +226,7 @@ def run_sweep(
 
     feats = torch.tensor(feats_list, device=device, dtype=torch.long)
     n_req = feats.numel()
+    check_decoder(dictionary, feats, config.feature_chunk_size)
     all_requested = n_req == dictionary.n_features
     corr = config.feature_correlation
     need_all_cols = corr == "all" and not all_requested
@@ -267,12 +299,12 @@ def run_sweep(
         if activation_store is not None and stored is None and keep_cache:
             raw.append(x.view(bsl.stop - bsl.start, length, -1))
         x = x * m[:, None].to(dtype)
-        if bi == 0 and bool(torch.isnan(x).any()):
+        if bi == 0 and not bool(torch.isfinite(x).all()):
             raise EngineError(
-                f"the model produced NaN activations at {hook!r}: check the weights; in float16 "
-                "try bfloat16 or float32"
+                f"the model produced NaN or infinite activations at {hook!r}: check the "
+                "weights; in float16 try bfloat16 or float32"
             )
-        nan_flag |= torch.isnan(x).any()
+        nan_flag |= ~torch.isfinite(x).all()
         if keep_cache:
             cache.append(x)
         b = bsl.stop - bsl.start
@@ -297,9 +329,13 @@ def run_sweep(
         report((bi + 1) / n_units, f"pass 1: batch {bi + 1}/{len(batches)}")
     if bool(nan_flag):
         raise EngineError(
-            f"the model produced NaN activations at {hook!r}: check the weights; in float16 "
-            "try bfloat16 or float32"
+            f"the model produced NaN or infinite activations at {hook!r}: check the weights; "
+            "in float16 try bfloat16 or float32"
         )
+    # a NaN or infinite activation makes its feature's sum non-finite: one check, no extra pass
+    bad = ~(torch.isfinite(moments.sum) & torch.isfinite(moments.max))
+    if bool(bad.any()):
+        raise _non_finite_error("the activations", feats[bad], hook)
 
     if raw and activation_store is not None:
         activation_store.save(store_key, torch.cat(raw))
@@ -416,6 +452,12 @@ def decoder_tables(
         out["al_s"].append(v / l1)
         if has_logits:
             logits = model.logit_directions(w).float()
+            finite = torch.isfinite(logits).all(dim=1)
+            if not bool(finite.all()):  # finite decoders (checked first): W_U or an overflow
+                raise EngineError(
+                    f"the logit effects of feature(s) {_feature_list(feats[sl][~finite])} are NaN "
+                    "or infinite: check the model's unembedding (W_U) and final norm weights"
+                )
             k = min(config.n_top_logits, logits.shape[1])
             pv, pi = logits.topk(k, dim=1)
             nv, ni = logits.topk(k, dim=1, largest=False)

@@ -57,7 +57,7 @@ def test_nan_activations(tiny_tokens):
         model.W_E[5].fill_(float("nan"))
     ma = ModelAdapter(model, bos_token_id=0)
     d = SAELensDictionary(make_sae("standard", 32, 16, HOOK))
-    with pytest.raises(EngineError, match="NaN activations"):
+    with pytest.raises(EngineError, match="NaN or infinite activations"):
         run_sweep(ma, d, tiny_tokens, RunConfig())
 
 
@@ -114,3 +114,34 @@ def test_feature_specs_are_checked_before_they_are_expanded():
     assert parse_features("4090:", n_features=4096) == list(range(4090, 4096))
     assert parse_features(range(1, 9, 3), n_features=16) == [1, 4, 7]
     assert len(parse_features(f"0:{MAX_FEATURES}")) == MAX_FEATURES
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("W_enc", r"the activations of feature\(s\) 3 at hook 'blocks\.1\.hook_resid_pre' are NaN"),
+        ("W_enc_inf", r"the activations of feature\(s\) 3 at hook .* NaN or infinite"),
+        ("W_dec", r"the decoder of feature\(s\) 3 holds NaN or infinite values"),
+        ("b_enc", r"the activations of feature\(s\) 3 at hook"),
+    ],
+)
+def test_non_finite_weights_in_the_sweep(pair, tiny_tokens, damage, message):
+    """Weights damaged after loading (the load-time check cannot see them): the sweep names
+    the feature and the hook instead of returning NaN dashboards or failing in bincount."""
+    model, _ = pair
+    sae = make_sae("standard", 32, 16, HOOK)
+    d = SAELensDictionary(sae)
+    with torch.no_grad():
+        if damage == "W_enc":
+            sae.W_enc[:, 3] = float("nan")
+        elif damage == "W_enc_inf":
+            sae.W_enc[:, 3] = float("inf")
+        elif damage == "W_dec":
+            sae.W_dec[3, 0] = float("inf")
+        else:
+            sae.b_enc[3] = float("nan")
+    with pytest.raises(EngineError, match=message):
+        run_sweep(model, d, tiny_tokens, RunConfig(features=[1, 3, 5], feature_correlation="all"))
+    # the other features still compute
+    out = run_sweep(model, d, tiny_tokens, RunConfig(features=[1, 5])).features
+    assert all(torch.isfinite(torch.tensor(out[f].max_act)) for f in (1, 5))
