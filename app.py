@@ -53,7 +53,15 @@ if hosted is not None:
         st.stop()
 
 load_page = st.Page(
-    state.LOAD_PAGE, title="Sources", icon=":material/database:", url_path="load", default=True
+    state.LOAD_PAGE, title="Sources", icon=":material/database:", url_path="sources", default=True
+)
+# The default page is served at the root only; ``/load`` (the Sources page's name in links)
+# opens it there instead of "Page not found".
+load_alias = st.Page(
+    lambda: st.switch_page(load_page, query_params=st.query_params.to_dict()),
+    title="Sources",
+    url_path="load",
+    visibility="hidden",
 )
 search_page = st.Page(
     state.SEARCH_PAGE, title="Search", icon=":material/search:", url_path="search"
@@ -61,7 +69,7 @@ search_page = st.Page(
 feature_page = st.Page(
     state.FEATURE_PAGE, title="Feature", icon=":material/insights:", url_path="feature"
 )
-page = st.navigation([load_page, search_page, feature_page])
+page = st.navigation([load_page, search_page, feature_page, load_alias])
 state.init_session()  # after the navigation, so the page list shows at once
 if state.link_confirmation():  # a link names sources not loaded here: ask first
     st.stop()

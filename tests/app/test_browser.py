@@ -61,6 +61,12 @@ def test_load_page(page, server):
     shot(page, "load")
 
 
+def test_load_path_opens_the_sources_page(page, server):
+    page.goto(server + "/load")
+    page.wait_for_selector("text=Precompute features")
+    assert page.get_by_text("Page not found").count() == 0
+
+
 def test_feature_deep_link_charts_examples_and_hover(page, server):
     page.goto(server + "/feature?feature=3")
     heading(page, "Feature 3")
