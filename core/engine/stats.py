@@ -411,12 +411,30 @@ def gather_windows(
 
 
 # --- top examples ----------------------------------------------------------------------------
+_LOW32 = (1 << 32) - 1
+
+
+def rank_keys(values: Float[Tensor, "..."], seq: Int[Tensor, "..."]) -> Int[Tensor, "..."]:
+    """int64 keys whose descending order is value descending, then sequence ascending.
+
+    The float32 bits of ``values`` are mapped to int32 in value order (negative floats
+    have their magnitude bits flipped) and placed above the complement of the sequence
+    id, so ``topk`` on the keys breaks exact ties by the lower sequence id: the same
+    inputs give the same order whatever the batch size, batch order or sharding.
+    """
+    bits = values.float().contiguous().view(torch.int32)
+    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(torch.int64)
+    return ordered * (1 << 32) + (_LOW32 - seq.clamp(0, _LOW32))
+
+
 class TopExamples:
     """Running top-``K`` sequences per feature by their maximum activation.
 
-    One entry per sequence (its best position), so a sequence appears once per
-    feature. Any position can qualify; windows are clipped at the sequence edges when
-    read out. Keeps the window activations so no later pass is needed.
+    One entry per sequence (its best position: the first one holding the maximum), so
+    a sequence appears once per feature. Any position can qualify; windows are clipped
+    at the sequence edges when read out. Keeps the window activations so no later pass
+    is needed. Exact ties in value are ordered by sequence id (see :func:`rank_keys`),
+    on the device, so the result does not depend on batching.
     """
 
     def __init__(self, n_features: int, k: int, offsets: Tensor, whole: bool, device):
@@ -430,10 +448,12 @@ class TopExamples:
     def update(
         self, acts_blf: Float[Tensor, "b l f"], seq_ids: Int[Tensor, " b"], sl: slice
     ) -> None:
-        best, arg = acts_blf.max(dim=1)  # [b, f]
+        best, arg = acts_blf.max(dim=1)  # [b, f]; arg: the first maximal position
         cand = torch.where(best > 0, best, torch.full_like(best, float("-inf"))).T  # [f, b]
         vals = torch.cat([self.values[sl], cand], dim=1)
-        top, idx = vals.topk(self.k, dim=1)
+        seqs = torch.cat([self.seq[sl], seq_ids[None, :].expand(cand.shape[0], -1)], dim=1)
+        _, idx = rank_keys(vals, seqs).topk(self.k, dim=1)
+        top = vals.gather(1, idx)
         k = self.k
         from_batch = idx >= k
         b_local = (idx - k).clamp_min(0)
@@ -456,12 +476,14 @@ class TopExamples:
 
     def merge(self, other: TopExamples) -> TopExamples:
         vals = torch.cat([self.values, other.values], dim=1)
-        top, idx = vals.topk(self.k, dim=1)
+        seqs = torch.cat([self.seq, other.seq], 1)
+        _, idx = rank_keys(vals, seqs).topk(self.k, dim=1)
+        top = vals.gather(1, idx)
         w = self.windows.shape[-1]
         self.windows = torch.cat([self.windows, other.windows], 1).gather(
             1, idx[..., None].expand(-1, -1, w)
         )
-        self.seq = torch.cat([self.seq, other.seq], 1).gather(1, idx)
+        self.seq = seqs.gather(1, idx)
         self.pos = torch.cat([self.pos, other.pos], 1).gather(1, idx)
         self.values = top
         return self
