@@ -12,6 +12,8 @@ tracked by the accumulator, ``d`` input width (neurons), ``K`` examples kept.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
@@ -217,7 +219,12 @@ class GramStats:
     def _update_sparse(self, rows: Tensor, cols: Tensor) -> None:
         r = rows.T.to_sparse()  # COO: torch.sparse.mm of two COO tensors stays sparse
         c = cols.to_sparse()
-        prod = torch.sparse.mm(r, c).coalesce()
+        with warnings.catch_warnings():
+            # PyTorch's CPU kernel goes through a CSR tensor and says so on every run
+            warnings.filterwarnings(
+                "ignore", message="Sparse CSR tensor support is in beta", category=UserWarning
+            )
+            prod = torch.sparse.mm(r, c).coalesce()
         idx = prod.indices()
         self.cross.index_put_((idx[0], idx[1]), prod.values().float(), accumulate=True)
 
