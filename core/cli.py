@@ -9,18 +9,24 @@ Commands:
     precompute     dashboards for a whole dictionary or a feature range, written chunk by
                    chunk (resumable) as a memo, HTML pages and Neuronpedia batch files;
                    settings from the command line and/or --config FILE (JSON or TOML)
-    inspect        describe a precompute output directory (done, skipped, sources)
+    inspect        summarise a precompute output directory (what, features, tokens, when,
+                   sizes); --json for the full description
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import stat
 import sys
 import time
 from pathlib import Path
 
 from core.config import RunConfig, parse_features
+from core.memo import MemoError
+from core.precomputed import MANIFEST
 
 
 def _spec_args(ap: argparse.ArgumentParser) -> None:
@@ -232,11 +238,77 @@ def cmd_precompute(args: argparse.Namespace) -> int:
     return 0
 
 
+def _size(path: Path) -> int:
+    """Bytes of the regular files below ``path`` (links not followed)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                st = os.lstat(os.path.join(root, name))
+                total += st.st_size if stat.S_ISREG(st.st_mode) else 0
+    return total
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    return f"{n:,.1f} TB"  # pragma: no cover - the loop returns
+
+
+def inspect_text(store) -> str:
+    """A readable summary of a precompute output (what, features, tokens, when, sizes)."""
+    d = store.describe()
+    dictionary = d["dictionary"]
+    if isinstance(dictionary, dict):
+        name = dictionary.get("name") or dictionary.get("release") or dictionary.get("path")
+        arch = dictionary.get("architecture")
+        dictionary = " ".join(str(v) for v in (name, f"({arch})" if arch else None) if v)
+    dataset = d["dataset"]
+    if isinstance(dataset, dict):
+        dataset = dataset.get("label") or dataset.get("path") or dataset.get("kind") or "?"
+    status = "complete" if d["complete"] else "incomplete (run the same command to finish)"
+    mtime = (store.path / MANIFEST).stat().st_mtime
+    when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(mtime))
+    sizes = ", ".join(
+        f"{part} {_human(_size(store.path / part))}"
+        for part in d["outputs"]
+        if (store.path / part).exists()
+    )
+    density = f" (density below {d['min_density']:g} or never firing)" if d["min_density"] else ""
+    rows = [
+        ("directory", d["path"]),
+        ("status", f"{status}; chunks {d['chunks_done']}/{d['chunks_total']}"),
+        ("model", d["model"]),
+        ("dictionary", f"{dictionary} · {d['n_features']:,} features"),
+        ("hook", d["hook"]),
+        ("dataset", dataset),
+        (
+            "tokens",
+            f"{d['n_tokens']:,} ({d['n_sequences']:,} sequences × {d['context_length']:,})",
+        ),
+        (
+            "features",
+            f"{d['n_requested']:,} requested · {d['n_done']:,} rendered · "
+            f"{d['n_skipped']:,} skipped{density}",
+        ),
+        ("written", when),
+        ("outputs", sizes or "none"),
+        ("run id", str(d["run_id"])[:12]),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from core.runner import open_precomputed
+    from core.precomputed import open_precomputed
 
     with open_precomputed(args.path) as store:
-        print(json.dumps(store.describe(), indent=1, default=str))
+        if args.json:
+            print(json.dumps(store.describe(), indent=1, default=str))
+        else:
+            print(inspect_text(store))
     return 0
 
 
@@ -267,9 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     pre.set_defaults(func=cmd_precompute)
     p = sub.add_parser("inspect", help="describe a precompute output directory")
     p.add_argument("path")
+    p.add_argument("--json", action="store_true", help="print the full description as JSON")
     p.set_defaults(func=cmd_inspect)
-    from core.sources import SourceError
-
+    # heavy modules (torch, TransformerLens) are imported by the commands that need them,
+    # so --help and inspect answer at once; SourceError is a ValueError
     try:
         args = ap.parse_args(argv)
         if args.command == "precompute" and args.config:
@@ -277,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
 
             args = apply_config_file(ap, pre, argv)
         return args.func(args)
-    except (SourceError, ValueError, KeyError) as exc:
+    except (ValueError, KeyError, MemoError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {msg}", file=sys.stderr)
         return 2

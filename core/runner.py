@@ -42,12 +42,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from core.config import (
-    MAX_FEATURES,
     ConfigError,
     FeatureBoundsError,
     RunConfig,
     parse_feature_ranges,
     parse_features,
+)
+from core.precomputed import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    NO_EVICTION,
+    PrecomputedError,
+    PrecomputedStore,
+    RunnerError,
+    chunk_name,
+    expand_ranges,
+    open_precomputed,
 )
 from core.sources import DatasetSpec, DictionarySpec, ModelSpec
 
@@ -59,24 +70,8 @@ if TYPE_CHECKING:
     from core.memo import Memo
     from core.models import ModelAdapter
 
-MANIFEST = "manifest.json"
-FORMAT = "featurescope-precompute"
-FORMAT_VERSION = 1
 OUTPUTS = ("memo", "html", "neuronpedia")
 DictionaryKind = Literal["sae", "transcoder", "skip_transcoder", "clt"]
-#: memo size limit for an output directory: effectively unlimited (nothing is evicted)
-_NO_EVICTION = 1 << 50
-
-
-class RunnerError(ValueError):
-    """A precompute run cannot start or continue (message says why and what to do)."""
-
-
-class PrecomputedError(KeyError):
-    """A feature cannot be read from a precomputed directory (message says why)."""
-
-    def __str__(self) -> str:  # KeyError would print the repr of the message
-        return str(self.args[0]) if self.args else ""
 
 
 # ==== configuration ============================================================================
@@ -223,30 +218,6 @@ def _ranges(values: list[int]) -> list[list[int]]:
     return out
 
 
-def _expand(ranges: Any, n_features: int, what: str) -> list[int]:
-    """``[lo, hi)`` runs from a manifest as a list, each checked to lie in ``0..n_features-1``
-    before it is expanded (a damaged manifest cannot make a huge list)."""
-    out: list[int] = []
-    ok = isinstance(ranges, list)
-    for run in ranges if ok else []:
-        ok = (
-            isinstance(run, list)
-            and len(run) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) for v in run)
-            and 0 <= run[0] <= run[1] <= n_features
-        )
-        if not ok:
-            break
-        out.extend(range(run[0], run[1]))
-    if not ok:
-        raise RunnerError(
-            f"the manifest's {what} list is damaged (a run outside the dictionary's "
-            f"{n_features:,} features, or not a pair of indices); run the same precompute "
-            "command again with --overwrite to rebuild the directory"
-        )
-    return out
-
-
 def _json_text(obj: Any) -> str:
     return json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False, default=str) + "\n"
 
@@ -254,10 +225,6 @@ def _json_text(obj: Any) -> str:
 def _digest(obj: Any) -> str:
     text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _chunk_name(k: int) -> str:
-    return f"chunk-{k:05d}.html"
 
 
 def _is_skipped(fd: FeatureData, min_density: float) -> bool:
@@ -565,7 +532,7 @@ class PrecomputeRunner:
                 "another output directory, or pass --overwrite to replace it"
             )
         completed = set(old["chunks"]["completed"])
-        done = set(_expand(old["features"]["done"], self.n_features, "done features"))
+        done = set(expand_ranges(old["features"]["done"], self.n_features, "done features"))
         skipped = set(old["features"]["skipped"])
         return completed, done, skipped
 
@@ -619,7 +586,7 @@ class PrecomputeRunner:
             if ok and "memo" in self.cfg.outputs:
                 ok = all(f"feature:{f}" in memo for f in rendered)
             if ok and "html" in self.cfg.outputs and rendered:
-                ok = (self.out / "html" / _chunk_name(k)).is_file()
+                ok = (self.out / "html" / chunk_name(k)).is_file()
             if ok and "neuronpedia" in self.cfg.outputs:
                 ok = (self.out / "neuronpedia" / f"batch-{k}.json").is_file()
             if not ok:
@@ -693,7 +660,7 @@ class PrecomputeRunner:
             from core.export.html import save_html
 
             save_html(
-                self.out / "html" / _chunk_name(k), rendered, self._page_meta(k, chunk), cfg.layout
+                self.out / "html" / chunk_name(k), rendered, self._page_meta(k, chunk), cfg.layout
             )
         if "neuronpedia" in cfg.outputs:
             from core.export.neuronpedia import batch_to_neuronpedia, head_distribution, write_batch
@@ -737,7 +704,7 @@ class PrecomputeRunner:
         for k, chunk in enumerate(self.chunks):
             shown = [f for f in chunk if f in done]
             if shown:
-                link = f'<a href="{esc(_chunk_name(k))}">features {chunk[0]}–{chunk[-1]}</a>'
+                link = f'<a href="{esc(chunk_name(k))}">features {chunk[0]}–{chunk[-1]}</a>'
             else:
                 link = f"features {chunk[0]}–{chunk[-1]}"
             rows.append(
@@ -773,7 +740,7 @@ class PrecomputeRunner:
                 completed, done, skipped = self._prepare_directory()
                 self._check_writable(completed)
                 self._write_manifest(completed, done, skipped)  # first: marks the directory ours
-            memo = Memo(self.out / "memo", size_limit=_NO_EVICTION)
+            memo = Memo(self.out / "memo", size_limit=NO_EVICTION)
             try:
                 self._verify(memo, completed, done, skipped)
                 self._write_manifest(completed, done, skipped)
@@ -824,208 +791,6 @@ class PrecomputeRunner:
 def run_precompute(cfg: PrecomputeConfig, sources: Sources | None = None) -> dict[str, Any]:
     """Run or resume a precompute (see :class:`PrecomputeRunner`); returns counts and timing."""
     return PrecomputeRunner(cfg, sources).run()
-
-
-# ==== reading results back =======================================================================
-class PrecomputedStore:
-    """Read-only view of a precompute output directory (no model needed).
-
-    The app browses it like a :class:`~core.workspace.Workspace`: :meth:`describe`,
-    :meth:`feature`, :meth:`summary`, :attr:`n_features` and :meth:`identity_key`.
-    """
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path).expanduser()
-        mpath = self.path / MANIFEST
-        if not mpath.is_file():
-            raise RunnerError(
-                f"{self.path} is not a precompute output directory (no {MANIFEST}); create one "
-                "with `python -m core precompute --output-dir DIR ...`"
-            )
-        try:
-            self.manifest: dict[str, Any] = json.loads(mpath.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise RunnerError(f"{mpath} is not valid JSON: {exc}") from exc
-        if self.manifest.get("format") != FORMAT:
-            raise RunnerError(f"{mpath} is not a {FORMAT} manifest")
-        if self.manifest.get("version") != FORMAT_VERSION:
-            raise RunnerError(
-                f"{mpath} has format version {self.manifest.get('version')}; this program reads "
-                f"version {FORMAT_VERSION}: recompute it"
-            )
-        feats = self.manifest["features"]
-        n = self.manifest.get("source", {}).get("n_features")
-        if not isinstance(n, int) or isinstance(n, bool) or not 0 < n <= MAX_FEATURES:
-            raise RunnerError(
-                f"{mpath} gives no usable dictionary size (n_features {n!r}): the manifest is "
-                "damaged; run the precompute again with --overwrite"
-            )
-        self.requested = _expand(feats["requested"], n, "requested features")
-        self._position = {f: k for k, f in enumerate(self.requested)}
-        self.done = set(_expand(feats["done"], n, "done features"))
-        self.skipped = set(feats["skipped"])
-        self.chunk_size = int(self.manifest["chunks"]["size"])
-        self.completed = set(self.manifest["chunks"]["completed"])
-        self._memo: Memo | None = None
-        self._summary: dict[str, list] | None = None
-
-    # --- description --------------------------------------------------------------------------
-    @property
-    def n_features(self) -> int:
-        """Number of features of the dictionary (valid indices are ``0..n_features-1``)."""
-        return int(self.manifest["source"]["n_features"])
-
-    @property
-    def features(self) -> list[int]:
-        """Indices whose dashboards are stored, ascending."""
-        return sorted(self.done)
-
-    @property
-    def complete(self) -> bool:
-        return self.manifest.get("status") == "complete"
-
-    def describe(self) -> dict[str, Any]:
-        """What was computed (same keys as ``Workspace.describe`` plus run details)."""
-        src = self.manifest["source"]
-        return {
-            "model": src["model"].get("name"),
-            "dictionary": src["dictionary"],
-            "dataset": src["dataset"],
-            "n_features": self.n_features,
-            "n_sequences": src["n_sequences"],
-            "context_length": src["context_length"],
-            "n_tokens": src["n_tokens"],
-            "device": "precomputed",
-            "hook": src["hook"],
-            "path": str(self.path),
-            "complete": self.complete,
-            "n_requested": len(self.requested),
-            "n_done": len(self.done),
-            "n_skipped": len(self.skipped),
-            "chunks_done": len(self.completed),
-            "chunks_total": int(self.manifest["chunks"]["count"]),
-            "outputs": list(self.manifest["outputs"]),
-            "min_density": self.manifest["config"]["min_density"],
-            "run_id": self.manifest["run_id"],
-        }
-
-    def identity_key(self) -> str:
-        """Short id of (model, dictionary, tokens, result config), as ``Workspace.identity_key``."""
-        return str(self.manifest["identity"]["key"])[:12]
-
-    # --- data -----------------------------------------------------------------------------------
-    @property
-    def memo(self) -> Memo:
-        if self._memo is None:
-            from core.memo import Memo
-
-            self._memo = Memo(self.path / "memo", size_limit=_NO_EVICTION)
-        return self._memo
-
-    def chunk_of(self, i: int) -> int | None:
-        """The chunk that holds feature ``i`` (``None`` when it was not requested)."""
-        n = self._position.get(i)
-        return None if n is None else n // self.chunk_size
-
-    def html_path(self, i: int) -> Path | None:
-        """The HTML page showing feature ``i``, when it exists."""
-        k = self.chunk_of(i)
-        if k is None or i not in self.done:
-            return None
-        p = self.path / "html" / _chunk_name(k)
-        return p if p.is_file() else None
-
-    def feature(self, i: int) -> FeatureData:
-        """The stored dashboard data of feature ``i``.
-
-        Raises:
-            PrecomputedError: ``i`` is out of range, was skipped, was not part of the
-                run, is not computed yet, or its stored entry is missing or corrupted.
-        """
-        try:
-            i = int(i)
-        except (TypeError, ValueError) as exc:
-            raise PrecomputedError(f"feature index must be a whole number, got {i!r}") from exc
-        n = self.n_features
-        if not 0 <= i < n:
-            raise PrecomputedError(
-                f"feature {i} does not exist: this dictionary has {n} features (0-{n - 1})"
-            )
-        if i in self.skipped:
-            thr = self.manifest["config"]["min_density"]
-            why = "it never fires"
-            with contextlib.suppress(Exception):
-                table = self.summary()
-                density = table["density"][table["feature"].index(i)]
-                if density > 0:
-                    why = f"density {density:.3g} is below the threshold {thr:g}"
-            raise PrecomputedError(
-                f"feature {i} was skipped ({why}): its dashboard was not rendered"
-            )
-        k = self.chunk_of(i)
-        if k is None:
-            req = self.requested
-            span = f"{req[0]}-{req[-1]}" if req else "none"
-            raise PrecomputedError(
-                f"feature {i} is not part of this precomputed run ({len(req)} features, {span}); "
-                "compute it in the app or precompute a range that includes it"
-            )
-        if i not in self.done:
-            total = self.manifest["chunks"]["count"]
-            raise PrecomputedError(
-                f"feature {i} has not been computed yet: the run is incomplete "
-                f"({len(self.completed)}/{total} chunks); run the same precompute command again "
-                "to finish it"
-            )
-        if "memo" not in self.manifest["outputs"]:
-            raise PrecomputedError(
-                "this run was made without the 'memo' output, so feature data cannot be read "
-                "back; rerun with --outputs memo,..."
-            )
-        got = self.memo.get_feature(f"feature:{i}")
-        if got is None:
-            raise PrecomputedError(
-                f"the stored data of feature {i} is missing or corrupted; run the same precompute "
-                "command again: it recomputes chunks with missing entries"
-            )
-        return got
-
-    def summary(self) -> dict[str, list]:
-        """Per computed feature: feature, density, max_act, mean_act, n_active, top_tokens, skipped.
-
-        Covers the completed chunks (rendered and skipped features alike), ascending.
-        """
-        if self._summary is not None:
-            return self._summary
-        keys = ["feature", "density", "max_act", "mean_act", "n_active", "top_tokens", "skipped"]
-        out: dict[str, list] = {k: [] for k in keys}
-        for k in sorted(self.completed):
-            part = self.memo.get_json(f"chunk:{k}:summary")
-            if part is None:
-                raise RunnerError(
-                    f"the summary of chunk {k} in {self.path / 'memo'} is missing or corrupted; "
-                    "run the same precompute command again to repair it"
-                )
-            for key in keys:
-                out[key].extend(part[key])
-        self._summary = out
-        return out
-
-    def close(self) -> None:
-        if self._memo is not None:
-            self._memo.close()
-            self._memo = None
-
-    def __enter__(self) -> PrecomputedStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def open_precomputed(path: str | Path) -> PrecomputedStore:
-    """Open a precompute output directory for browsing (see :class:`PrecomputedStore`)."""
-    return PrecomputedStore(path)
 
 
 # ==== command line ============================================================================
@@ -1271,3 +1036,14 @@ def config_from_args(args: Any) -> PrecomputeConfig:
     )
     cfg.validate()
     return cfg
+
+
+__all__ = [
+    "PrecomputeConfig",
+    "PrecomputeRunner",
+    "PrecomputedError",
+    "PrecomputedStore",
+    "RunnerError",
+    "open_precomputed",
+    "run_precompute",
+]
