@@ -855,9 +855,7 @@ def sidebar(ws: Any | None) -> None:
             return
         lines = "  \n".join(f"**{k}** {_md(v)}" for k, v in describe_lines(ws))
         st.caption(lines + f"  \n**Id** `{identity(ws)}`")
-        job = job_for(ws)
-        if job is not None and job.running:
-            st.progress(job.fraction, text=f"{job.label}: {int(job.fraction * 100)}%")
+        _sidebar_job(ws)
         if getattr(getattr(ws, "memo", None), "writes_failing", False):
             st.warning(
                 "The cache cannot be written (disk full or read-only): results are shown but "
@@ -865,6 +863,14 @@ def sidebar(ws: Any | None) -> None:
                 "FEATURESCOPE_CACHE_DIR to a writable directory.",
                 icon=":material/warning:",
             )
+
+
+@st.fragment(run_every=1.0)
+def _sidebar_job(ws: Any) -> None:
+    """The running job's bar, redrawn every second (the page around it is not rerun)."""
+    job = job_for(ws)
+    if job is not None and job.running:
+        st.progress(min(job.fraction, 1.0), text=f"{job.label}: {int(job.fraction * 100)}%")
 
 
 def _md(text: str) -> str:

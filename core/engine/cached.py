@@ -17,6 +17,10 @@ from core.engine.sweep import Progress, prepare_tokens, run_sweep, validate_feat
 from core.memo import Memo, memo_key
 from core.models import ModelAdapter
 
+# Share of the progress bar given to the sweep; the rest is building and saving each
+# feature's data, reported feature by feature so the bar never waits at 100%.
+SWEEP_SHARE = 0.8
+
 
 def token_fingerprint(tokens: Tensor) -> str:
     """sha256 of a token tensor's shape and int64 bytes."""
@@ -102,18 +106,24 @@ def compute_features(
         missing = features
     if missing:
         sub = dataclasses.replace(config, features=missing)
+        report = progress or (lambda frac, msg: None)
         result = run_sweep(
             model,
             dictionary,
             tokens,
             sub,
             dataset=dataset,
-            progress=progress,
+            progress=lambda frac, msg: report(frac * SWEEP_SHARE, msg),
             activation_store=activation_store,
         )
-        for f, data in result.features.items():
+        n = len(missing)
+        step = max(1, n // 100)  # about a hundred updates, whatever the count
+        for k, (f, data) in enumerate(result.features.items()):
             memo.put_feature(f"{prefix}:{f}", data)
             found[f] = data
+            if (k + 1) % step == 0 or k + 1 == n:
+                done = SWEEP_SHARE + (1 - SWEEP_SHARE) * (k + 1) / n
+                report(done, f"building and saving feature data: {k + 1:,}/{n:,}")
         memo.put_json(f"{prefix}:info", result.info.to_dict())
     elif progress is not None:
         progress(1.0, "all features came from the cache")

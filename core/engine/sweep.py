@@ -378,7 +378,7 @@ def run_sweep(
         report((len(batches) + bi + 1) / n_units, f"pass 2: batch {bi + 1}/{len(batches)}")
     cache.clear()
 
-    report(1.0, "assembling feature data")
+    report(1.0, "collecting the statistics")
     cols = finalize_columns(
         model, dictionary, feats, config, moments, top, gram, hist, icounts, sampler
     )

@@ -87,3 +87,19 @@ def make_workspace():
     config = RunConfig(n_top_examples=8, n_interval_examples=3, n_intervals=5, batch_size=16)
     dataset = {"kind": "test", "name": "random words", "n_tokens": int(tokens.numel())}
     return Workspace(adapter, dictionary, tokens, dataset, Memo(), config)
+
+
+def make_slow_workspace():
+    """:func:`make_workspace` whose encoder sleeps a little per call, so a background job
+    lasts long enough (seconds) for a browser to watch its progress."""
+    import time
+
+    ws = make_workspace()
+    encode = ws.dictionary.encode
+
+    def slow_encode(*args, **kwargs):
+        time.sleep(0.1)
+        return encode(*args, **kwargs)
+
+    ws.dictionary.encode = slow_encode
+    return ws
