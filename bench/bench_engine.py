@@ -99,6 +99,51 @@ def load_workload(device: str = "cpu"):
     )
 
 
+class NotWarm(RuntimeError):
+    """A warm scenario whose activation store cannot be filled (it would silently run cold)."""
+
+
+def prepare_store(model, dictionary, tokens, cfg, mode: str | None, directory: Path = STORE):
+    """The activation store a scenario runs with, made ready before the clock starts.
+
+    ``fresh`` empties it (the run computes and stores the activations: cold); ``warm``
+    fills it first when it lacks this workload's activations (an untimed sweep of one
+    feature) and raises :class:`NotWarm` when they still cannot be kept, so a warm
+    figure is never a cold run. ``None``: no store.
+    """
+    import dataclasses
+
+    from core.engine.activations import ActivationStore
+    from core.engine.sweep import activation_key, run_sweep
+
+    if mode is None:
+        return None
+    store = ActivationStore(directory)
+    if mode == "fresh":
+        for f in Path(directory).glob("*.safetensors"):
+            f.unlink()
+        return store
+    key = activation_key(store, model, dictionary, tokens, cfg)
+    if store.path(key).is_file():
+        return store
+    fill = dataclasses.replace(cfg, features=[0], feature_correlation="none")
+    run_sweep(model, dictionary, tokens, fill, activation_store=store)
+    if not store.path(key).is_file():
+        raise NotWarm(
+            f"the activation store {directory} cannot hold this workload's activations "
+            "(larger than activation_cache_bytes or the store's limit, or not writable): a "
+            "warm run would be cold"
+        )
+    return store
+
+
+def ran_label(result: dict) -> str:
+    """How a scenario ran, for the table: warm (no forward pass), cold, or the peer's state."""
+    if "forward_passes" in result and result.get("tool") == "ours":
+        return "warm" if result["forward_passes"] == 0 else "cold"
+    return str(result.get("cache_state") or "-")
+
+
 def run_one(name: str, device: str, batch_size: int) -> dict:
     """Child process body: one measurement, printed as JSON."""
     import torch
@@ -110,29 +155,27 @@ def run_one(name: str, device: str, batch_size: int) -> dict:
     t0 = time.perf_counter()
     model, dictionary, tokens = load_workload(device)
     load_s = time.perf_counter() - t0
+    cfg = store = None
+    if tool != "floor":
+        cfg = RunConfig(
+            features=parse_features(feats, dictionary.n_features),
+            batch_size=batch_size,
+            device=device,
+            **{k: v for k, v in opts.items() if k not in ("cache", "store")},
+        )
+        try:
+            store = prepare_store(model, dictionary, tokens, cfg, opts.get("store"))
+        except NotWarm as exc:
+            return {"scenario": name, "tool": tool, "error": str(exc)}
     with PeakRss() as mem:
         t = time.perf_counter()
-        if tool == "floor":
+        if cfg is None:
             with torch.no_grad():
                 for i in range(0, tokens.shape[0], batch_size):
                     model.run_to_hooks(tokens[i : i + batch_size].to(device), [dictionary.hook_in])
             n_feat = 0
             passes = -(-tokens.shape[0] // batch_size)
         else:
-            cfg = RunConfig(
-                features=parse_features(feats, dictionary.n_features),
-                batch_size=batch_size,
-                device=device,
-                **{k: v for k, v in opts.items() if k not in ("cache", "store")},
-            )
-            store = None
-            if opts.get("store"):
-                from core.engine.activations import ActivationStore
-
-                store = ActivationStore(STORE)
-                if opts["store"] == "fresh":
-                    for f in STORE.glob("*.safetensors"):
-                        f.unlink()
             res = run_sweep(model, dictionary, tokens, cfg, activation_store=store)
             n_feat = len(res.features)
             passes = res.info.forward_passes
@@ -152,6 +195,7 @@ def run_one(name: str, device: str, batch_size: int) -> dict:
         "options": opts,
         "torch_threads": torch.get_num_threads(),
     }
+    out["ran"] = ran_label(out) if tool == "ours" else "-"
     if device.startswith("cuda"):
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
         out["gpu"] = torch.cuda.get_device_name()
@@ -181,6 +225,20 @@ def run_peer(name: str, tmp: Path) -> dict:
     best["scenario"] = name
     best["all_runs"] = [dict(r) for r in runs]
     return best
+
+
+def format_table(results: list[dict]) -> str:
+    """The printed table; the ``ran`` column says whether a run was warm or cold."""
+    lines = [f"{'scenario':<20}{'seconds':>10}{'peak MB':>10}{'passes':>8}  ran"]
+    for r in results:
+        if "seconds" in r:
+            lines.append(
+                f"{r['scenario']:<20}{r['seconds']:>10.1f}{r.get('peak_rss_mb') or 0:>10.0f}"
+                f"{r.get('forward_passes', ''):>8}  {ran_label(r)}"
+            )
+        else:
+            lines.append(f"{r['scenario']:<20}  ERROR {str(r.get('error', ''))[:200]}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -278,14 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out) if args.out else ROOT / "bench" / f"results-{args.device.split(':')[0]}.json"
     )
     out.write_text(json.dumps(summary, indent=2))
-    print(f"{'scenario':<16}{'seconds':>10}{'peak MB':>10}{'passes':>8}")
-    for r in results:
-        if "seconds" in r:
-            print(
-                f"{r['scenario']:<16}{r['seconds']:>10.1f}{r.get('peak_rss_mb') or 0:>10.0f}{r.get('forward_passes', ''):>8}"
-            )
-        else:
-            print(f"{r['scenario']:<16}  ERROR {r.get('error', '')[:200]}")
+    print(format_table(results))
     for k, v in ratios.items():
         if v is not None:
             print(f"{k}: {v:.2f}")

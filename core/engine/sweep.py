@@ -127,6 +127,21 @@ def check_fit(
         )
 
 
+def activation_key(
+    store: ActivationStore,
+    model: ModelAdapter,
+    dictionary: Dictionary,
+    tokens: Tensor,
+    config: RunConfig,
+) -> str:
+    """The key under which a sweep of ``tokens`` with ``config`` keeps its hook activations."""
+    from core.engine.cached import token_fingerprint
+
+    hook = config.hook or dictionary.hook_in
+    toks = prepare_tokens(tokens, config)
+    return store.key(model.fingerprint(), hook, token_fingerprint(toks), _DTYPES[config.dtype])
+
+
 def _feature_list(ids: Tensor, limit: int = 8) -> str:
     """``"3, 5 and 7"`` (at most ``limit`` indices, then how many more)."""
     values = [int(v) for v in ids[: limit + 1].tolist()]
@@ -272,11 +287,7 @@ def run_sweep(
     stored: Tensor | None = None
     store_key = ""
     if activation_store is not None:
-        from core.engine.cached import token_fingerprint
-
-        store_key = activation_store.key(
-            model.fingerprint(), hook, token_fingerprint(tokens), dtype
-        )
+        store_key = activation_key(activation_store, model, dictionary, tokens, config)
         stored = activation_store.load(store_key, (n_seq, length))
         keep_cache = keep_cache or stored is not None
 
