@@ -37,6 +37,7 @@ import re
 import shutil
 import sqlite3
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -1824,6 +1825,47 @@ def _cases() -> list[Case]:
         "notes.txt",
         "Load?",
     )
+    # 13. memo rows, feature selections, weights damaged after loading (issue 11)
+    for spec, expect in [
+        ("0:60000000", ("feature range 0:60000000 is out of range", "0-63")),
+        ("0:9999999999999", ("feature range 0:9999999999999 is out of range", "0-63")),
+        ("1,2,99999999", ("feature index 99999999 is out of range", "0-63")),
+    ]:
+        add(
+            f"index-spec-{spec}",
+            "index",
+            f"precompute feature box {spec!r} (checked before it is expanded)",
+            _feature_spec(spec),
+            *expect,
+        )
+    for where, expect in [
+        ("absolute", ("not one of its own",)),
+        ("dotdot", ("not one of its own",)),
+        ("fifo", ("not a regular file",)),
+    ]:
+        add(
+            f"cache-row-{where}",
+            "cache",
+            f"a memo row's file name rewritten to a {where} path",
+            _memo_row(where),
+            *expect,
+        )
+    add(
+        "cache-settings-garbage",
+        "cache",
+        "unknown and malformed rows in the memo's Settings table",
+        _memo_settings,
+        "unknown or malformed settings",
+    )
+    for part in ("W_enc", "W_dec"):
+        add(
+            f"corrupt-sweep-{part}",
+            "corrupt",
+            f"NaN/Inf written into {part} after the SAE was loaded",
+            _damaged_after_load(part),
+            "feature(s) 3",
+            "NaN or infinite",
+        )
     names = [c.name for c in out]
     assert len(names) == len(set(names)), "case names must be unique"
     return out
@@ -2051,6 +2093,133 @@ def _link_notes(env: Env) -> Outcome:
     if state.is_loaded(state.decode_sources(src)):
         problems.append("the link's sources were loaded without asking")
     return env.outcome(message, problems)
+
+
+# ---- 13. memo rows, feature selections, weights damaged after loading (issue 11) -------------
+def _feature_spec(spec: str) -> Callable[[Env], Outcome]:
+    """The Sources page's precompute box: bounds checked on the text, in constant memory."""
+
+    def run(env: Env) -> Outcome:
+        import tracemalloc
+
+        from core.config import parse_features
+
+        n = env.ws.dictionary.n_features
+        tracemalloc.start()
+        try:
+            message = error_of(lambda: parse_features(spec, n))
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        problems = [f"{peak:,} bytes allocated reading the spec"] if peak > 1 << 20 else []
+        return env.outcome(message, problems)
+
+    return run
+
+
+def _memo_row(where: str) -> Callable[[Env], Outcome]:
+    """A memo row pointing at a file the memo did not write: dropped, the path untouched."""
+
+    def run(env: Env) -> Outcome:
+        from core.memo import Memo
+
+        env.ws  # noqa: B018 - baseline first
+        root = env.root / f"memo-row-{where}-{uuid.uuid4().hex[:6]}"
+        victim = root / "outside" / "deep" / "victim.txt"
+        victim.parent.mkdir(parents=True)
+        victim.write_bytes(b"keep me")
+        memo = Memo(root / "memo")
+        memo.put_bytes("k", b"v" * 100_000)
+        name = {
+            "absolute": str(victim),
+            "dotdot": os.path.relpath(victim, root / "memo"),
+            "fifo": f"ab/cd/{'e' * 28}.val",
+        }[where]
+        if where == "fifo":
+            (root / "memo" / "ab" / "cd").mkdir(parents=True, exist_ok=True)
+            os.mkfifo(root / "memo" / name)
+        con = sqlite3.connect(str(root / "memo" / "cache.db"))
+        with con:
+            con.execute("UPDATE Cache SET filename = ?, size = ? WHERE key = 'k'", (name, 1 << 40))
+        con.close()
+        problems = []
+        with logged_warnings() as warnings:
+            got: dict[str, Any] = {}
+            reader = threading.Thread(target=lambda: got.setdefault("b", memo.get_bytes("k")))
+            reader.daemon = True
+            reader.start()
+            reader.join(20)  # a FIFO would block the read forever
+            if reader.is_alive():
+                problems.append("the read hung")
+            elif got.get("b") is not None:
+                problems.append("the bad row was served")
+        if reader.is_alive():
+            return env.outcome("(the read hung)", problems)
+        if "k" in memo:
+            problems.append("the bad row was kept")
+        if victim.read_bytes() != b"keep me" or not victim.parent.is_dir():
+            problems.append("a file outside the cache was removed")
+        if not memo.put_bytes("k", b"again") or memo.get_bytes("k") != b"again":
+            problems.append("the memo does not store the entry again")
+        memo.close()
+        return env.outcome(" | ".join(warnings) or "(nothing logged)", problems)
+
+    return run
+
+
+def _memo_settings(env: Env) -> Outcome:
+    from core.memo import Memo
+
+    env.ws  # noqa: B018 - baseline first
+    directory = env.root / f"memo-settings-{uuid.uuid4().hex[:6]}"
+    memo = Memo(directory)
+    memo.put_bytes("kept", b"k")
+    memo.close()
+    con = sqlite3.connect(str(directory / "cache.db"))
+    with con:
+        for key, value in [("disk_surprise", 1), ("eviction_policy", "bogus"), ("_sql", "x")]:
+            con.execute("INSERT OR REPLACE INTO Settings VALUES (?, ?)", (key, value))
+    con.close()
+    problems: list[str] = []
+    with logged_warnings() as warnings:
+        got: dict[str, Any] = {}
+        err = error_of(lambda: got.setdefault("m", Memo(directory)))
+    if "m" not in got:
+        problems.append(f"the memo no longer opens: {err}")
+    else:
+        if got["m"].get_bytes("kept") != b"k":
+            problems.append("the stored entry was lost")
+        got["m"].close()
+    return env.outcome(" | ".join(warnings) or err, problems)
+
+
+def _damaged_after_load(part: str) -> Callable[[Env], Outcome]:
+    """Weights damaged after the load-time check: the sweep names the feature and the hook."""
+
+    def run(env: Env) -> Outcome:
+        from core.config import RunConfig
+        from core.dictionaries.saelens import SAELensDictionary
+        from core.engine import run_sweep
+        from core.models import ModelAdapter
+        from tests.conftest import make_model, make_sae
+
+        env.ws  # noqa: B018 - baseline first
+        model = ModelAdapter(make_model(), bos_token_id=0)
+        sae = make_sae("standard", 32, 16, HOOK)
+        d = SAELensDictionary(sae)
+        with torch.no_grad():
+            if part == "W_enc":
+                sae.W_enc[:, 3] = float("nan")
+            else:
+                sae.W_dec[3, 0] = float("inf")
+        tokens = torch.randint(1, 61, (8, 12), generator=torch.Generator().manual_seed(0))
+        message = error_of(lambda: run_sweep(model, d, tokens, RunConfig(features=[1, 3])))
+        problems = []
+        if "bincount" in message:
+            problems.append("failed inside bincount")
+        return env.outcome(message, problems)
+
+    return run
 
 
 CASES: list[Case] = _cases()
