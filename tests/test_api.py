@@ -112,3 +112,21 @@ def test_clear_errors(setup):
         SaeVisRunner(SaeVisConfig(features=[0], ignore_tokens={7}, device="cpu")).run(
             encoder=sae, model=model, tokens=tokens
         )
+
+
+def test_feature_ranges_are_checked_against_the_dictionary_before_expansion(setup):
+    """A range or string larger than the dictionary fails at once, naming the range and the
+    valid indices (a range of 10**12 used to be listed first)."""
+    model, sae, tokens = setup
+    from core.api import SaeVisConfig, SaeVisRunner
+
+    for features, named in [
+        ("0:3000000", "feature range 0:3000000"),
+        (range(3_000_000), "feature range 0:3000000"),
+        (range(0, 10**12, 5), "feature range 0:999999999996"),
+        ("0:99999999", "feature range 0:99999999"),
+    ]:
+        with pytest.raises(ValueError, match=f"{named} .*is out of range.*valid indices 0-47"):
+            SaeVisRunner(SaeVisConfig(features=features, device="cpu")).run(
+                encoder=sae, model=model, tokens=tokens
+            )
