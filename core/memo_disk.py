@@ -25,6 +25,7 @@ from urllib.parse import quote
 
 import diskcache
 from diskcache.core import (
+    DEFAULT_SETTINGS,
     EVICTION_POLICY,
     MODE_BINARY,
     MODE_PICKLE,
@@ -189,6 +190,14 @@ _SETTING_OK = {
 }
 
 
+def _setting_ok(key: str, value: Any) -> bool:
+    """A known setting with a usable value (a default of another diskcache version: its type)."""
+    check = _SETTING_OK.get(key)
+    if check is not None:
+        return bool(check(value))
+    return key in DEFAULT_SETTINGS and type(value) is type(DEFAULT_SETTINGS[key])
+
+
 def repair_settings(db: Path) -> list[str]:
     """Drop unknown or malformed rows of diskcache's ``Settings`` table in ``db``.
 
@@ -208,7 +217,7 @@ def repair_settings(db: Path) -> list[str]:
         bad = [
             (rowid, key)
             for rowid, key, value in rows
-            if not isinstance(key, str) or not _SETTING_OK.get(key, lambda v: False)(value)
+            if not isinstance(key, str) or not _setting_ok(key, value)
         ]
         if not bad:
             return []
