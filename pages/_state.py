@@ -855,7 +855,9 @@ def sidebar(ws: Any | None) -> None:
             return
         lines = "  \n".join(f"**{k}** {_md(v)}" for k, v in describe_lines(ws))
         st.caption(lines + f"  \n**Id** `{identity(ws)}`")
-        _sidebar_job(ws)
+        job = job_for(ws)
+        if job is not None and job.running:  # redrawn every second only while a job runs
+            _sidebar_job(ws)
         if getattr(getattr(ws, "memo", None), "writes_failing", False):
             st.warning(
                 "The cache cannot be written (disk full or read-only): results are shown but "
@@ -867,10 +869,12 @@ def sidebar(ws: Any | None) -> None:
 
 @st.fragment(run_every=1.0)
 def _sidebar_job(ws: Any) -> None:
-    """The running job's bar, redrawn every second (the page around it is not rerun)."""
+    """The running job's bar, redrawn every second (the page around it is not rerun); when
+    the job ends, one rerun of the page removes it and stops the redraws."""
     job = job_for(ws)
-    if job is not None and job.running:
-        st.progress(min(job.fraction, 1.0), text=f"{job.label}: {int(job.fraction * 100)}%")
+    if job is None or not job.running:
+        st.rerun()
+    st.progress(min(job.fraction, 1.0), text=f"{job.label}: {int(job.fraction * 100)}%")
 
 
 def _md(text: str) -> str:

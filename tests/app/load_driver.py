@@ -207,7 +207,9 @@ class Session:
             # the second button group: the first is the search mode control
             pills = page.locator('[data-testid="stButtonGroup"]').nth(1).locator("button")
             await pills.first.wait_for()
-            shown = " ".join([t.strip() for t in await pills.all_inner_texts()])
+            # repeated tokens carry zero-width spaces that keep their pills apart
+            labels = await pills.all_inner_texts()
+            shown = " ".join(t.replace("\u200b", "").strip() for t in labels)
             for text in self.prompts.others(self.index):
                 if text in shown:
                     owner = self.prompts.owner[text]
