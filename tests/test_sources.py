@@ -112,9 +112,9 @@ def test_saelens_release_list_is_offline():
     assert "gpt2-small-res-jb" in rel
     assert "blocks.8.hook_resid_pre" in rel["gpt2-small-res-jb"]["ids"]
     assert all(v["model"] == "gpt2-small" for v in rel.values())
-    with pytest.raises(SourceError, match="unknown SAELens release"):
+    with pytest.raises(SourceError, match="there is no SAELens release 'nope'"):
         load_dictionary(DictionarySpec(kind="saelens", release="nope", sae_id="x"))
-    with pytest.raises(SourceError, match="has no id"):
+    with pytest.raises(SourceError, match="has no SAE id 'x'"):
         load_dictionary(DictionarySpec(kind="saelens", release="gpt2-small-res-jb", sae_id="x"))
 
 
