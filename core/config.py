@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from core.errors import FeaturescopeError
+
 CorrelationScope = Literal["all", "requested", "none"]
 
 #: execution-only fields: not part of the memo key
@@ -27,7 +29,7 @@ EXECUTION_FIELDS = frozenset(
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(FeaturescopeError, ValueError):
     """A run configuration value is invalid (the message names the field and the fix)."""
 
 

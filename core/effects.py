@@ -72,6 +72,7 @@ from torch import Tensor
 from core.dictionaries.protocol import Dictionary
 from core.engine.cached import token_fingerprint
 from core.engine.features import Example, FeatureData
+from core.errors import FeaturescopeError
 from core.memo import Memo, memo_key
 from core.models import ModelAdapter, ModelError
 
@@ -93,7 +94,7 @@ LEGEND = (
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
 
 
-class EffectsError(ValueError):
+class EffectsError(FeaturescopeError, ValueError):
     """Effects or steering cannot be computed as asked (message says why and what to do)."""
 
 

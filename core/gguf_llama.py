@@ -55,6 +55,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from core.errors import FeaturescopeError
+
 logger = logging.getLogger(__name__)
 
 #: pip distribution and import name of the package that ships the GGUF file
@@ -84,7 +86,7 @@ _WEIGHTS_FILE = "model.safetensors"
 _TOKENIZER_DIR = "tokenizer"
 
 
-class DemoModelError(RuntimeError):
+class DemoModelError(FeaturescopeError, RuntimeError):
     """The demo model cannot be found or loaded (the message says how to fix it)."""
 
 

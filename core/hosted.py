@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from core.errors import FeaturescopeError
 from core.login import EmailError, normal_domain, parse_email, unverified_reason
 
 ENV = "FEATURESCOPE_HOSTED"
@@ -39,11 +40,11 @@ DEFAULT_FILE = Path(__file__).resolve().parent.parent / ".streamlit" / "hosted.t
 MAX_ROOT_ENTRIES = 20_000  # files checked for symlink escapes in one source directory
 
 
-class AccessError(ValueError):
+class AccessError(FeaturescopeError, ValueError):
     """A request hosted mode refuses; the message says what is allowed instead."""
 
 
-class HostedConfigError(ValueError):
+class HostedConfigError(FeaturescopeError, ValueError):
     """The hosted configuration file is wrong (an operator error)."""
 
 

@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from core.errors import FeaturescopeError
+
 EXAMPLE_SECRETS = Path(__file__).resolve().parent.parent / ".streamlit" / "secrets.example.toml"
 MIN_SECRET_BYTES = 32
 #: secrets ever shipped in this repository's example file: public, so never accepted
@@ -34,7 +36,7 @@ _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})+")
 
 
-class EmailError(ValueError):
+class EmailError(FeaturescopeError, ValueError):
     """An email address that is not exactly ``local@domain``."""
 
 

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import diskcache
 from diskcache.core import MODE_BINARY, MODE_PICKLE, MODE_RAW
 
+from core.errors import FeaturescopeError
 from core.memo_disk import (
     CorruptEntry,
     NoPickleDisk,
@@ -58,7 +59,7 @@ DB_NAME = "cache.db"
 _FIX = "Make it writable, or set FEATURESCOPE_CACHE_DIR to a writable directory"
 
 
-class MemoError(RuntimeError):
+class MemoError(FeaturescopeError, RuntimeError):
     """The cache directory cannot be used (message says why and what to do)."""
 
 

@@ -33,6 +33,8 @@ from diskcache.core import (
     UNKNOWN,
 )
 
+from core.errors import FeaturescopeError
+
 log = logging.getLogger(__name__)
 
 #: the only file names diskcache gives values (``Disk.filename``): two levels of
@@ -40,7 +42,7 @@ log = logging.getLogger(__name__)
 _VALUE_NAME = re.compile(r"[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{28}\.val")
 
 
-class CorruptEntry(ValueError):
+class CorruptEntry(FeaturescopeError, ValueError):
     """A cache row that the memo did not write (or that was damaged since)."""
 
 

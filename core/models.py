@@ -19,13 +19,14 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from core.dictionaries.protocol import tensor_fingerprint
+from core.errors import FeaturescopeError
 
 
-class ModelError(ValueError):
+class ModelError(FeaturescopeError, ValueError):
     """The model cannot do what was asked (missing hook, no tokenizer, ...)."""
 
 
-class _StopForward(Exception):
+class _StopForward(FeaturescopeError):
     """Raised inside a hook to stop the forward pass once the wanted activation is seen."""
 
 

@@ -23,10 +23,12 @@ from typing import Any
 
 import torch
 
+from core.errors import FeaturescopeError
+
 log = logging.getLogger(__name__)
 
 
-class SourceError(ValueError):
+class SourceError(FeaturescopeError, ValueError):
     """A model, dictionary or dataset could not be loaded; the message says how to fix it."""
 
 

@@ -29,6 +29,7 @@ from core.engine import compute_features
 from core.engine.activations import ActivationStore
 from core.engine.cached import base_key, missing_features, token_fingerprint
 from core.engine.features import FeatureData
+from core.errors import FeaturescopeError
 from core.hosted import Limits
 from core.memo import Memo
 from core.models import ModelAdapter
@@ -66,7 +67,7 @@ def model_lock(model: ModelAdapter) -> threading.RLock:
         return _LOCKS.setdefault(id(model.model), threading.RLock())
 
 
-class WorkspaceError(ValueError):
+class WorkspaceError(FeaturescopeError, ValueError):
     """A request the workspace cannot answer (message says why and what to do)."""
 
 

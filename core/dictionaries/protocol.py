@@ -18,8 +18,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from core.errors import FeaturescopeError
 
-class DictionaryError(ValueError):
+
+class DictionaryError(FeaturescopeError, ValueError):
     """A dictionary could not be loaded or does not fit the model (message says how to fix)."""
 
 

@@ -39,13 +39,14 @@ from core.engine.stats import (
     sparse_bins,
     window_offsets,
 )
+from core.errors import FeaturescopeError
 from core.models import ModelAdapter, ModelError
 
 Progress = Callable[[float, str], None]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class EngineError(ValueError):
+class EngineError(FeaturescopeError, ValueError):
     """Bad input to the engine; the message names the problem and the fix."""
 
 

@@ -15,8 +15,10 @@ import contextlib
 import os
 from pathlib import Path
 
+from core.errors import FeaturescopeError
 
-class ExportError(ValueError):
+
+class ExportError(FeaturescopeError, ValueError):
     """An export cannot be produced (message names the problem and the fix)."""
 
 

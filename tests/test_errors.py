@@ -1,0 +1,66 @@
+"""Every exception class defined in core derives from FeaturescopeError."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+
+import pytest
+
+import core
+from core.config import ConfigError
+from core.errors import FeaturescopeError
+from core.memo import MemoError
+from core.source_guard import SourceError
+
+
+def _core_modules() -> list[str]:
+    names = [m.name for m in pkgutil.walk_packages(core.__path__, "core.")]
+    return sorted(n for n in names if n != "core.__main__")
+
+
+def _core_exceptions() -> list[type[BaseException]]:
+    found: dict[str, type[BaseException]] = {}
+    for name in _core_modules():
+        module = importlib.import_module(name)
+        for _, obj in inspect.getmembers(module, inspect.isclass):
+            if issubclass(obj, BaseException) and obj.__module__ == name:
+                found[f"{obj.__module__}.{obj.__qualname__}"] = obj
+    return [found[k] for k in sorted(found)]
+
+
+# The precompute runner's errors move to the base with the runner's split (same issue).
+_PENDING = ("core.precomputed", "core.runner")
+
+
+def _offenders(pending: bool) -> list[str]:
+    classes = _core_exceptions()
+    assert len(classes) >= 15, [c.__qualname__ for c in classes]
+    return [
+        f"{c.__module__}.{c.__qualname__}"
+        for c in classes
+        if (c.__module__ in _PENDING) == pending and not issubclass(c, FeaturescopeError)
+    ]
+
+
+def test_every_core_exception_derives_from_the_base() -> None:
+    offenders = _offenders(pending=False)
+    assert not offenders, f"exception classes not derived from FeaturescopeError: {offenders}"
+
+
+@pytest.mark.xfail(reason="runner/precomputed errors: moved to the base by the runner split")
+def test_runner_exceptions_derive_from_the_base() -> None:
+    offenders = _offenders(pending=True)
+    assert not offenders, f"exception classes not derived from FeaturescopeError: {offenders}"
+
+
+@pytest.mark.parametrize(
+    ("cls", "builtin"),
+    [(SourceError, ValueError), (ConfigError, ValueError), (MemoError, RuntimeError)],
+)
+def test_errors_keep_their_builtin_base(cls: type[Exception], builtin: type[Exception]) -> None:
+    assert issubclass(cls, FeaturescopeError)
+    assert issubclass(cls, builtin)
+    with pytest.raises(builtin):
+        raise cls("x")
