@@ -26,7 +26,8 @@ from pathlib import Path
 
 from core.config import RunConfig, parse_features
 from core.memo import MemoError
-from core.precomputed import MANIFEST
+from core.precompute.manifest import MANIFEST
+from core.precomputed import open_precomputed
 
 
 def _spec_args(ap: argparse.ArgumentParser) -> None:
@@ -226,7 +227,9 @@ def _precompute_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_precompute(args: argparse.Namespace) -> int:
-    from core.runner import config_from_args, run_precompute
+    # imported here: the run needs torch, which --help and inspect must not load
+    from core.precompute.args import config_from_args
+    from core.precompute.run import run_precompute
 
     cfg = config_from_args(args)
     res = run_precompute(cfg)
@@ -302,8 +305,6 @@ def inspect_text(store) -> str:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from core.precomputed import open_precomputed
-
     with open_precomputed(args.path) as store:
         if args.json:
             print(json.dumps(store.describe(), indent=1, default=str))
@@ -346,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = ap.parse_args(argv)
         if args.command == "precompute" and args.config:
-            from core.runner import apply_config_file
+            from core.precompute.args import apply_config_file
 
             args = apply_config_file(ap, pre, argv)
         return args.func(args)

@@ -19,7 +19,7 @@ from core.cli import main
 from core.engine.features import FeatureData
 from core.export.neuronpedia import load_schema
 from core.memo import Memo
-from core.runner import PrecomputedError, RunnerError, open_precomputed
+from core.precomputed import PrecomputedError, RunnerError, open_precomputed
 from tests.export.tiny_setup import DEAD, N_FEATURES, PWNED, tiny_assets
 
 ROOT = Path(__file__).resolve().parent.parent

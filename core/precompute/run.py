@@ -1,0 +1,396 @@
+"""The run: :class:`PrecomputeRunner` sweeps one chunk of features at a time and writes it.
+
+See :mod:`core.precompute` for the output layout. Each chunk's results (memo entries, an
+HTML page, a Neuronpedia batch) are written before the manifest records the chunk as
+done, so a killed run restarted with the same command resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from core import sources as loaders
+from core.charts import esc
+from core.config import ConfigError, parse_features
+from core.engine.activations import ActivationStore
+from core.engine.cached import base_key, token_fingerprint
+from core.engine.sweep import EngineError, prepare_tokens, run_sweep, validate_features
+from core.export import atomic_write
+from core.export.html import save_html
+from core.export.neuronpedia import (
+    NeuronpediaMeta,
+    batch_to_neuronpedia,
+    head_distribution,
+    skipped_indexes,
+    write_batch,
+)
+from core.memo import Memo
+from core.models import hook_layer
+from core.precompute.config import PrecomputeConfig, check_kind, dictionary_kind
+from core.precompute.manifest import (
+    FORMAT,
+    FORMAT_VERSION,
+    NO_EVICTION,
+    RunDirectory,
+    RunnerError,
+    chunk_name,
+    digest,
+    json_text,
+    ranges,
+)
+from core.precompute.progress import Progress
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from core.dictionaries.protocol import Dictionary
+    from core.engine.features import FeatureData
+    from core.models import ModelAdapter
+
+
+def is_skipped(fd: FeatureData, min_density: float) -> bool:
+    """A feature that never fires or fires more rarely than ``min_density`` is not rendered."""
+    return fd.n_active == 0 or fd.density < min_density
+
+
+@dataclass
+class Sources:
+    """Live objects for a run (built from the config's specs when not given)."""
+
+    model: ModelAdapter
+    dictionary: Dictionary
+    tokens: Tensor
+    dataset: dict[str, Any]
+
+
+def load_run_sources(cfg: PrecomputeConfig) -> Sources:
+    """Load the model, dictionary and tokens named by ``cfg``'s specs."""
+    dictionary = loaders.load_dictionary(cfg.dictionary, device=cfg.model.device)
+    model = loaders.load_model(cfg.model, dictionary_kwargs=loaders.model_kwargs_for(dictionary))
+    tokens, identity = loaders.load_tokens(cfg.dataset, model)
+    return Sources(model, dictionary, tokens, identity)
+
+
+class PrecomputeRunner:
+    """Runs (or resumes) one precompute; see the module docstring for the output layout.
+
+    Args:
+        cfg: the run's configuration.
+        sources: live model/dictionary/tokens; loaded from ``cfg``'s specs when ``None``.
+    """
+
+    def __init__(self, cfg: PrecomputeConfig, sources: Sources | None = None):
+        cfg.validate()
+        self.cfg = cfg
+        self.out = Path(cfg.output_dir).expanduser()
+        self.dir = RunDirectory(self.out, cfg.overwrite)
+        self._sources = sources
+
+    # --- setup ----------------------------------------------------------------------------
+    def _plan(self, src: Sources) -> None:
+        cfg = self.cfg
+        check_kind(src.dictionary, cfg.expect_kind)
+        n = self.n_features = src.dictionary.n_features
+        try:
+            requested = parse_features(cfg.features, n)
+            self.features = validate_features(requested, n)
+        except (ConfigError, EngineError) as exc:
+            raise RunnerError(str(exc)) from exc
+        size = cfg.features_per_chunk
+        self.chunks = [self.features[i : i + size] for i in range(0, len(self.features), size)]
+        self.rc = dataclasses.replace(cfg.run, features=None)
+        self.tokens = prepare_tokens(src.tokens, self.rc)
+        self.hook = self.rc.hook or src.dictionary.hook_in
+        key = base_key(src.model, src.dictionary, self.tokens, self.rc, [])
+        self.np_meta = self._neuronpedia_meta(src) if "neuronpedia" in cfg.outputs else None
+        self.identity = {
+            "key": key,
+            "model_fingerprint": src.model.fingerprint(),
+            "dictionary_fingerprint": src.dictionary.fingerprint(),
+            "tokens": token_fingerprint(self.tokens),
+            "result_config": self.rc.result_key_dict(),
+            "features": digest(self.features),
+            "features_per_chunk": size,
+            "min_density": cfg.min_density,
+            "outputs": sorted(cfg.outputs),
+            "layout": cfg.layout,
+            "neuronpedia": self.np_meta.to_dict() if self.np_meta else None,
+            "format_version": FORMAT_VERSION,
+        }
+        self.run_id = digest(self.identity)
+        self.source_info = {
+            "model": src.model.identity(),
+            "dictionary": src.dictionary.identity(),
+            "dataset": src.dataset,
+            "n_features": n,
+            "n_sequences": int(self.tokens.shape[0]),
+            "context_length": int(self.tokens.shape[1]),
+            "n_tokens": int(self.tokens.numel()),
+            "hook": self.hook,
+            "dictionary_kind": dictionary_kind(src.dictionary),
+        }
+
+    def _neuronpedia_meta(self, src: Sources) -> NeuronpediaMeta:
+        opts = self.cfg.neuronpedia
+        ident = src.dictionary.identity()
+        model_id = opts.model_id or ident.get("model_name") or src.model.name
+        layer = opts.layer
+        if layer is None:
+            layer = ident.get("layer") if src.dictionary.kind == "clt" else hook_layer(self.hook)
+        if layer is None:
+            raise RunnerError(
+                f"cannot tell the layer of hook {self.hook!r} for the Neuronpedia files: pass "
+                "--layer N (or leave 'neuronpedia' out of --outputs)"
+            )
+        spec = self.cfg.dictionary
+        set_name = opts.set_name or spec.release or Path(str(spec.path or "demo")).name
+        dspec = self.cfg.dataset
+        dataset = opts.dataset or (dspec.path if dspec.kind != "demo" else dspec.label())
+        log_sparsity = math.log10(self.cfg.min_density) if self.cfg.min_density > 0 else None
+        return NeuronpediaMeta(
+            model_id=str(model_id),
+            layer=int(layer),
+            sae_set=str(set_name),
+            sae_id_suffix=opts.sae_id_suffix,
+            dataset=str(dataset or ""),
+            n_prompts_total=int(self.tokens.shape[0]),
+            n_tokens_in_prompt=int(self.tokens.shape[1]),
+            log_sparsity=log_sparsity,
+        )
+
+    def _manifest(
+        self, completed: list[int], done: list[int], skipped: list[int], finished: bool = False
+    ) -> dict:
+        cfg = self.cfg
+        config = cfg.to_dict()
+        for private in ("output_dir", "progress", "overwrite"):
+            config.pop(private, None)
+        return {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "status": "complete" if finished else "running",
+            "run_id": self.run_id,
+            "identity": self.identity,
+            "specs": {
+                "model": cfg.model.to_dict(),
+                "dictionary": cfg.dictionary.to_dict(),
+                "dataset": cfg.dataset.to_dict(),
+            },
+            "config": config,
+            "run_config": self.rc.to_dict(),
+            "source": self.source_info,
+            "outputs": list(cfg.outputs),
+            "layout": cfg.layout,
+            "neuronpedia": self.np_meta.to_dict() if self.np_meta else None,
+            "chunks": {
+                "size": cfg.features_per_chunk,
+                "count": len(self.chunks),
+                "completed": sorted(completed),
+            },
+            "features": {
+                "requested": ranges(self.features),
+                "n_requested": len(self.features),
+                "done": ranges(sorted(done)),
+                "n_done": len(done),
+                "skipped": sorted(skipped),
+                "n_skipped": len(skipped),
+            },
+        }
+
+    def _write_manifest(
+        self, completed: set[int], done: set[int], skipped: set[int], finished: bool = False
+    ) -> None:
+        """Write the manifest atomically; ``finished`` once every output file is in place."""
+        self.dir.write_manifest(
+            self._manifest(sorted(completed), sorted(done), sorted(skipped), finished)
+        )
+
+    # --- per chunk ------------------------------------------------------------------------
+    def _page_meta(self, k: int, chunk: list[int]) -> dict[str, Any]:
+        cfg, info = self.cfg, self.source_info
+        rc = self.rc
+        window = (
+            "whole sequences"
+            if rc.whole_sequence
+            else f"{rc.window_before} before, {rc.window_after} after"
+        )
+        return {
+            "title": f"{cfg.dictionary.label()} · features {chunk[0]}–{chunk[-1]}",
+            "model": info["model"].get("name"),
+            "dictionary": cfg.dictionary.label(),
+            "hook": self.hook,
+            "dataset": cfg.dataset.label(),
+            "tokens": f"{info['n_sequences']:,} sequences × {info['context_length']} tokens",
+            "context window": window,
+            "chunk": f"{k + 1} of {len(self.chunks)}",
+            "run id": self.run_id[:12],
+        }
+
+    def _write_chunk(
+        self, src: Sources, memo: Memo, k: int, chunk: list[int], progress: Progress
+    ) -> tuple[list[int], list[int]]:
+        cfg = self.cfg
+        sub = dataclasses.replace(self.rc, features=chunk)
+
+        # hook activations are stored after the first chunk: later chunks (and resumed
+        # runs) skip the model entirely
+        result = run_sweep(
+            src.model,
+            src.dictionary,
+            self.tokens,
+            sub,
+            dataset=src.dataset,
+            progress=progress.within(len(chunk)),
+            activation_store=ActivationStore(loaders.CACHE_ROOT / "activations"),
+        )
+        fds = [result.features[f] for f in chunk]
+        rendered = [fd for fd in fds if not is_skipped(fd, cfg.min_density)]
+        skipped = [fd.index for fd in fds if is_skipped(fd, cfg.min_density)]
+        summary = {
+            "feature": [fd.index for fd in fds],
+            "density": [fd.density for fd in fds],
+            "max_act": [fd.max_act for fd in fds],
+            "mean_act": [fd.mean_act for fd in fds],
+            "n_active": [fd.n_active for fd in fds],
+            "top_tokens": [fd.top_logits.tokens[:3] for fd in fds],
+            "skipped": [fd.index in skipped for fd in fds],
+        }
+        if "memo" in cfg.outputs:
+            for fd in rendered:
+                if not memo.put_feature(f"feature:{fd.index}", fd):
+                    raise RunnerError(f"could not write to {memo.directory}: is the disk full?")
+        if not memo.put_json(f"chunk:{k}:summary", summary):
+            raise RunnerError(f"could not write to {memo.directory}: is the disk full?")
+        if "html" in cfg.outputs and rendered:
+            save_html(
+                self.out / "html" / chunk_name(k), rendered, self._page_meta(k, chunk), cfg.layout
+            )
+        if "neuronpedia" in cfg.outputs:
+            idx = [fd.index for fd in rendered]
+            vectors: dict[int, list[float]] = {}
+            dists: dict[int, list[float]] = {}
+            if idx:
+                with torch.no_grad():
+                    w = src.dictionary.decoder_directions(
+                        torch.tensor(idx, device=src.model.device)
+                    )
+                rows = w.float().cpu().tolist()
+                vectors = dict(zip(idx, rows, strict=True))
+                n_heads = int(src.model.model.cfg.n_heads)
+                if src.dictionary.hook_out.endswith("hook_z") and len(rows[0]) % n_heads == 0:
+                    dists = {f: head_distribution(r, n_heads) for f, r in vectors.items()}
+            assert self.np_meta is not None
+            batch = batch_to_neuronpedia(rendered, self.np_meta, vectors, dists)
+            write_batch(self.out / "neuronpedia" / f"batch-{k}.json", batch, validate=2)
+        return [fd.index for fd in rendered], skipped
+
+    def _finish(self, done: set[int], skipped: set[int]) -> None:
+        if "html" in self.cfg.outputs:
+            atomic_write(self.out / "html" / "index.html", self._index_html(done))
+        if "neuronpedia" in self.cfg.outputs:
+            assert self.np_meta is not None
+            atomic_write(
+                self.out / "neuronpedia" / "skipped_indexes.json",
+                json_text(skipped_indexes(self.np_meta, sorted(skipped))),
+            )
+
+    def _index_html(self, done: set[int]) -> str:
+        rows = []
+        for k, chunk in enumerate(self.chunks):
+            shown = [f for f in chunk if f in done]
+            if shown:
+                link = f'<a href="{esc(chunk_name(k))}">features {chunk[0]}–{chunk[-1]}</a>'
+            else:
+                link = f"features {chunk[0]}–{chunk[-1]}"
+            rows.append(
+                f"<tr><td>{link}</td><td>{len(shown)}</td><td>{len(chunk) - len(shown)}</td></tr>"
+            )
+        title = f"{self.cfg.dictionary.label()} on {self.source_info['model'].get('name')}"
+        return (
+            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f"<title>{esc(title)}</title><style>body{{font-family:system-ui,sans-serif;"
+            "margin:16px}td,th{padding:2px 10px;text-align:left}</style></head><body>"
+            f"<h1>{esc(title)}</h1><p>{esc(self.cfg.dataset.label())} · hook "
+            f"{esc(self.hook)} · run {esc(self.run_id[:12])}</p>"
+            "<table><tr><th>page</th><th>shown</th><th>skipped</th></tr>"
+            + "".join(rows)
+            + "</table></body></html>\n"
+        )
+
+    # --- run ----------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Run the pending chunks; returns counts and timing of this invocation."""
+        cfg = self.cfg
+        old_threads = torch.get_num_threads()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        try:
+            src = self._sources or load_run_sources(cfg)
+            self._plan(src)
+            with self.dir.writing():
+                completed, done, skipped = self.dir.prepare(
+                    self.run_id, self.identity, self.n_features
+                )
+                self.dir.check_writable(completed, len(self.chunks))
+                self._write_manifest(completed, done, skipped)  # first: marks the directory ours
+            memo = Memo(self.out / "memo", size_limit=NO_EVICTION)
+            try:
+                self.dir.verify(memo, self.chunks, cfg.outputs, completed, done, skipped)
+                self._write_manifest(completed, done, skipped)
+                pending = [k for k in range(len(self.chunks)) if k not in completed]
+                initial = sum(len(self.chunks[k]) for k in completed)
+                log_cfg = {"run_id": self.run_id, **self._manifest([], [], [])["config"]}
+                log_cfg["source"] = self.source_info
+                progress = Progress(cfg, len(self.features), initial, log_cfg)
+                t0 = time.perf_counter()
+                ok = False
+                try:
+                    with self.dir.writing():
+                        for k in pending:
+                            new_done, new_skipped = self._write_chunk(
+                                src, memo, k, self.chunks[k], progress
+                            )
+                            done.update(new_done)
+                            skipped.update(new_skipped)
+                            completed.add(k)
+                            self._write_manifest(completed, done, skipped)
+                            progress.chunk_done(k, len(self.chunks[k]), len(done), len(skipped))
+                        self._finish(done, skipped)
+                        self._write_manifest(completed, done, skipped, finished=True)
+                    ok = True
+                finally:
+                    progress.close(ok)
+                seconds = time.perf_counter() - t0
+            finally:
+                memo.close()
+        finally:
+            if cfg.threads:
+                torch.set_num_threads(old_threads)
+        n_new = sum(len(self.chunks[k]) for k in pending)
+        return {
+            "output_dir": str(self.out),
+            "run_id": self.run_id,
+            "chunks_total": len(self.chunks),
+            "chunks_run": len(pending),
+            "features_requested": len(self.features),
+            "features_done": len(done),
+            "features_skipped": len(skipped),
+            "features_computed_now": n_new,
+            "seconds": seconds,
+            "features_per_second": n_new / seconds if seconds > 0 else float("nan"),
+        }
+
+
+def run_precompute(cfg: PrecomputeConfig, sources: Sources | None = None) -> dict[str, Any]:
+    """Run or resume a precompute (see :class:`PrecomputeRunner`); returns counts and timing."""
+    return PrecomputeRunner(cfg, sources).run()
+
+
+__all__ = ["PrecomputeRunner", "Sources", "load_run_sources", "run_precompute"]
