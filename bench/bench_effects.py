@@ -154,8 +154,8 @@ def measure(label, model, dictionary, tokens, n_pages: int, naive: int) -> dict:
 
 
 def load_demo(n_tokens: int):
+    from core.dictionaries.saelens import DEMO_SAE_DIR
     from core.sources import (
-        DEMO_SAE_DIR,
         DatasetSpec,
         DictionarySpec,
         ModelSpec,

@@ -11,3 +11,9 @@ from __future__ import annotations
 
 class FeaturescopeError(Exception):
     """An error featurescope raised on purpose: its message is meant for the user."""
+
+
+def short_message(exc: BaseException) -> str:
+    """``"TypeName: message"``, cut to about 300 characters, for a message that cites a cause."""
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) < 300 else text[:300] + "..."

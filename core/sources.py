@@ -39,7 +39,9 @@ from core.dataset_files import (
     text_pieces,
     token_row,
 )
+from core.dictionaries.loaders import loader_for
 from core.dictionaries.protocol import Dictionary, DictionaryError
+from core.errors import short_message
 from core.models import ModelAdapter
 from core.releases import check_model_name, check_release, releases_for
 from core.source_guard import SourceError, model_kwargs, refuse_remote_code, validate_device
@@ -47,7 +49,6 @@ from core.storage import save_tensors
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CACHE_ROOT = Path(os.environ.get("FEATURESCOPE_DATA_DIR") or PROJECT_ROOT / "cache")
-DEMO_SAE_DIR = PROJECT_ROOT / "assets" / "demo_sae"
 DEMO_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEMO_BOS_ID = 0
 log = logging.getLogger(__name__)
@@ -217,7 +218,7 @@ def _load_local_model(
             )
         else:
             msg = (
-                f"{_short(exc).splitlines()[0].rstrip('. ')}. Check that config.json, the "
+                f"{short_message(exc).splitlines()[0].rstrip('. ')}. Check that config.json, the "
                 "weights and the tokenizer files are complete (copy or download the model "
                 "again, or re-save it with save_pretrained)"
             )
@@ -286,78 +287,15 @@ class DictionarySpec(_Spec):
 
 
 def load_dictionary(spec: DictionarySpec, device: str = "cpu") -> Dictionary:
-    """Load a dictionary; shape and hook mismatches are checked against the model later."""
+    """Load a dictionary with the loader its family registered for ``spec.kind``
+    (:mod:`core.dictionaries.loaders`); shape and hook mismatches are checked against the
+    model later."""
     device = _device(device)
-    from sae_lens import SAE
-
-    from core.dictionaries.saelens import SAELensDictionary
-
-    if spec.kind in ("demo", "saelens_local"):
-        path = DEMO_SAE_DIR if spec.kind == "demo" else Path(spec.path or "").expanduser()
-        if spec.kind == "saelens_local" and not spec.path:
-            raise SourceError("a local SAELens dictionary needs the path of its directory")
-        if not path.is_dir():
-            raise SourceError(f"dictionary directory {path} does not exist")
-        if not (path / "cfg.json").exists():
-            raise SourceError(
-                f"{path} has no cfg.json: a SAELens directory holds cfg.json and "
-                "sae_weights.safetensors (written by sae.save_model)"
-            )
-        try:
-            sae = SAE.load_from_disk(str(path), device=device, dtype="float32")
-        except Exception as exc:  # safetensors/json/shape errors all mean a bad directory
-            raise SourceError(
-                f"could not load the SAELens dictionary in {path}: "
-                f"{_short(exc).splitlines()[0].rstrip('. ')}. The files look "
-                "damaged or do not belong together: copy or download the directory again (it "
-                "holds the cfg.json and sae_weights.safetensors written by sae.save_model)"
-            ) from exc
-        source = {"kind": spec.kind, "path": str(path)}
-        if spec.kind == "demo":
-            source["name"] = "demo-topk-sae"
-        return _wrap(SAELensDictionary, sae, source)
-    if spec.kind == "saelens":
-        if not spec.release or not spec.sae_id:
-            raise SourceError(
-                "a SAELens dictionary needs a release and an sae_id (see the release list)"
-            )
-        check_release(spec.release, spec.sae_id, None)  # offline, before any download
-        try:
-            sae = SAE.from_pretrained(spec.release, spec.sae_id, device=device)
-        except Exception as exc:
-            raise SourceError(
-                f"could not download {spec.release}/{spec.sae_id}: {_short(exc)}. Without internet, "
-                "download it elsewhere and load the directory as a local SAELens dictionary"
-            ) from exc
-        return _wrap(
-            SAELensDictionary,
-            sae,
-            {"kind": "saelens", "release": spec.release, "sae_id": spec.sae_id},
-        )
-    if spec.kind == "clt":
-        if spec.layer is None:
-            raise SourceError("a cross-layer transcoder needs the layer whose features to show")
-        from core.dictionaries.clt import load_clt
-
-        try:
-            return load_clt(
-                spec.path or "", spec.layer, weights_file=spec.weights_file, device=device
-            )
-        except DictionaryError as exc:
-            raise SourceError(str(exc)) from exc
-    raise SourceError(f"unknown dictionary kind {spec.kind!r}")
-
-
-def _wrap(cls, sae, source: dict[str, Any]) -> Dictionary:
     try:
-        return cls(sae, source=source)
+        loader = loader_for(spec.kind)
     except DictionaryError as exc:
-        raise SourceError(str(exc)) from exc
-
-
-def _short(exc: Exception) -> str:
-    text = f"{type(exc).__name__}: {exc}"
-    return text if len(text) < 300 else text[:300] + "..."
+        raise SourceError(str(exc)) from None
+    return loader(spec, device)
 
 
 def model_kwargs_for(dictionary: Dictionary) -> dict[str, Any]:
@@ -494,7 +432,7 @@ def _records(spec: DatasetSpec) -> Iterator[dict[str, Any]]:
             ds = datasets.load_dataset(spec.path, spec.name, split=spec.split, streaming=True)
         except Exception as exc:
             raise SourceError(
-                f"could not open dataset {spec.path!r} (split {spec.split!r}): {_short(exc)}. "
+                f"could not open dataset {spec.path!r} (split {spec.split!r}): {short_message(exc)}. "
                 "Without internet use a local file"
             ) from exc
         yield from ds
@@ -509,7 +447,7 @@ def _records(spec: DatasetSpec) -> Iterator[dict[str, Any]]:
             ds = datasets.load_from_disk(str(path))
         except Exception as exc:
             raise SourceError(
-                f"{path} is not a dataset directory written by Dataset.save_to_disk: {_short(exc)}"
+                f"{path} is not a dataset directory written by Dataset.save_to_disk: {short_message(exc)}"
             ) from exc
         if isinstance(ds, datasets.DatasetDict):
             if spec.split not in ds:
@@ -535,7 +473,9 @@ def _records(spec: DatasetSpec) -> Iterator[dict[str, Any]]:
             except SourceError:
                 raise
             except Exception as exc:
-                raise SourceError(f"{path} is not a readable Parquet file: {_short(exc)}") from exc
+                raise SourceError(
+                    f"{path} is not a readable Parquet file: {short_message(exc)}"
+                ) from exc
     else:
         raise SourceError(
             f"unsupported dataset file type {suffix!r}: use .txt, .jsonl, .json or .parquet"

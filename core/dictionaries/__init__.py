@@ -1,22 +1,20 @@
-"""Dictionary adapters and their registry (name -> adapter class)."""
+"""Dictionary adapters and their registries (adapter name -> class, spec kind -> loader).
+
+Importing this package stays light: the families (``saelens``, ``clt``) register themselves
+when imported, and :mod:`core.dictionaries.loaders` imports them all.
+"""
 
 from __future__ import annotations
 
 from core.dictionaries.protocol import Dictionary, DictionaryError, tensor_fingerprint
+from core.dictionaries.registry import LOADERS, REGISTRY, register, register_loader
 
-REGISTRY: dict[str, type[Dictionary]] = {}
-
-
-def register(name: str):
-    """Class decorator: make an adapter reachable by ``name`` (e.g. ``"saelens"``, ``"clt"``)."""
-
-    def wrap(cls: type[Dictionary]) -> type[Dictionary]:
-        if name in REGISTRY and REGISTRY[name] is not cls:
-            raise ValueError(f"dictionary adapter {name!r} registered twice")
-        REGISTRY[name] = cls
-        return cls
-
-    return wrap
-
-
-__all__ = ["REGISTRY", "Dictionary", "DictionaryError", "register", "tensor_fingerprint"]
+__all__ = [
+    "LOADERS",
+    "REGISTRY",
+    "Dictionary",
+    "DictionaryError",
+    "register",
+    "register_loader",
+    "tensor_fingerprint",
+]

@@ -69,7 +69,6 @@ from huggingface_hub import snapshot_download
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from core.dictionaries import register
 from core.dictionaries.clt_files import (
     ACTIVATIONS,
     NORMALIZATIONS,
@@ -89,6 +88,8 @@ from core.dictionaries.clt_files import (
     topk_k,
 )
 from core.dictionaries.protocol import Dictionary, DictionaryError, check_finite
+from core.dictionaries.registry import DictionarySpecFields, register, register_loader
+from core.source_guard import SourceError
 
 DEFAULT_INPUT_TEMPLATE = "blocks.{}.ln2.hook_normalized"
 DEFAULT_OUTPUT_TEMPLATE = "blocks.{}.hook_mlp_out"
@@ -418,6 +419,17 @@ def load_clt(
         dtype = clt.W_enc.dtype
     clt.to(device, dtype)
     return clt
+
+
+@register_loader("clt")
+def load_spec(spec: DictionarySpecFields, device: str) -> Dictionary:
+    """The layer ``spec.layer`` of the CLT at ``spec.path`` (directory or hub repo id)."""
+    if spec.layer is None:
+        raise SourceError("a cross-layer transcoder needs the layer whose features to show")
+    try:
+        return load_clt(spec.path or "", spec.layer, weights_file=spec.weights_file, device=device)
+    except DictionaryError as exc:
+        raise SourceError(str(exc)) from exc
 
 
 def _resolve_root(

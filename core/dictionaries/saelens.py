@@ -8,6 +8,7 @@ so they encode everything and slice.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,13 +16,19 @@ from jaxtyping import Float, Int
 from sae_lens import SAE, GatedSAE, JumpReLUSAE, JumpReLUTranscoder, StandardSAE, Transcoder
 from torch import Tensor
 
-from core.dictionaries import register
 from core.dictionaries.protocol import (
     Dictionary,
     DictionaryError,
     check_finite,
     check_hook_name,
 )
+from core.dictionaries.registry import DictionarySpecFields, register, register_loader
+from core.errors import short_message
+from core.releases import check_release
+from core.source_guard import SourceError
+
+DEMO_SAE_DIR = Path(__file__).resolve().parents[2] / "assets" / "demo_sae"
+"""The demo SAE shipped with the project (spec kind ``"demo"``)."""
 
 # Encoder families, decided by class (never by name).
 _ELEMENTWISE = (StandardSAE, Transcoder)  # activation_fn(x W + b), feature by feature
@@ -175,3 +182,56 @@ class SAELensDictionary(Dictionary):
 def wrap_sae(sae: SAE, **source: Any) -> SAELensDictionary:
     """Wrap an already loaded SAELens SAE (e.g. one built in a notebook)."""
     return SAELensDictionary(sae, source=source)
+
+
+@register_loader("demo", "saelens_local")
+def load_directory(spec: DictionarySpecFields, device: str) -> Dictionary:
+    """The demo SAE, or a SAELens directory (``cfg.json`` + ``sae_weights.safetensors``)."""
+    path = DEMO_SAE_DIR if spec.kind == "demo" else Path(spec.path or "").expanduser()
+    if spec.kind == "saelens_local" and not spec.path:
+        raise SourceError("a local SAELens dictionary needs the path of its directory")
+    if not path.is_dir():
+        raise SourceError(f"dictionary directory {path} does not exist")
+    if not (path / "cfg.json").exists():
+        raise SourceError(
+            f"{path} has no cfg.json: a SAELens directory holds cfg.json and "
+            "sae_weights.safetensors (written by sae.save_model)"
+        )
+    try:
+        sae = SAE.load_from_disk(str(path), device=device, dtype="float32")
+    except Exception as exc:  # safetensors/json/shape errors all mean a bad directory
+        raise SourceError(
+            f"could not load the SAELens dictionary in {path}: "
+            f"{short_message(exc).splitlines()[0].rstrip('. ')}. The files look "
+            "damaged or do not belong together: copy or download the directory again (it "
+            "holds the cfg.json and sae_weights.safetensors written by sae.save_model)"
+        ) from exc
+    source = {"kind": spec.kind, "path": str(path)}
+    if spec.kind == "demo":
+        source["name"] = "demo-topk-sae"
+    return _wrap(sae, source)
+
+
+@register_loader("saelens")
+def load_release(spec: DictionarySpecFields, device: str) -> Dictionary:
+    """A SAELens release and id, checked offline and then downloaded by SAELens."""
+    if not spec.release or not spec.sae_id:
+        raise SourceError(
+            "a SAELens dictionary needs a release and an sae_id (see the release list)"
+        )
+    check_release(spec.release, spec.sae_id, None)  # offline, before any download
+    try:
+        sae = SAE.from_pretrained(spec.release, spec.sae_id, device=device)
+    except Exception as exc:
+        raise SourceError(
+            f"could not download {spec.release}/{spec.sae_id}: {short_message(exc)}. Without "
+            "internet, download it elsewhere and load the directory as a local SAELens dictionary"
+        ) from exc
+    return _wrap(sae, {"kind": "saelens", "release": spec.release, "sae_id": spec.sae_id})
+
+
+def _wrap(sae: SAE, source: dict[str, Any]) -> Dictionary:
+    try:
+        return SAELensDictionary(sae, source=source)
+    except DictionaryError as exc:
+        raise SourceError(str(exc)) from exc
