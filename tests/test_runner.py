@@ -17,6 +17,7 @@ import pytest
 import core.sources as sources
 from core.cli import main
 from core.engine.features import FeatureData
+from core.errors import FeaturescopeError
 from core.export.neuronpedia import load_schema
 from core.memo import Memo
 from core.precomputed import PrecomputedError, RunnerError, open_precomputed
@@ -334,3 +335,10 @@ def test_damaged_manifest_ranges_are_refused(reference, tmp_path):
         (out / "manifest.json").write_text(json.dumps(bad))
         with pytest.raises(RunnerError, match=f"manifest's {field} features list is damaged"):
             open_precomputed(out)
+
+
+def test_errors_derive_from_the_base_and_keep_their_builtin():
+    assert issubclass(RunnerError, FeaturescopeError) and issubclass(RunnerError, ValueError)
+    assert issubclass(PrecomputedError, FeaturescopeError)
+    assert issubclass(PrecomputedError, KeyError)  # callers look features up and catch KeyError
+    assert str(PrecomputedError("feature 3 was skipped")) == "feature 3 was skipped"

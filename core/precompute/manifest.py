@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from core.errors import FeaturescopeError
 from core.export import atomic_write, remove_stale_temp_files
 from core.memo import Memo
 
@@ -29,12 +30,15 @@ NO_EVICTION = 1 << 50
 RESULT_DIRS = ("memo", "html", "neuronpedia")
 
 
-class RunnerError(ValueError):
+class RunnerError(FeaturescopeError, ValueError):
     """A precompute run cannot start or continue (message says why and what to do)."""
 
 
-class PrecomputedError(KeyError):
-    """A feature cannot be read from a precomputed directory (message says why)."""
+class PrecomputedError(FeaturescopeError, KeyError):
+    """A feature cannot be read from a precomputed directory (message says why).
+
+    A ``KeyError`` too: the CLI and callers that look features up catch it as one.
+    """
 
     def __str__(self) -> str:  # KeyError would print the repr of the message
         return str(self.args[0]) if self.args else ""
