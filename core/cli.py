@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from core.config import RunConfig, parse_features
-from core.memo import MemoError
+from core.memo import Memo, MemoError
 from core.precompute.manifest import MANIFEST
 from core.precomputed import open_precomputed
 
@@ -111,7 +111,6 @@ def cmd_demo_prepare(args: argparse.Namespace) -> int:
 
 def cmd_compute(args: argparse.Namespace) -> int:
     from core.engine import compute_features
-    from core.memo import Memo
 
     model, dictionary, tokens, identity = load_sources(args)
     cfg = RunConfig(
