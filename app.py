@@ -6,12 +6,21 @@ dashboard of one feature). The sidebar always names the loaded model, dictionary
 dataset and device.
 
 A link such as ``/?feature=12&ws=<id>&src=<sources>`` opens the Feature page directly,
-loading the sources the link names (see ``pages/_state.py``).
+loading the sources the link names (see ``pages/_links.py``).
 """
+
+import logging
 
 import streamlit as st
 
+from core.queue import COMPUTE_QUEUE
+from pages import _auth as auth
+from pages import _links as links
+from pages import _sidebar as sidebar
 from pages import _state as state
+from pages import _workspaces as workspaces
+
+log = logging.getLogger("featurescope.app")
 
 st.set_page_config(
     page_title="FeatureScope",
@@ -23,26 +32,24 @@ st.set_page_config(
 # Hosted mode (a hosted configuration exists, see core/hosted.py): nobody sees more than
 # the sign-in until the login gate lets them in; the navigation then holds that page only.
 try:
-    hosted = state.hosted()
+    hosted = auth.hosted()
 except ValueError as exc:  # a broken hosted configuration: the operator must fix it
-    state.log.error("hosted configuration: %s", exc)
+    log.error("hosted configuration: %s", exc)
     st.error(f"The server's hosted configuration is invalid: {exc}", icon=":material/error:")
     st.stop()
 # Without hosted mode any path can be loaded: such a server serves this machine only,
 # unless the operator opted in (core/hosted.py network_problem).
-refusal = state.network_refusal(hosted)
+refusal = auth.network_refusal(hosted)
 if refusal is not None:
     st.error(refusal, icon=":material/lan:")
     st.stop()
 if hosted is not None:
-    from core.queue import COMPUTE_QUEUE
-
     COMPUTE_QUEUE.set_slots(hosted.limits.max_concurrent_computations)
-    if not state.may_enter(hosted):
+    if not auth.may_enter(hosted):
         st.navigation(
             [
                 st.Page(
-                    lambda: state.access_gate(hosted),
+                    lambda: auth.access_gate(hosted),
                     title="Sign in",
                     url_path="signin",
                     default=True,
@@ -53,7 +60,7 @@ if hosted is not None:
         st.stop()
 
 load_page = st.Page(
-    state.LOAD_PAGE, title="Sources", icon=":material/database:", url_path="sources", default=True
+    links.LOAD_PAGE, title="Sources", icon=":material/database:", url_path="sources", default=True
 )
 # The default page is served at the root only; ``/load`` (the Sources page's name in links)
 # opens it there instead of "Page not found".
@@ -64,14 +71,14 @@ load_alias = st.Page(
     visibility="hidden",
 )
 search_page = st.Page(
-    state.SEARCH_PAGE, title="Search", icon=":material/search:", url_path="search"
+    links.SEARCH_PAGE, title="Search", icon=":material/search:", url_path="search"
 )
 feature_page = st.Page(
-    state.FEATURE_PAGE, title="Feature", icon=":material/insights:", url_path="feature"
+    links.FEATURE_PAGE, title="Feature", icon=":material/insights:", url_path="feature"
 )
 page = st.navigation([load_page, search_page, feature_page, load_alias])
-state.init_session()  # after the navigation, so the page list shows at once
-if state.link_confirmation():  # a link names sources not loaded here: ask first
+links.init_session()  # after the navigation, so the page list shows at once
+if links.link_confirmation():  # a link names sources not loaded here: ask first
     st.stop()
 
 # A deep link to the root (``/?feature=12``) opens the feature page.
@@ -80,7 +87,7 @@ if page.url_path == load_page.url_path and "feature" in st.query_params:
 
 with st.sidebar:
     st.markdown("### :material/biotech: FeatureScope")
-with state.queue_notice():  # shows this session's place while it waits for the model
+with workspaces.queue_notice():  # shows this session's place while it waits for the model
     ws = state.workspace()
-    state.sidebar(ws)
+    sidebar.sidebar(ws)
     page.run()

@@ -14,7 +14,8 @@ import streamlit as st
 
 from core import charts
 from core.previews import feature_preview
-from pages import _state as state
+from pages import _links as links
+from pages import _workspaces as workspaces
 
 #: previews of the features of precomputed outputs, by (workspace identity, feature)
 _STORED: dict[tuple[str, int], dict[str, list[str]]] = {}
@@ -40,7 +41,7 @@ def previews(ws: Any, indices: list[int]) -> dict[int, dict[str, list[str]]]:
     held = getattr(ws, "features", None)  # a precomputed output lists what it holds
     if not isinstance(held, list):
         return {}
-    have, ident, out = set(held), state.identity(ws), {}
+    have, ident, out = set(held), workspaces.identity(ws), {}
     for i in indices:
         if i not in have:
             continue
@@ -87,7 +88,7 @@ def feature_table(
     if preview:
         rows = with_previews(ws, rows)
     df = pd.DataFrame(rows)
-    df.insert(1, "open", [state.feature_href(ws, int(f)) for f in df["feature"]])
+    df.insert(1, "open", [links.feature_href(ws, int(f)) for f in df["feature"]])
     config: dict[str, Any] = {
         "feature": st.column_config.NumberColumn("feature", format="%d", width="small"),
         "open": st.column_config.LinkColumn(
@@ -107,4 +108,4 @@ def feature_table(
     )
     picked = event.selection.rows if event is not None else []
     if picked:
-        state.open_feature(ws, int(df["feature"].iloc[picked[0]]))
+        links.open_feature(ws, int(df["feature"].iloc[picked[0]]))

@@ -15,7 +15,12 @@ from urllib.parse import urlencode
 import streamlit as st
 
 from core import charts
-from pages import _state as state
+from pages import _auth as auth
+from pages import _jobs as jobs
+from pages import _links as links
+from pages import _messages as messages
+from pages import _sidebar as sidebar
+from pages import _workspaces as workspaces
 
 #: features computed in the same pass as a requested one (one pass costs the same),
 #: so "next" is instant afterwards
@@ -140,17 +145,17 @@ def get_feature(ws: Any, i: int) -> tuple[Any, str]:
     over the dataset dominates, so they cost almost nothing extra).
     """
     t0 = time.perf_counter()
-    fd = ws.cached(i) if state.is_live(ws) else None
+    fd = ws.cached(i) if workspaces.is_live(ws) else None
     if fd is not None:
         return fd, f"from the cache in {time.perf_counter() - t0:.2f} s"
-    if not state.is_live(ws):  # a precomputed output: everything is there
+    if not workspaces.is_live(ws):  # a precomputed output: everything is there
         fd = ws.feature(i)
         return fd, f"loaded in {time.perf_counter() - t0:.2f} s"
     batch = list(range(i, min(i + PREFETCH, int(ws.n_features))))
-    job = state.job_for(ws)
+    job = jobs.job_for(ws)
     if job is not None and job.running:
         st.info(
-            f"A background job holds the model ({state.job_caption(job)}); this feature is "
+            f"A background job holds the model ({jobs.job_caption(job)}); this feature is "
             "computed when its current pass ends.",
             icon=":material/hourglass_top:",
         )
@@ -212,7 +217,7 @@ def render_component(name: str, fd: Any, ws: Any, layout: list[str]) -> None:
     elif name == "correlated_features":
         _html(
             charts.table_html(
-                fd.correlated_features, "feature", link=state.feature_link_template(ws, layout)
+                fd.correlated_features, "feature", link=links.feature_link_template(ws, layout)
             )
         )
         similar_pills(ws, fd.index)
@@ -237,12 +242,12 @@ def _html(fragment: str) -> None:
 
 def similar_pills(ws: Any, i: int, k: int = 8) -> None:
     """Nearest features by decoder cosine, as chips that open the feature in this session."""
-    if not state.is_live(ws):
+    if not workspaces.is_live(ws):
         return
     try:
         near = ws.similar(i, k=k)
     except Exception as exc:
-        st.caption(f"nearest by decoder: {state.error_message(exc)}")
+        st.caption(f"nearest by decoder: {messages.error_message(exc)}")
         return
     if not near:
         return
@@ -334,9 +339,9 @@ def export_meta(ws: Any, index: int, params: dict[str, str]) -> dict[str, Any]:
 def _run_meta(ws: Any, title: str) -> dict[str, Any]:
     """An exported page's heading and the lines naming what was loaded."""
     meta: dict[str, Any] = {"title": title}
-    for label, value in state.describe_lines(ws):
+    for label, value in sidebar.describe_lines(ws):
         meta[label.lower()] = value
-    meta["workspace id"] = state.identity(ws)
+    meta["workspace id"] = workspaces.identity(ws)
     return meta
 
 
@@ -364,7 +369,7 @@ EXPORT_CAP = 256  # features in one export from the app when no hosted limit app
 
 
 def export_cap() -> int:
-    cfg = state.hosted()
+    cfg = auth.hosted()
     return int(cfg.limits.max_features_per_export) if cfg is not None else EXPORT_CAP
 
 
@@ -372,7 +377,7 @@ def export_many(ws: Any, indices: list[int]) -> str:
     """Several features as one standalone HTML page (computing those not cached yet)."""
     from core.export.html import render_features_html  # type: ignore[import-not-found]
 
-    cfg = state.hosted()
+    cfg = auth.hosted()
     if cfg is not None:
         cfg.limits.check_count(len(indices), "features", cfg.limits.max_features_per_export)
     got = ws.features(list(indices))
@@ -383,7 +388,7 @@ def export_many(ws: Any, indices: list[int]) -> str:
 
 def export_features_button(ws: Any, indices: list[int], key: str) -> None:
     """Download the listed features as one HTML page (at most :func:`export_cap`)."""
-    if not indices or not state.can_export_html() or not state.is_live(ws):
+    if not indices or not workspaces.is_live(ws):
         return
     cap = export_cap()
     chosen = [int(i) for i in indices[:cap]]
@@ -404,7 +409,7 @@ def export_features_button(ws: Any, indices: list[int], key: str) -> None:
 # ---- background jobs -----------------------------------------------------------------------------
 def job_panel(ws: Any) -> Any:
     """Progress of this workspace's background job (polled while it runs); returns the job."""
-    job = state.job_for(ws)
+    job = jobs.job_for(ws)
     if job is None:
         return None
     if job.running:
@@ -415,7 +420,7 @@ def job_panel(ws: Any) -> Any:
         st.warning(f"{job.label}: {job.message}", icon=":material/pause_circle:")
     else:
         st.success(
-            f"{job.label}: {job.message} in {state.format_seconds(job.elapsed())}",
+            f"{job.label}: {job.message} in {jobs.format_seconds(job.elapsed())}",
             icon=":material/check_circle:",
         )
     return job
@@ -423,16 +428,16 @@ def job_panel(ws: Any) -> Any:
 
 @st.fragment(run_every=1.0)
 def _live_job(ws: Any) -> None:
-    job = state.job_for(ws)
+    job = jobs.job_for(ws)
     if job is None or not job.running:
         st.rerun()  # the whole page: show the results
     cols = st.columns([6, 1], vertical_alignment="center")
-    cols[0].progress(min(job.fraction, 1.0), text=state.job_caption(job))
+    cols[0].progress(min(job.fraction, 1.0), text=jobs.job_caption(job))
     cols[1].button(
         "Stop",
         icon=":material/stop_circle:",
         key="fs_job_stop",
-        on_click=state.stop_job,
+        on_click=jobs.stop_job,
         args=(ws,),
         help="Stop after the current batch; finished passes are kept",
     )
@@ -447,7 +452,7 @@ def default_per_pass(ws: Any) -> int:
 # ---- effects and steering ------------------------------------------------------------------------
 def can_explain(ws: Any) -> bool:
     """True when the workspace can compute exact effects and steer (a live model)."""
-    return state.is_live(ws) and callable(getattr(ws, "effects", None))
+    return workspaces.is_live(ws) and callable(getattr(ws, "effects", None))
 
 
 def get_effects(ws: Any, i: int) -> tuple[Any, str]:
@@ -509,12 +514,12 @@ def steer_panel(ws: Any, index: int, fd: Any, ident: str) -> None:
             key="fs_steer_value",
             help=f"The feature's max activation on the dataset is {fd.max_act:.2f}.",
         )
-        cfg = state.hosted()
+        cfg = auth.hosted()
         top = 96 if cfg is None else max(4, min(96, int(cfg.limits.max_new_tokens)))
         n_new = c3.slider("New tokens", 4, top, min(24, top), key="fs_steer_tokens")
         go = c4.form_submit_button("Steer", icon=":material/alt_route:")
     if go:
-        with state.shown_errors():
+        with messages.shown_errors():
             kwargs = {"coefficient": value} if mode == "add" else {"clamp": value}
             res = ws.steer(index, prompt, max_new_tokens=int(n_new), **kwargs)
             st.session_state["fs_steer"] = (ident, index, res)
@@ -556,7 +561,7 @@ def try_panel(ws: Any, index: int, fd: Any, ident: str) -> None:
         )
         run = st.form_submit_button("Run", icon=":material/play_arrow:")
     if run:
-        with state.shown_errors():
+        with messages.shown_errors():
             st.session_state["fs_try"] = (ident, index, ws.feature_on_text(index, text))
     got = st.session_state.get("fs_try")
     if got and got[0] == ident and got[1] == index:
@@ -567,6 +572,6 @@ def try_panel(ws: Any, index: int, fd: Any, ident: str) -> None:
             top = max(range(len(acts)), key=acts.__getitem__)
             st.caption(
                 f"max activation {acts[top]:.3f} at position {top} "
-                f"({state.md(charts.visible_token(toks[top]))}); "
+                f"({messages.md(charts.visible_token(toks[top]))}); "
                 f"{sum(a > 0 for a in acts)} of {len(acts)} tokens active"
             )

@@ -13,13 +13,16 @@ from urllib.parse import urlencode
 import streamlit as st
 
 from core import charts
+from pages import _links as links
+from pages import _messages as messages
 from pages import _state as state
 from pages import _ui as ui
+from pages import _workspaces as workspaces
 
 ui.inject_css()
 ws = state.require_workspace()
 n = int(ws.n_features)
-ident = state.identity(ws)
+ident = workspaces.identity(ws)
 
 if st.session_state.get("fs_link_error"):
     st.warning(
@@ -32,7 +35,7 @@ link_ws = st.query_params.get("ws")
 if link_ws and link_ws != ident:
     st.warning(
         f"This link was made for workspace `{link_ws}`, but the loaded workspace is `{ident}` "
-        f"({state.md(state.sources_label(state.sources()))}): the model, dictionary or token set "
+        f"({messages.md(links.sources_label(links.sources()))}): the model, dictionary or token set "
         "differ, so feature numbers may not mean the same thing. Load the link's sources on "
         "the Sources page to see what its author saw.",
         icon=":material/warning:",
@@ -104,7 +107,7 @@ try:
     index: int | None = ui.check_index(ws, raw)
 except ValueError as exc:
     index = None
-    bad_message = state.error_message(exc)
+    bad_message = messages.error_message(exc)
 
 current = index if index is not None else int(st.session_state.get("fs_last_feature", 0))
 if current >= n:
@@ -178,7 +181,7 @@ st.session_state["fs_last_feature"] = index
 layout = [c for c in st.session_state["fs_layout"] if c in charts.COMPONENTS] or list(
     charts.COMPONENTS
 )
-params = state.feature_params(ws, index, layout)
+params = links.feature_params(ws, index, layout)
 if effects_on:
     params["effects"] = "1"
 for k, v in params.items():
@@ -187,12 +190,12 @@ for k, v in params.items():
 
 # --- data -------------------------------------------------------------------------------------------
 fd, how = None, ""
-with state.shown_errors():
+with messages.shown_errors():
     fd, how = ui.get_feature(ws, index)
 if fd is None:
     st.stop()
 if effects_on:
-    with state.shown_errors("Effects: "):
+    with messages.shown_errors("Effects: "):
         fd, how_effects = ui.get_effects(ws, index)
         how += f" · {how_effects}"
 
@@ -214,19 +217,18 @@ with head, st.popover("Share", icon=":material/share:"):
         st.warning(str(exc), icon=":material/link_off:")
         link = "feature?" + urlencode(params)
     st.code(link, language=None, wrap_lines=True)
-    if state.can_export_html():
-        ui.export_button(ws, fd, layout, params)
+    ui.export_button(ws, fd, layout, params)
 
 st.caption(
     f"density **{fd.density:.4%}** · max **{fd.max_act:.3f}** · mean (active) "
     f"**{fd.mean_act:.3f}** · {fd.n_active:,} of {fd.n_tokens:,} tokens · "
-    f"{state.md(str(desc.get('hook', '')))} · {n:,} features · {how}" + _loss_note(fd)
+    f"{messages.md(str(desc.get('hook', '')))} · {n:,} features · {how}" + _loss_note(fd)
 )
 
 ui.render_dashboard(fd, ws, layout)
 
 # --- your own text, steering ---------------------------------------------------------------------
-if state.is_live(ws):
+if workspaces.is_live(ws):
     st.divider()
     names = ["Test on your own text"] + (["Steer"] if ui.can_explain(ws) else [])
     tabs = st.tabs(names)

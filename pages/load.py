@@ -12,14 +12,20 @@ from typing import Any
 import streamlit as st
 
 from core.hosted import server_devices
+from pages import _auth as auth
+from pages import _jobs as jobs
+from pages import _links as links
+from pages import _messages as messages
+from pages import _sidebar as sidebar
 from pages import _state as state
 from pages import _ui as ui
+from pages import _workspaces as workspaces
 
 ui.inject_css()
 st.markdown("## Sources")
 
 ws = state.workspace()
-src = state.sources()
+src = links.sources()
 load_error = st.session_state.get("fs_load_error")
 
 
@@ -55,16 +61,16 @@ def _tl_model_names() -> list[str]:
 def _try_load(new: dict[str, Any]) -> None:
     """Load ``new`` sources; switch this session to them only when loading works."""
     try:
-        new = state.canonical(new)
-        with st.spinner(f"Loading {state.sources_label(new)} …", show_time=True):
-            state.open_workspace(new)
+        new = links.canonical(new)
+        with st.spinner(f"Loading {links.sources_label(new)} …", show_time=True):
+            workspaces.open_workspace(new)
     except Exception as exc:
         st.error(
-            f"{state.error_message(exc)}. The loaded sources did not change.",
+            f"{messages.error_message(exc)}. The loaded sources did not change.",
             icon=":material/error:",
         )
         return
-    state.set_sources(new)
+    links.set_sources(new)
     state.retry_load()
     st.rerun()
 
@@ -75,31 +81,33 @@ if ws is not None:
     with st.container(border=True):
         cols = st.columns([3, 1, 1, 1])
         with cols[0]:
-            st.markdown("  \n".join(f"**{k}** {state.md(v)}" for k, v in state.describe_lines(ws)))
-            st.caption(f"Workspace id `{state.identity(ws)}` (it goes into links)")
+            st.markdown(
+                "  \n".join(f"**{k}** {messages.md(v)}" for k, v in sidebar.describe_lines(ws))
+            )
+            st.caption(f"Workspace id `{workspaces.identity(ws)}` (it goes into links)")
         cols[1].metric("Features", f"{int(ws.n_features):,}")
         cols[2].metric("Tokens", f"{int(d.get('n_tokens', 0)):,}")
         cols[3].metric("Device", str(d.get("device", "cpu")))
-        links = st.container(horizontal=True)
-        links.page_link(
-            state.FEATURE_PAGE,
+        nav = st.container(horizontal=True)
+        nav.page_link(
+            links.FEATURE_PAGE,
             label="Open feature 0",
             icon=":material/insights:",
-            query_params=state.feature_params(ws, 0),
+            query_params=links.feature_params(ws, 0),
         )
-        links.page_link(state.SEARCH_PAGE, label="Search features", icon=":material/search:")
+        nav.page_link(links.SEARCH_PAGE, label="Search features", icon=":material/search:")
 elif load_error:
-    st.error(f"Could not load {state.sources_label(src)}: {load_error}", icon=":material/error:")
+    st.error(f"Could not load {links.sources_label(src)}: {load_error}", icon=":material/error:")
     c = st.container(horizontal=True)
     if c.button("Try again", icon=":material/refresh:"):
         state.retry_load()
         st.rerun()
-    if src != state.default_sources() and c.button("Back to the default", icon=":material/undo:"):
-        state.set_sources(state.default_sources())
+    if src != links.default_sources() and c.button("Back to the default", icon=":material/undo:"):
+        links.set_sources(links.default_sources())
         st.rerun()
 
 # ---- precompute ------------------------------------------------------------------------------------
-if ws is not None and state.is_live(ws):
+if ws is not None and workspaces.is_live(ws):
     st.markdown(
         "#### Precompute features",
         help="Feature pages open instantly for precomputed features; the statistics "
@@ -126,7 +134,7 @@ if ws is not None and state.is_live(ws):
             "faster overall, smaller ones are saved more often.",
         )
         indices: list[int] | None = None
-        with state.shown_errors():
+        with messages.shown_errors():
             from core.config import parse_features
 
             parsed = parse_features(which, n)
@@ -144,8 +152,8 @@ if ws is not None and state.is_live(ws):
                 "features already in the cache are skipped"
             )
             if c3.button("Compute", type="primary", icon=":material/play_arrow:"):
-                with state.shown_errors():
-                    state.start_job(ws, indices, int(per_pass), label=f"{len(indices):,} features")
+                with messages.shown_errors():
+                    jobs.start_job(ws, indices, int(per_pass), label=f"{len(indices):,} features")
                     st.rerun()
 
 # ---- choose sources --------------------------------------------------------------------------------
@@ -186,7 +194,7 @@ def _hosted_picker(cfg: Any) -> None:
     st.caption("This server offers the models, dictionaries and datasets its operator listed.")
     picks: dict[str, dict[str, Any]] = {}
     cols = st.columns(3, gap="large")
-    for col, part in zip(cols, state.PARTS, strict=True):
+    for col, part in zip(cols, links.PARTS, strict=True):
         choices = cfg.choices(part)
         with col:
             st.markdown(f"**{part.capitalize()}**")
@@ -212,7 +220,7 @@ def _hosted_picker(cfg: Any) -> None:
                 ("fs_h_budget", "fs_h_ctx"),
                 f"At most {int(lim.max_dataset_tokens):,} tokens on this server.",
             )
-    if len(picks) == len(state.PARTS) and st.button(
+    if len(picks) == len(links.PARTS) and st.button(
         "Load", type="primary", icon=":material/download:", key="fs_load_btn"
     ):
         _try_load(picks)
@@ -224,15 +232,12 @@ def _hosted_picker(cfg: Any) -> None:
             _try_load({"precomputed": path})
 
 
-hosted_cfg = state.hosted()
+hosted_cfg = auth.hosted()
 if hosted_cfg is not None:
     _hosted_picker(hosted_cfg)
     st.stop()
 
-tab_specs, *tab_pre = st.tabs(
-    ["Model, dictionary, dataset"]
-    + (["Precomputed output"] if state.can_open_precomputed() else [])
-)
+tab_specs, tab_pre = st.tabs(["Model, dictionary, dataset", "Precomputed output"])
 with tab_specs:
     cm, cd, ct = st.columns(3, gap="large")
     with cm:
@@ -371,21 +376,20 @@ with tab_specs:
     b = st.container(horizontal=True)
     if b.button("Load", type="primary", icon=":material/download:", key="fs_load_btn"):
         _try_load(new)
-    if src != state.default_sources() and b.button(
+    if src != links.default_sources() and b.button(
         "Back to the default", icon=":material/undo:", key="fs_default_btn"
     ):
-        _try_load(state.default_sources())
+        _try_load(links.default_sources())
     st.caption(
         "Models, dictionaries and token sets load once per server process and are shared "
         "by every session; computed features are kept on disk, so nothing is computed twice."
     )
 
-if tab_pre:
-    with tab_pre[0]:
-        path = st.text_input(
-            "Output directory",
-            key="fs_pre_path",
-            placeholder="/path/to/run (written by the batch runner)",
-        )
-        if st.button("Open", icon=":material/folder_open:", key="fs_pre_open"):
-            _try_load({"precomputed": path})
+with tab_pre:
+    path = st.text_input(
+        "Output directory",
+        key="fs_pre_path",
+        placeholder="/path/to/run (written by the batch runner)",
+    )
+    if st.button("Open", icon=":material/folder_open:", key="fs_pre_open"):
+        _try_load({"precomputed": path})

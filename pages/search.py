@@ -10,14 +10,18 @@ import pandas as pd
 import streamlit as st
 
 from core import charts
+from pages import _jobs as jobs
+from pages import _links as links
+from pages import _messages as messages
 from pages import _results as results
 from pages import _state as state
 from pages import _ui as ui
+from pages import _workspaces as workspaces
 
 ui.inject_css()
 ws = state.require_workspace()
 n = int(ws.n_features)
-ident = state.identity(ws)
+ident = workspaces.identity(ws)
 
 MODES = {
     "prompt": "By prompt",
@@ -112,7 +116,7 @@ mode = head.segmented_control(
 )
 if bad_mode:
     st.warning(bad_mode, icon=":material/link_off:")
-needs_model = not state.is_live(ws)
+needs_model = not workspaces.is_live(ws)
 
 
 def _no_model(what: str) -> None:
@@ -156,7 +160,7 @@ if mode == "prompt":
         k = c2.slider("Features per list", 5, 50, key="fs_prompt_k", width=260)
         go = c1.form_submit_button("Find features", type="primary", icon=":material/search:")
     if go or auto:
-        with state.shown_errors():
+        with messages.shown_errors():
             r = ws.prompt_search(text, k=k)
             st.session_state["fs_prompt_result"] = {
                 "ident": ident,
@@ -211,7 +215,7 @@ if mode == "prompt":
             if pick is None:
                 st.caption("Pick a token above.")
             else:
-                st.caption(f"Position {pick}: {state.md(charts.visible_token(tokens[pick]))!s}")
+                st.caption(f"Position {pick}: {messages.md(charts.visible_token(tokens[pick]))!s}")
                 results.feature_table(
                     ws,
                     [{"feature": f["feature"], "activation": f["act"]} for f in res["per"][pick]],
@@ -243,14 +247,14 @@ elif mode == "token":
         k = c2.slider("Features per list", 5, 50, key="fs_token_k")
         go = c3.form_submit_button("Search", type="primary", icon=":material/search:")
     if go or auto:
-        with state.shown_errors():
+        with messages.shown_errors():
             st.session_state["fs_token_result"] = (ident, ws.token_search(token, k=k))
             st.query_params.update({"mode": "token", "token": token, "k": str(k)})
             st.session_state["fs_token_url"] = (ident, token)
     got = st.session_state.get("fs_token_result")
     if got and got[0] == ident:
         res = got[1]
-        st.caption(f"Token {state.md(repr(res['token']))} (id {res['token_id']})")
+        st.caption(f"Token {messages.md(repr(res['token']))} (id {res['token_id']})")
         fmt = {"effect": st.column_config.NumberColumn(format="%+.4f")}
         left, right = st.columns(2, gap="large")
         with left:
@@ -267,8 +271,8 @@ elif mode == "stats":
         "promotes: sort by a column, filter, e.g. to find dead or dense features."
     )
     summary = None
-    with state.shown_errors():
-        summary = state.summary_if_ready(ws)
+    with messages.shown_errors():
+        summary = jobs.summary_if_ready(ws)
     if summary is None and needs_model:
         st.stop()
     if summary is None:
@@ -283,8 +287,8 @@ elif mode == "stats":
                 icon=":material/table_chart:",
             )
             if st.button("Compute the table", type="primary", icon=":material/play_arrow:"):
-                with state.shown_errors():
-                    state.start_job(
+                with messages.shown_errors():
+                    jobs.start_job(
                         ws,
                         list(range(n)),
                         ui.default_per_pass(ws),
@@ -388,15 +392,15 @@ elif mode == "similar":
     c1, c2 = st.columns([1, 3], vertical_alignment="bottom")
     i = c1.number_input("Feature", 0, n - 1, key="fs_sim_feature")
     k = c2.slider("Neighbours", 5, 50, key="fs_sim_k", width=300)
-    with state.shown_errors():
+    with messages.shown_errors():
         near = ws.similar(int(i), k=k)
         st.query_params.update({"mode": "similar", "of": str(int(i)), "k": str(k)})
         st.session_state["fs_sim_url"] = (str(int(i)), str(k))
         st.page_link(
-            state.FEATURE_PAGE,
+            links.FEATURE_PAGE,
             label=f"open feature {int(i)}",
             icon=":material/insights:",
-            query_params=state.feature_params(ws, int(i)),
+            query_params=links.feature_params(ws, int(i)),
         )
         results.feature_table(
             ws,

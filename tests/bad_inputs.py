@@ -2071,7 +2071,8 @@ def _link_app(src: str) -> Callable[[Env], Outcome]:
 
 def _link_notes(env: Env) -> Outcome:
     """A link naming a local notes file as the dataset is not loaded on open: it asks."""
-    from pages import _state as state
+    from pages import _links as links
+    from pages import _workspaces as workspaces
 
     site = env.site
     env.ws  # noqa: B018
@@ -2090,7 +2091,7 @@ def _link_notes(env: Env) -> Outcome:
     shown = "\n".join(texts(p) for p in (at.markdown, at.caption, at.code)) + app_html(at)
     if "hunter2" in shown:
         problems.append("the notes file's text was shown")
-    if state.is_loaded(state.decode_sources(src)):
+    if workspaces.is_loaded(links.decode_sources(src)):
         problems.append("the link's sources were loaded without asking")
     return env.outcome(message, problems)
 

@@ -27,11 +27,11 @@ def html_text(at: AppTest) -> str:
 
 
 def wait_for_job(at: AppTest, ws, timeout: float = 90) -> None:
-    from pages import _state as state
+    from pages import _jobs as jobs
 
     t0 = time.time()
     while True:
-        job = state.job_for(ws)
+        job = jobs.job_for(ws)
         if job is not None and not job.running:
             break
         assert time.time() - t0 < timeout, "background job did not finish"
@@ -213,15 +213,12 @@ def test_layout_control_and_export(tiny_ws):
     assert len(at.get("vega_lite_chart")) == 2
     assert "negative logits" in html_text(at)
 
-    from pages import _state as state
+    from pages import _ui as ui
 
-    if state.can_export_html():
-        assert at.get("download_button")
-        from pages import _ui as ui
-
-        fd = tiny_ws.feature(5)
-        page = ui.export_page(tiny_ws, fd, ["act_hist", "top_examples"], {"feature": "5"})
-        assert "<html" in page.lower() and "Feature 5" in page
+    assert at.get("download_button")
+    fd = tiny_ws.feature(5)
+    page = ui.export_page(tiny_ws, fd, ["act_hist", "top_examples"], {"feature": "5"})
+    assert "<html" in page.lower() and "Feature 5" in page
 
 
 def test_deep_link_from_root_and_identity_mismatch(tiny_ws):
@@ -250,12 +247,12 @@ def test_bad_feature_index_keeps_app_working(tiny_ws):
 
 
 def test_source_links_round_trip(app_env):
-    from pages import _state as state
+    from pages import _links as links
 
-    demo = state.canonical(state.DEMO_SOURCES)
-    assert state.encode_sources(demo) == "demo"
-    assert state.decode_sources("demo") == demo
-    custom = state.canonical(
+    demo = links.canonical(links.DEMO_SOURCES)
+    assert links.encode_sources(demo) == "demo"
+    assert links.decode_sources("demo") == demo
+    custom = links.canonical(
         {
             "model": {"kind": "hub", "name": "gpt2-small"},
             "dictionary": {
@@ -266,13 +263,13 @@ def test_source_links_round_trip(app_env):
             "dataset": {"kind": "local", "path": "/data/x.jsonl", "n_tokens": 4096},
         }
     )
-    assert state.decode_sources(state.encode_sources(custom)) == custom
-    assert state.encode_sources({"factory": "a:b"}) is None
+    assert links.decode_sources(links.encode_sources(custom)) == custom
+    assert links.encode_sources({"factory": "a:b"}) is None
     with pytest.raises(ValueError, match="damaged"):
-        state.decode_sources("!!!")
+        links.decode_sources("!!!")
     bad = base64.urlsafe_b64encode(json.dumps({"mo": {"x": 1}}).encode()).decode()
     with pytest.raises(ValueError, match="unknown ModelSpec"):
-        state.decode_sources(bad)
+        links.decode_sources(bad)
 
 
 def test_precomputed_output_directory(tmp_path, tiny_ws):
@@ -339,10 +336,10 @@ def test_effects_and_steering(tiny_ws):
 
 
 def test_link_sources_are_loaded_from_the_url(tmp_path, tiny_ws):
-    from pages import _state as state
+    from pages import _links as links
 
-    src = state.encode_sources(
-        state.canonical(
+    src = links.encode_sources(
+        links.canonical(
             {
                 "model": {"kind": "local", "path": str(tmp_path / "no-model")},
                 "dictionary": {"kind": "demo"},
@@ -364,17 +361,18 @@ def test_link_sources_are_loaded_from_the_url(tmp_path, tiny_ws):
 
 def test_background_job_stops_and_resumes(tmp_path, tiny_ws):
     from core.memo import Memo
-    from pages import _state as state
+    from pages import _jobs as jobs
+    from pages import _workspaces as workspaces
 
     ws = copy.copy(tiny_ws)
     ws.memo = Memo(tmp_path / "memo")  # nothing computed yet
-    job = state.start_job(ws, list(range(64)), 4, label="test job")
+    job = jobs.start_job(ws, list(range(64)), 4, label="test job")
     with pytest.raises(ValueError, match="already running"):
-        state.start_job(ws, [0], 1, label="second")
+        jobs.start_job(ws, [0], 1, label="second")
     deadline = time.time() + 60
     while job.done_chunks < 2 and job.running and time.time() < deadline:
         time.sleep(0.02)
-    state.stop_job(ws)
+    jobs.stop_job(ws)
     while job.running and time.time() < deadline:
         time.sleep(0.05)
     assert job.stopped and 0 < job.done_features < 64, job.message
@@ -382,12 +380,12 @@ def test_background_job_stops_and_resumes(tmp_path, tiny_ws):
     kept = [i for i in range(64) if ws.cached(i) is not None]
     assert len(kept) >= job.done_features
 
-    again = state.start_job(ws, list(range(64)), 4, label="test job")
+    again = jobs.start_job(ws, list(range(64)), 4, label="test job")
     while again.running and time.time() < deadline:
         time.sleep(0.05)
     assert again.error is None and not again.stopped
     assert all(ws.cached(i) is not None for i in range(64))
-    state._JOBS.pop(state.identity(ws), None)  # leave no job behind for other tests
+    jobs._JOBS.pop(workspaces.identity(ws), None)  # leave no job behind for other tests
 
 
 def test_load_form_saelens_release_offline_error(tiny_ws):
@@ -426,9 +424,10 @@ def test_release_picker_offers_only_the_models_releases(tiny_ws):
 
 
 def test_failing_cache_writes_are_shown(tiny_ws):
-    from pages import _state as state
+    from pages import _links as links
+    from pages import _workspaces as workspaces
 
-    ws = state.open_workspace(state.default_sources())  # the app's own (shared) workspace
+    ws = workspaces.open_workspace(links.default_sources())  # the app's own (shared) workspace
     ws.memo._write_failing = True
     try:
         at = run_app()

@@ -175,15 +175,16 @@ def test_sessions_never_see_each_others_prompts_or_errors(site):
 
 def test_exports_are_bounded_by_the_hosted_limit(site):
     from core.hosted import AccessError
-    from pages import _state as state
+    from pages import _links as links
     from pages import _ui as ui
+    from pages import _workspaces as workspaces
 
     at = hosted_app(ALICE, "pages/search.py")
     at.text_area(key="fs_prompt").input(SITE_PROMPT)
     next(b for b in at.button if b.label == "Find features").click().run()
     assert not at.exception and at.dataframe
 
-    ws = state.open_workspace(state.default_sources())
+    ws = workspaces.open_workspace(links.default_sources())
     assert ui.export_cap() == 8
     with pytest.raises(AccessError, match="9 features requested; this server allows 8"):
         ui.export_many(ws, list(range(9)))

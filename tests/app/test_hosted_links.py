@@ -41,7 +41,8 @@ def shown(at) -> str:
 
 
 def test_a_link_naming_local_files_asks_before_loading(local_files, tiny_ws):
-    from pages import _state as state
+    from pages import _links as links
+    from pages import _workspaces as workspaces
 
     site, notes = local_files
     sources = {
@@ -49,26 +50,26 @@ def test_a_link_naming_local_files_asks_before_loading(local_files, tiny_ws):
         "di": {"kind": "saelens_local", "path": str(site / "sae")},
         "da": {"kind": "local", "path": str(notes), "n_tokens": 2048, "context_length": 32},
     }
-    wanted = state.decode_sources(_link(sources))
+    wanted = links.decode_sources(_link(sources))
     at = run_app("pages/feature.py", feature="2", src=_link(sources))
     text = shown(at)
     assert "This link asks to load:" in texts(at.warning) and "Load?" in texts(at.warning)
     assert str(notes) in text and str(site / "model") in text  # what it would read
     assert "hunter2" not in text and "## Feature 2" not in text  # nothing loaded or shown
-    assert not state.is_loaded(wanted)
+    assert not workspaces.is_loaded(wanted)
     assert [b.label for b in at.button] == ["Load", "Open the default instead"]
 
     at.button[1].click().run()  # decline: the default workspace, nothing of the link
     assert not at.exception
     assert "## Feature 2" in texts(at.markdown) and "hunter2" not in shown(at)
-    assert not state.is_loaded(wanted)
+    assert not workspaces.is_loaded(wanted)
 
     at = run_app("pages/feature.py", feature="2", src=_link(sources))
     at.button[0].click().run()  # the researcher trusts it: now it loads
     assert not at.exception, [e.value for e in at.exception]
     assert "## Feature 2" in texts(at.markdown)
     assert "64 features" in texts(at.sidebar.caption)
-    assert "notes.txt" in texts(at.sidebar.caption) and state.is_loaded(wanted)
+    assert "notes.txt" in texts(at.sidebar.caption) and workspaces.is_loaded(wanted)
 
     # what this server has loaded already opens without a question
     at = run_app("pages/feature.py", feature="2", src=_link(sources))
@@ -78,11 +79,12 @@ def test_a_link_naming_local_files_asks_before_loading(local_files, tiny_ws):
 
 @pytest.mark.parametrize("device", ["meta", "cuda:7"])
 def test_a_link_naming_a_device_the_server_lacks_loads_nothing(local_files, tiny_ws, device):
-    from pages import _state as state
+    from pages import _links as links
+    from pages import _workspaces as workspaces
 
     site, _ = local_files
     sources = {"mo": {"kind": "local", "path": str(site / "model"), "device": device}}
-    wanted = state.decode_sources(_link(sources))
+    wanted = links.decode_sources(_link(sources))
     at = run_app("pages/feature.py", feature="1", src=_link(sources))
     warning = texts(at.warning)
     assert f"Device '{device}' is not available on this machine" in warning
@@ -90,8 +92,8 @@ def test_a_link_naming_a_device_the_server_lacks_loads_nothing(local_files, tiny
     assert "showing the default sources instead" in warning
     assert "## Feature 1" in texts(at.markdown)
     with pytest.raises(ValueError, match="is not available on this machine"):
-        state.open_workspace(wanted)
-    assert not state.is_loaded(wanted)
+        workspaces.open_workspace(wanted)
+    assert not workspaces.is_loaded(wanted)
 
 
 @pytest.mark.parametrize(
@@ -115,18 +117,19 @@ def test_clear_cache_does_not_rebuild_shared_workspaces(tiny_ws):
     """What Streamlit does for a ``clear_cache`` message from any session."""
     from streamlit.runtime import caching
 
-    from pages import _state as state
+    from pages import _links as links
+    from pages import _workspaces as workspaces
 
     run_app("pages/feature.py", feature="1")
-    ws = state.open_workspace(state.default_sources())
-    memo = state.shared_memo()
+    ws = workspaces.open_workspace(links.default_sources())
+    memo = workspaces.shared_memo()
     caching.cache_data.clear()
     caching.cache_resource.clear()
-    assert state.open_workspace(state.default_sources()) is ws
-    assert state.shared_memo() is memo
+    assert workspaces.open_workspace(links.default_sources()) is ws
+    assert workspaces.shared_memo() is memo
     at = run_app("pages/feature.py", feature="1")
     assert "## Feature 1" in texts(at.markdown)
-    assert state.open_workspace(state.default_sources()) is ws
+    assert workspaces.open_workspace(links.default_sources()) is ws
 
 
 @pytest.fixture

@@ -1,0 +1,270 @@
+"""This session's sources, and sources and features in URLs.
+
+* **Sources** are a small dict kept in ``st.session_state``: either three spec dicts
+  (``{"model": ..., "dictionary": ..., "dataset": ...}``, see :mod:`core.sources`), a
+  precomputed output directory (``{"precomputed": path}``), or, for tests only, a factory
+  named by ``FEATURESCOPE_TEST_WORKSPACE`` (``{"factory": "module:function"}``; never read
+  from a URL). :func:`canonical` fills in every spec field.
+* **Links** put the feature, the workspace identity, the sources (``src=``, a short
+  base64 JSON of the fields that differ from the defaults) and the layout in the URL, so a
+  link opens the same dashboard in another browser.
+* **The link question**: a link naming sources that are neither the default nor already
+  loaded on this server is not loaded on open; :func:`link_confirmation` asks first. In
+  hosted mode a link may name allowlisted sources only.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from typing import Any
+from urllib.parse import urlencode
+
+import streamlit as st
+
+from core.hosted import check_device
+from pages._auth import hosted
+from pages._messages import error_message, md
+from pages._workspaces import TEST_ENV, identity, is_loaded
+
+SOURCES_KEY = "fs_sources"
+PENDING_KEY = "fs_link_pending"
+PARTS = ("model", "dictionary", "dataset")
+DEMO_SOURCES: dict[str, Any] = {"model": {"kind": "demo"}, "dictionary": {"kind": "demo"}}
+DEMO_SOURCES["dataset"] = {"kind": "demo"}
+FEATURE_PAGE = "pages/feature.py"
+SEARCH_PAGE = "pages/search.py"
+LOAD_PAGE = "pages/load.py"
+
+
+# ---- sources in specs and in URLs ------------------------------------------------------------
+def _spec_classes() -> dict[str, type]:
+    # imported here: core.sources imports torch, which a page must not load before it is needed
+    from core.sources import DatasetSpec, DictionarySpec, ModelSpec
+
+    return {"model": ModelSpec, "dictionary": DictionarySpec, "dataset": DatasetSpec}
+
+
+def canonical(sources: dict[str, Any]) -> dict[str, Any]:
+    """Sources with every spec field filled in (raises ``SourceError`` on unknown fields)."""
+    if "factory" in sources:
+        return {"factory": str(sources["factory"])}
+    if "precomputed" in sources:
+        return {"precomputed": str(sources["precomputed"])}
+    classes = _spec_classes()
+    return {p: classes[p].from_dict(dict(sources.get(p) or {})).to_dict() for p in PARTS}
+
+
+def default_sources() -> dict[str, Any]:
+    """The test factory when ``FEATURESCOPE_TEST_WORKSPACE`` is set; in hosted mode the first
+    allowlisted model, dictionary and dataset; else the embedded demo."""
+    factory = os.environ.get(TEST_ENV)
+    if factory:
+        return {"factory": factory}
+    cfg = hosted()
+    if cfg is not None:
+        picks = {part: cfg.choices(part) for part in PARTS}
+        if all(picks.values()):
+            return canonical({part: picks[part][0][1] for part in PARTS})
+        if cfg.precomputed:
+            return {"precomputed": cfg.precomputed[0]}
+    return canonical(DEMO_SOURCES)
+
+
+def encode_sources(sources: dict[str, Any]) -> str | None:
+    """Short URL form of the sources (``None`` for a test factory, which never travels)."""
+    if "factory" in sources:
+        return None
+    if "precomputed" in sources:
+        minimal: dict[str, Any] = {"p": sources["precomputed"]}
+    else:
+        classes = _spec_classes()
+        minimal = {}
+        for part in PARTS:
+            default = classes[part]().to_dict()
+            diff = {k: v for k, v in sources[part].items() if default.get(k) != v}
+            if diff:
+                minimal[part[:2]] = diff
+        if not minimal:
+            return "demo"
+    raw = json.dumps(minimal, separators=(",", ":"), sort_keys=True).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+#: a link's ``src=`` is at most this many characters (links made by the app are far shorter)
+MAX_SRC_CHARS = 4096
+#: and its JSON nests at most this deep (the app's links nest two levels)
+MAX_SRC_DEPTH = 4
+_DAMAGED = "the link's src= parameter is damaged (copy the whole link)"
+
+
+def decode_sources(text: str) -> dict[str, Any]:
+    """Inverse of :func:`encode_sources`; raises ``ValueError`` with a readable message
+    (also for a ``src=`` too long or nested too deeply to be one of the app's links)."""
+    if text == "demo":
+        return canonical(DEMO_SOURCES)
+    if len(text) > MAX_SRC_CHARS:
+        raise ValueError(
+            f"the link's src= parameter has {len(text):,} characters, more than the "
+            f"{MAX_SRC_CHARS:,} a link made by this app can have (copy the link again)"
+        )
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except ValueError as exc:
+        raise ValueError(_DAMAGED) from exc
+    depth = _json_depth(raw)
+    if depth > MAX_SRC_DEPTH:
+        raise ValueError(
+            f"the link's src= parameter nests {depth} levels deep, more than the "
+            f"{MAX_SRC_DEPTH} a link made by this app can have (copy the link again)"
+        )
+    try:
+        minimal = json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(_DAMAGED) from exc
+    if not isinstance(minimal, dict):
+        raise ValueError(_DAMAGED)
+    if "p" in minimal:
+        return {"precomputed": str(minimal["p"])}
+    full = {p: minimal.get(p[:2], {}) for p in PARTS}
+    if not all(isinstance(v, dict) for v in full.values()):
+        raise ValueError(_DAMAGED)
+    return canonical(full)
+
+
+def _json_depth(raw: bytes) -> int:
+    """The deepest nesting of arrays and objects in JSON text (brackets inside strings
+    do not count), without parsing it."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest
+
+
+def sources_label(src: dict[str, Any]) -> str:
+    """One line naming the sources."""
+    if "factory" in src:
+        return f"test workspace ({src['factory']})"
+    if "precomputed" in src:
+        return f"precomputed output {src['precomputed']}"
+    from core.sources import DatasetSpec, DictionarySpec, ModelSpec  # heavy: imports torch
+
+    m = ModelSpec.from_dict(src["model"]).label()
+    d = DictionarySpec.from_dict(src["dictionary"]).label()
+    t = DatasetSpec.from_dict(src["dataset"])
+    return f"{m} · {d} · {t.label()} ({t.n_tokens:,} tokens)"
+
+
+# ---- this session's sources and the link question ----------------------------------------
+def init_session() -> None:
+    """First run of a session: take the sources from the URL (``src=``) or the default.
+
+    In hosted mode a link may name allowlisted sources only. Otherwise a link naming
+    sources that are neither the default nor already loaded on this server (a local file or
+    model directory, a hub id, another device) is not loaded on open: the session keeps
+    the default and :func:`link_confirmation` asks first."""
+    if SOURCES_KEY in st.session_state:
+        return
+    src = st.query_params.get("src")
+    sources = default_sources()
+    if src:
+        try:
+            wanted = decode_sources(src)
+            cfg = hosted()
+            if cfg is not None:
+                cfg.check_sources(wanted)
+            if "model" in wanted:
+                check_device(wanted["model"].get("device"))
+            if cfg is not None or wanted == sources or is_loaded(wanted):
+                sources = wanted
+            else:
+                st.session_state[PENDING_KEY] = wanted
+        except ValueError as exc:  # AccessError is one
+            st.session_state["fs_link_error"] = error_message(exc)
+    st.session_state[SOURCES_KEY] = sources
+
+
+def link_confirmation() -> bool:
+    """Ask before loading what a link named (see :func:`init_session`). True while the
+    question is shown: the caller stops the page."""
+    pending = st.session_state.get(PENDING_KEY)
+    if pending is None:
+        return False
+    st.markdown("## :material/link: Open this link?")
+    st.warning(
+        f"This link asks to load: {md(sources_label(pending))}. Load?  \nLoading reads "
+        "these files, directories or hub repositories on this server; only load links "
+        "you trust.",
+        icon=":material/warning:",
+    )
+    st.code(json.dumps(pending, indent=2, sort_keys=True), language="json")
+    c = st.container(horizontal=True)
+    c.button("Load", type="primary", icon=":material/download:", on_click=_accept_link)
+    c.button("Open the default instead", icon=":material/undo:", on_click=_decline_link)
+    return True
+
+
+def _accept_link() -> None:
+    set_sources(st.session_state.pop(PENDING_KEY))
+
+
+def _decline_link() -> None:
+    st.session_state.pop(PENDING_KEY, None)
+
+
+def sources() -> dict[str, Any]:
+    init_session()
+    return st.session_state[SOURCES_KEY]
+
+
+def set_sources(new: dict[str, Any]) -> None:
+    st.session_state[SOURCES_KEY] = canonical(new)
+    st.session_state.pop("fs_load_error", None)
+
+
+# ---- links to features -------------------------------------------------------------------
+def feature_params(ws: Any, i: int, layout: list[str] | None = None) -> dict[str, str]:
+    """Query parameters of the deep link to feature ``i`` (URL parameters are strings).
+
+    ``layout`` defaults to the layout this session chose on the feature page."""
+    from core.charts import COMPONENTS  # imported here: core.charts imports torch
+
+    params = {"feature": str(i), "ws": identity(ws)}
+    src = encode_sources(sources())
+    if src:
+        params["src"] = src
+    if layout is None:  # keep the layout this session picked on the feature page
+        layout = st.session_state.get("fs_layout")
+    if layout and list(layout) != list(COMPONENTS):
+        params["layout"] = ",".join(layout)
+    return params
+
+
+def feature_href(ws: Any, i: int, layout: list[str] | None = None) -> str:
+    """Relative URL of feature ``i``'s page (works from every page of the app)."""
+    return "feature?" + urlencode(feature_params(ws, i, layout))
+
+
+def feature_link_template(ws: Any, layout: list[str] | None = None) -> str:
+    """``feature_href`` with ``{}`` in place of the index (for ``charts.table_html``)."""
+    return feature_href(ws, 0, layout).replace("feature=0", "feature={}", 1)
+
+
+def open_feature(ws: Any, i: int, layout: list[str] | None = None) -> None:
+    """Go to feature ``i``'s page in this session."""
+    st.switch_page(FEATURE_PAGE, query_params=feature_params(ws, i, layout))

@@ -1,0 +1,47 @@
+"""What the user reads when something goes wrong, and markdown escaping of shown data.
+
+* :func:`error_message` turns an exception into one plain sentence: the project's own
+  errors (and the library errors it raises on purpose) verbatim, anything else named as
+  unexpected and logged with its traceback.
+* :func:`shown_errors` shows such a message as ``st.error`` and lets the page carry on.
+* :func:`md` escapes markdown specials in data shown through ``st.markdown``/``st.caption``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import streamlit as st
+
+log = logging.getLogger("featurescope.app")
+
+
+def md(text: str) -> str:
+    """Escape markdown specials in data shown through ``st.markdown``/``st.caption``."""
+    for ch in "\\`*_[]<>#|~$":
+        text = text.replace(ch, "\\" + ch)
+    return text
+
+
+def error_message(exc: BaseException) -> str:
+    """A plain message for the user: core's own errors verbatim, others named."""
+    if isinstance(exc, ValueError | KeyError | FileNotFoundError) or type(exc).__name__ in (
+        "MemoError",
+        "SourceError",
+        "WorkspaceError",
+    ):
+        text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+        return text[0].upper() + text[1:] if text else type(exc).__name__
+    log.exception("unexpected error in the app")
+    return f"{type(exc).__name__}: {exc} (unexpected; the server log has the details)"
+
+
+@contextlib.contextmanager
+def shown_errors(prefix: str = "") -> Iterator[None]:
+    """Show any error raised inside as ``st.error`` (no traceback) and carry on."""
+    try:
+        yield
+    except Exception as exc:
+        st.error(f"{prefix}{error_message(exc)}", icon=":material/error:")
