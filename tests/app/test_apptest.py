@@ -273,8 +273,10 @@ def test_source_links_round_trip(app_env):
 
 
 def test_precomputed_output_directory(tmp_path, tiny_ws):
-    runner = pytest.importorskip("core.runner")
-    cfg = runner.PrecomputeConfig(
+    from core.precompute.config import PrecomputeConfig
+    from core.precompute.run import Sources, run_precompute
+
+    cfg = PrecomputeConfig(
         output_dir=str(tmp_path / "run"),
         run=tiny_ws.config,
         features="0:16",
@@ -282,8 +284,8 @@ def test_precomputed_output_directory(tmp_path, tiny_ws):
         outputs=["memo"],
         progress=False,
     )
-    sources = runner.Sources(tiny_ws.model, tiny_ws.dictionary, tiny_ws.tokens, tiny_ws.dataset)
-    runner.run_precompute(cfg, sources)
+    sources = Sources(tiny_ws.model, tiny_ws.dictionary, tiny_ws.tokens, tiny_ws.dataset)
+    run_precompute(cfg, sources)
 
     at = run_app()
     at.text_input(key="fs_pre_path").input(str(tmp_path / "missing")).run()
