@@ -72,8 +72,9 @@ from torch import Tensor
 from core.dictionaries.protocol import Dictionary
 from core.engine.cached import token_fingerprint
 from core.engine.features import Example, FeatureData
+from core.engine.keys import memo_key
 from core.errors import FeaturescopeError
-from core.memo import Memo, memo_key
+from core.memo import Memo
 from core.models import ModelAdapter, ModelError
 
 Progress = Callable[[float, str], None]

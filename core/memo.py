@@ -14,7 +14,8 @@
 * A directory that cannot be written (a read-only mount, a full disk) is opened
   read-only: reads work, writes are skipped with a warning (:attr:`Memo.read_only`,
   :attr:`Memo.writes_failing`).
-* Keys are sha256 digests of everything that fixes a result (see :func:`memo_key`).
+* Keys are sha256 digests of everything that fixes a result
+  (see :func:`core.engine.keys.memo_key`).
 
 The directory defaults to ``cache/memo`` in the project and can be moved with the
 ``FEATURESCOPE_CACHE_DIR`` environment variable; ``FEATURESCOPE_CACHE_SIZE`` (bytes)
@@ -61,14 +62,6 @@ _FIX = "Make it writable, or set FEATURESCOPE_CACHE_DIR to a writable directory"
 
 class MemoError(FeaturescopeError, RuntimeError):
     """The cache directory cannot be used (message says why and what to do)."""
-
-
-def memo_key(*parts: Any) -> str:
-    """sha256 of the canonical JSON of ``parts`` plus the schema version."""
-    from core.engine.features import SCHEMA_VERSION
-
-    text = json.dumps([SCHEMA_VERSION, *parts], sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 _SELECT = (
@@ -246,6 +239,7 @@ class Memo:
 
     # --- typed helpers ---------------------------------------------------------------------
     def get_feature(self, key: str) -> FeatureData | None:
+        # Lazy: the engine package imports torch, and the memo stays light for the CLI.
         from core.engine.features import FeatureData
 
         payload = self.get_bytes(key)

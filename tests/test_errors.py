@@ -30,28 +30,12 @@ def _core_exceptions() -> list[type[BaseException]]:
     return [found[k] for k in sorted(found)]
 
 
-# The precompute runner's errors move to the base with the runner's split (same issue).
-_PENDING = ("core.precomputed", "core.runner")
-
-
-def _offenders(pending: bool) -> list[str]:
+def test_every_core_exception_derives_from_the_base() -> None:
     classes = _core_exceptions()
     assert len(classes) >= 15, [c.__qualname__ for c in classes]
-    return [
-        f"{c.__module__}.{c.__qualname__}"
-        for c in classes
-        if (c.__module__ in _PENDING) == pending and not issubclass(c, FeaturescopeError)
+    offenders = [
+        f"{c.__module__}.{c.__qualname__}" for c in classes if not issubclass(c, FeaturescopeError)
     ]
-
-
-def test_every_core_exception_derives_from_the_base() -> None:
-    offenders = _offenders(pending=False)
-    assert not offenders, f"exception classes not derived from FeaturescopeError: {offenders}"
-
-
-@pytest.mark.xfail(reason="runner/precomputed errors: moved to the base by the runner split")
-def test_runner_exceptions_derive_from_the_base() -> None:
-    offenders = _offenders(pending=True)
     assert not offenders, f"exception classes not derived from FeaturescopeError: {offenders}"
 
 

@@ -4,30 +4,24 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import Tensor
 
 from core.config import RunConfig
 from core.dictionaries.protocol import Dictionary
 from core.engine.activations import ActivationStore
 from core.engine.features import FeatureData
+from core.engine.keys import memo_key, token_fingerprint
 from core.engine.sweep import Progress, prepare_tokens, run_sweep, validate_features
-from core.memo import Memo, memo_key
 from core.models import ModelAdapter
+
+if TYPE_CHECKING:  # the memo stores what this module computes; it imports the engine
+    from core.memo import Memo
 
 # Share of the progress bar given to the sweep; the rest is building and saving each
 # feature's data, reported feature by feature so the bar never waits at 100%.
 SWEEP_SHARE = 0.8
-
-
-def token_fingerprint(tokens: Tensor) -> str:
-    """sha256 of a token tensor's shape and int64 bytes."""
-    t = tokens.detach().to("cpu", torch.int64).contiguous()
-    h = hashlib.sha256(str(tuple(t.shape)).encode())
-    h.update(t.numpy().tobytes())
-    return h.hexdigest()
 
 
 def base_key(

@@ -27,6 +27,7 @@ from core.config import ConfigError, RunConfig
 from core.dictionaries.protocol import Dictionary, DictionaryError
 from core.engine.activations import ActivationStore
 from core.engine.features import SweepInfo
+from core.engine.keys import token_fingerprint
 from core.engine.result import FeatureSet
 from core.engine.stats import (
     BinCounts,
@@ -136,8 +137,6 @@ def activation_key(
     config: RunConfig,
 ) -> str:
     """The key under which a sweep of ``tokens`` with ``config`` keeps its hook activations."""
-    from core.engine.cached import token_fingerprint
-
     hook = config.hook or dictionary.hook_in
     toks = prepare_tokens(tokens, config)
     return store.key(model.fingerprint(), hook, token_fingerprint(toks), _DTYPES[config.dtype])
