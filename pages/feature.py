@@ -13,6 +13,7 @@ from urllib.parse import urlencode
 import streamlit as st
 
 from core import charts
+from pages import _export as export
 from pages import _links as links
 from pages import _messages as messages
 from pages import _state as state
@@ -212,12 +213,12 @@ def _loss_note(fd) -> str:
 with head, st.popover("Share", icon=":material/share:"):
     st.caption("A link to this dashboard (feature, layout, sources):")
     try:
-        link = ui.share_url("feature?" + urlencode(params))
+        link = export.share_url("feature?" + urlencode(params))
     except ValueError as exc:  # a malformed FEATURESCOPE_BASE_URL: say so, keep a link
         st.warning(str(exc), icon=":material/link_off:")
         link = "feature?" + urlencode(params)
     st.code(link, language=None, wrap_lines=True)
-    ui.export_button(ws, fd, layout, params)
+    export.export_button(ws, fd, layout, params)
 
 st.caption(
     f"density **{fd.density:.4%}** · max **{fd.max_act:.3f}** · mean (active) "

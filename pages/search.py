@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from core import charts
+from pages import _export as export
 from pages import _jobs as jobs
 from pages import _links as links
 from pages import _messages as messages
@@ -199,7 +200,7 @@ if mode == "prompt":
                     "mean": st.column_config.NumberColumn(format="%.3f"),
                 },
             )
-            ui.export_features_button(ws, [r["feature"] for r in rows], key="fs_prompt_export")
+            export.export_features_button(ws, [r["feature"] for r in rows], key="fs_prompt_export")
         with right:
             tokens = res["tokens"]
             st.markdown("**Per token**", help="Pick a token to see its most active features.")
@@ -370,7 +371,7 @@ elif mode == "stats":
                 ),
             },
         )
-        ui.export_features_button(ws, [int(f) for f in view["feature"]], key="fs_stats_export")
+        export.export_features_button(ws, [int(f) for f in view["feature"]], key="fs_stats_export")
 
 # ---- by similarity ----------------------------------------------------------------------------------
 elif mode == "similar":

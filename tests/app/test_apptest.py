@@ -213,11 +213,11 @@ def test_layout_control_and_export(tiny_ws):
     assert len(at.get("vega_lite_chart")) == 2
     assert "negative logits" in html_text(at)
 
-    from pages import _ui as ui
+    from pages import _export as export
 
     assert at.get("download_button")
     fd = tiny_ws.feature(5)
-    page = ui.export_page(tiny_ws, fd, ["act_hist", "top_examples"], {"feature": "5"})
+    page = export.export_page(tiny_ws, fd, ["act_hist", "top_examples"], {"feature": "5"})
     assert "<html" in page.lower() and "Feature 5" in page
 
 
@@ -570,14 +570,14 @@ def test_effects_from_cache_caption_and_readable_extras(tiny_ws):
 
 
 def test_share_box_gives_an_absolute_link(tiny_ws, monkeypatch):
-    from pages import _ui as ui
+    from pages import _export as export
 
-    monkeypatch.setenv(ui.BASE_URL_ENV, "https://example.org/fs/")
+    monkeypatch.setenv(export.BASE_URL_ENV, "https://example.org/fs/")
     at = run_app("pages/feature.py", feature="3")
     link = texts(at.code)
     assert link.startswith("https://example.org/fs/feature?feature=3&ws="), link
 
-    monkeypatch.setenv(ui.BASE_URL_ENV, "example.org")
+    monkeypatch.setenv(export.BASE_URL_ENV, "example.org")
     at = run_app("pages/feature.py", feature="3")
     assert "FEATURESCOPE_BASE_URL='example.org'" in texts(at.warning)
     assert texts(at.code).startswith("feature?feature=3")  # still a link

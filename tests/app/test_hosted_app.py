@@ -175,8 +175,8 @@ def test_sessions_never_see_each_others_prompts_or_errors(site):
 
 def test_exports_are_bounded_by_the_hosted_limit(site):
     from core.hosted import AccessError
+    from pages import _export as export
     from pages import _links as links
-    from pages import _ui as ui
     from pages import _workspaces as workspaces
 
     at = hosted_app(ALICE, "pages/search.py")
@@ -185,10 +185,10 @@ def test_exports_are_bounded_by_the_hosted_limit(site):
     assert not at.exception and at.dataframe
 
     ws = workspaces.open_workspace(links.default_sources())
-    assert ui.export_cap() == 8
+    assert export.export_cap() == 8
     with pytest.raises(AccessError, match="9 features requested; this server allows 8"):
-        ui.export_many(ws, list(range(9)))
-    page = ui.export_many(ws, [3, 5])
+        export.export_many(ws, list(range(9)))
+    page = export.export_many(ws, [3, 5])
     assert "<title>2 features</title>" in page
     data = json.loads(page.split('id="fs-data">', 1)[1].split("</script>", 1)[0])
     assert [f["i"] for f in data["features"]] == [3, 5]
