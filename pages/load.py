@@ -11,6 +11,7 @@ from typing import Any
 
 import streamlit as st
 
+from core.config import parse_features
 from core.hosted import server_devices
 from pages import _auth as auth
 from pages import _jobs as jobs
@@ -135,8 +136,6 @@ if ws is not None and workspaces.is_live(ws):
         )
         indices: list[int] | None = None
         with messages.shown_errors():
-            from core.config import parse_features
-
             parsed = parse_features(which, n)
             indices = list(range(n)) if parsed is None else [ui.check_index(ws, i) for i in parsed]
             indices = sorted(set(indices))
