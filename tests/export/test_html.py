@@ -191,3 +191,16 @@ def test_offline_browser_renders_charts_and_never_runs_tokens(browser, feats, tm
         assert all(u.startswith("file:") for u in requests), requests
     finally:
         ctx.close()
+
+
+def test_page_script_and_style_come_from_the_package_files(feats):
+    """The page's JS and CSS are real files (core/export/static), inlined verbatim."""
+    import importlib.resources
+
+    static = importlib.resources.files("core.export") / "static"
+    js = (static / "page.js").read_text(encoding="utf-8")
+    css = (static / "page.css").read_text(encoding="utf-8")
+    assert "render(" in js and "fs-picker" in css  # the real files, not empty stand-ins
+    page = render_features_html(feats[:1], {})
+    assert f"<script>{js}</script>" in page
+    assert f"<style>{css}" in page
