@@ -354,10 +354,10 @@ def compute_effects(
                 f"feature {f} does not exist: the dictionary has {dictionary.n_features}"
             )
     site = ablation_site(model, dictionary, hook)
-    if dictionary.d_out != model.model.cfg.d_model and site.edit_resid:
+    if dictionary.d_out != model.d_model and site.edit_resid:
         raise EffectsError(
             f"the dictionary writes {dictionary.d_out}-wide vectors but {site.write_hook!r} "
-            f"is {model.model.cfg.d_model} wide"
+            f"is {model.d_model} wide"
         )
     tokens = tokens.long().cpu()
     k = min(k, model.d_vocab)

@@ -105,6 +105,20 @@ class ModelAdapter:
     def n_layers(self) -> int:
         return int(self.model.cfg.n_layers)
 
+    @property
+    def d_model(self) -> int:
+        """Width of the residual stream."""
+        return int(self.model.cfg.d_model)
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.model.cfg.n_heads)
+
+    @property
+    def n_ctx(self) -> int:
+        """The longest sequence the model takes."""
+        return int(self.model.cfg.n_ctx)
+
     def check_hook(self, hook: str) -> None:
         if hook not in self.model.hook_dict:
             near = sorted(

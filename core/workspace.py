@@ -360,7 +360,7 @@ class Workspace:
         if self.limits is not None:
             max_tokens = min(max_tokens, self.limits.max_prompt_tokens)
         # the model cannot read more than its context (to_tokens does not cut the prompt)
-        max_tokens = min(max_tokens, int(self.model.model.cfg.n_ctx))
+        max_tokens = min(max_tokens, self.model.n_ctx)
         ids = self.model.to_tokens(text)
         if ids.shape[1] > max_tokens:
             raise WorkspaceError(
@@ -461,17 +461,17 @@ class Workspace:
     @torch.no_grad()
     def token_search(self, token: str, k: int = 20) -> dict[str, Any]:
         """Features whose decoder direction most promotes / suppresses ``token``'s logit."""
-        if self.dictionary.d_out != self.model.model.cfg.d_model:
+        if self.dictionary.d_out != self.model.d_model:
             raise WorkspaceError(
                 "this dictionary does not write to the residual stream: no logit effects"
             )
         ids = self._token_ids(token)
         tid = ids[0]
-        col = self.model.model.W_U[:, tid]
+        device = self.model.device
         effects = []
         for s in range(0, self.n_features, 8192):
-            idx = torch.arange(s, min(s + 8192, self.n_features), device=col.device)
-            w = self.dictionary.decoder_directions(idx).to(col.dtype)
+            idx = torch.arange(s, min(s + 8192, self.n_features), device=device)
+            w = self.dictionary.decoder_directions(idx).to(self.model.dtype)
             effects.append(self.model.logit_directions(w, [tid])[:, 0].float().cpu())
         eff = torch.cat(effects)
         k = min(k, eff.numel())

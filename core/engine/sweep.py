@@ -449,7 +449,7 @@ def decoder_tables(
     """Logit effects and neuron alignment from the decoder, chunked over features."""
     keys = ["pos_v", "pos_i", "neg_v", "neg_i", "logit_counts", "logit_lo", "logit_hi"]
     out: dict[str, list[Tensor]] = {k: [] for k in [*keys, "al_i", "al_v", "al_s", "dec_norm"]}
-    has_logits = dictionary.d_out == model.model.cfg.d_model
+    has_logits = dictionary.d_out == model.d_model
     nb = config.n_logit_bins
     chunk = max(1, min(config.feature_chunk_size, (1 << 26) // max(model.d_vocab, 1)))
     for sl in _chunks(feats.numel(), chunk):

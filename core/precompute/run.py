@@ -283,7 +283,7 @@ class PrecomputeRunner:
                     )
                 rows = w.float().cpu().tolist()
                 vectors = dict(zip(idx, rows, strict=True))
-                n_heads = int(src.model.model.cfg.n_heads)
+                n_heads = src.model.n_heads
                 if src.dictionary.hook_out.endswith("hook_z") and len(rows[0]) % n_heads == 0:
                     dists = {f: head_distribution(r, n_heads) for f, r in vectors.items()}
             assert self.np_meta is not None
