@@ -34,8 +34,9 @@ from typing import Any
 
 from core.errors import FeaturescopeError
 from core.login import EmailError, normal_domain, parse_email, unverified_reason
+from core.settings import HOSTED_ENV, hosted_file
 
-ENV = "FEATURESCOPE_HOSTED"
+ENV = HOSTED_ENV
 DEFAULT_FILE = Path(__file__).resolve().parent.parent / ".streamlit" / "hosted.toml"
 MAX_ROOT_ENTRIES = 20_000  # files checked for symlink escapes in one source directory
 
@@ -361,7 +362,7 @@ def _describe(spec: dict[str, Any]) -> str:
 
 def hosted_config_path() -> Path | None:
     """The hosted configuration file in effect, or ``None`` (single-researcher mode)."""
-    env = os.environ.get(ENV)
+    env = hosted_file()
     if env:
         if not Path(env).is_file():
             raise HostedConfigError(f"${ENV} names {env}, which is not a file")

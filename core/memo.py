@@ -46,15 +46,13 @@ from core.memo_disk import (
     read_value_file,
     repair_settings,
 )
+from core.settings import memo_dir, memo_size_limit
 
 if TYPE_CHECKING:
     from core.engine.features import FeatureData
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DIR = PROJECT_ROOT / "cache" / "memo"
-DEFAULT_SIZE = 4 << 30
 _MAGIC = b"FSM1"
 DB_NAME = "cache.db"
 _FIX = "Make it writable, or set FEATURESCOPE_CACHE_DIR to a writable directory"
@@ -82,9 +80,9 @@ class Memo:
     """
 
     def __init__(self, directory: str | Path | None = None, size_limit: int | None = None):
-        directory = Path(directory or os.environ.get("FEATURESCOPE_CACHE_DIR") or DEFAULT_DIR)
+        directory = Path(directory) if directory else memo_dir()
         if size_limit is None:
-            size_limit = int(os.environ.get("FEATURESCOPE_CACHE_SIZE", DEFAULT_SIZE))
+            size_limit = memo_size_limit()
         self.directory = directory
         self.read_only = False
         self.hits = 0

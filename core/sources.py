@@ -19,7 +19,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import threading
 import weakref
 from collections.abc import Iterable, Iterator
@@ -44,15 +43,14 @@ from core.dictionaries.protocol import Dictionary, DictionaryError
 from core.errors import short_message
 from core.models import ModelAdapter
 from core.releases import check_model_name, check_release, releases_for
+from core.settings import DTYPE_NAMES, data_dir, torch_dtype
 from core.source_guard import SourceError, model_kwargs, refuse_remote_code, validate_device
 from core.storage import save_tensors
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-CACHE_ROOT = Path(os.environ.get("FEATURESCOPE_DATA_DIR") or PROJECT_ROOT / "cache")
+CACHE_ROOT = data_dir()  # converted demo model, corpus, token sets
 DEMO_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEMO_BOS_ID = 0
 log = logging.getLogger(__name__)
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class _Spec:
@@ -109,9 +107,9 @@ def _device(device: str) -> str:
 
 
 def _dtype(name: str) -> torch.dtype:
-    if name not in _DTYPES:
+    if name not in DTYPE_NAMES:
         raise SourceError(f"unknown dtype {name!r}: use float32, bfloat16 or float16")
-    return _DTYPES[name]
+    return torch_dtype(name)
 
 
 _LOADED: weakref.WeakValueDictionary[str, ModelAdapter] = weakref.WeakValueDictionary()

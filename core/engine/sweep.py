@@ -42,9 +42,9 @@ from core.engine.stats import (
 )
 from core.errors import FeaturescopeError
 from core.models import ModelAdapter, ModelError
+from core.settings import torch_dtype
 
 Progress = Callable[[float, str], None]
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class EngineError(FeaturescopeError, ValueError):
@@ -139,7 +139,7 @@ def activation_key(
     """The key under which a sweep of ``tokens`` with ``config`` keeps its hook activations."""
     hook = config.hook or dictionary.hook_in
     toks = prepare_tokens(tokens, config)
-    return store.key(model.fingerprint(), hook, token_fingerprint(toks), _DTYPES[config.dtype])
+    return store.key(model.fingerprint(), hook, token_fingerprint(toks), torch_dtype(config.dtype))
 
 
 def _feature_list(ids: Tensor, limit: int = 8) -> str:
@@ -229,7 +229,7 @@ def run_sweep(
     t_start = time.perf_counter()
     report = progress or (lambda frac, msg: None)
     device = resolve_device(config.device)
-    dtype = _DTYPES[config.dtype]
+    dtype = torch_dtype(config.dtype)
     tokens = prepare_tokens(tokens, config)
     n_seq, length = tokens.shape
     feats_list = validate_features(config.features, dictionary.n_features)

@@ -36,7 +36,6 @@ import hashlib
 import importlib.resources
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -45,6 +44,7 @@ from core import charts
 from core.charts import COMPONENTS, esc, visible_token
 from core.engine.features import Example, FeatureData, Histogram
 from core.export import ExportError, atomic_write
+from core.settings import data_dir
 
 JsMode = Literal["gzip", "plain"]
 
@@ -66,8 +66,7 @@ _CHART_FIELDS = {"lo", "hi", "count", "mid", "sign"}
 
 # ---- the shared JavaScript ------------------------------------------------------------------
 def _bundle_cache_dir() -> Path:
-    root = os.environ.get("FEATURESCOPE_DATA_DIR")
-    return (Path(root) if root else Path(__file__).resolve().parents[2] / "cache") / "vega"
+    return data_dir() / "vega"
 
 
 @functools.lru_cache(maxsize=2)

@@ -1,0 +1,39 @@
+"""Settings: environment variables read when asked, dtype names, no torch at import."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import torch
+
+from core import settings
+from core.memo import Memo
+
+
+def test_environment_is_read_when_asked(monkeypatch, tmp_path):
+    monkeypatch.delenv(settings.DATA_DIR_ENV, raising=False)
+    monkeypatch.delenv(settings.CACHE_DIR_ENV, raising=False)
+    assert settings.data_dir() == settings.PROJECT_ROOT / "cache"
+    assert settings.memo_dir() == settings.PROJECT_ROOT / "cache" / "memo"
+    monkeypatch.setenv(settings.DATA_DIR_ENV, str(tmp_path / "data"))
+    monkeypatch.setenv(settings.CACHE_DIR_ENV, str(tmp_path / "memo"))
+    monkeypatch.setenv(settings.CACHE_SIZE_ENV, "12345678")
+    assert settings.data_dir() == tmp_path / "data"
+    memo = Memo()  # the memo follows the settings
+    assert memo.directory == tmp_path / "memo"
+    assert settings.memo_size_limit() == 12345678
+
+
+def test_dtype_names_map_to_torch():
+    assert [settings.torch_dtype(n) for n in settings.DTYPE_NAMES] == [
+        torch.float32,
+        torch.bfloat16,
+        torch.float16,
+    ]
+
+
+def test_importing_settings_loads_no_torch():
+    code = "import sys, core.settings; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
