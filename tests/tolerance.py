@@ -70,6 +70,23 @@ def encode_tolerance(sae, x: torch.Tensor) -> np.ndarray:
     return sum_tolerance(scale.numpy(), int(x.shape[-1]) + 2)
 
 
+def switch_margin(
+    pre: torch.Tensor, threshold: torch.Tensor | None = None, k: int | None = None
+) -> torch.Tensor:
+    """How far each pre-activation ``[tokens, features]`` is from switching its feature on or
+    off: from 0 (ReLU), from ``threshold`` (JumpReLU), and for the features ranked k-th or
+    (k+1)-th, the gap between those two (TopK)."""
+    margin = pre.abs()
+    if threshold is not None:
+        margin = torch.minimum(margin, (pre - threshold.double()).abs())
+    if k is not None:
+        top = pre.topk(k + 1, dim=-1).values
+        gap = top[:, -2:-1] - top[:, -1:]  # k-th vs (k+1)-th
+        at_edge = (pre >= top[:, -1:]) & (pre <= top[:, -2:-1])
+        margin = torch.where(at_edge, torch.minimum(margin, gap), margin)
+    return margin
+
+
 def firing_margin(sae, x: torch.Tensor) -> np.ndarray:
     """How far each (token, feature) is from switching on or off, from float64 pre-activations.
 
@@ -84,17 +101,13 @@ def firing_margin(sae, x: torch.Tensor) -> np.ndarray:
         xc = x.reshape(-1, x.shape[-1]).double() - sae.b_dec.double()
         w = sae.W_enc.double()
         if isinstance(sae, sl.GatedSAE):
-            margin = (xc @ w + sae.b_gate.double()).abs()
+            margin = switch_margin(xc @ w + sae.b_gate.double())
         else:
-            pre = xc @ w + sae.b_enc.double()
-            margin = pre.abs()
-            if isinstance(sae, sl.JumpReLUSAE):
-                margin = torch.minimum(margin, (pre - sae.threshold.double()).abs())
-            if isinstance(sae, sl.TopKSAE):
-                top = pre.topk(sae.cfg.k + 1, dim=-1).values
-                gap = (top[:, -2] - top[:, -1]).unsqueeze(1)  # k-th vs (k+1)-th
-                at_edge = (pre >= top[:, -1:]) & (pre <= top[:, -2:-1])
-                margin = torch.where(at_edge, torch.minimum(margin, gap), margin)
+            margin = switch_margin(
+                xc @ w + sae.b_enc.double(),
+                sae.threshold if isinstance(sae, sl.JumpReLUSAE) else None,
+                sae.cfg.k if isinstance(sae, sl.TopKSAE) else None,
+            )
     return margin.reshape(*lead, -1).numpy()
 
 

@@ -25,7 +25,7 @@ from core.dictionaries.clt import CLTDictionary, load_clt
 from core.engine import run_sweep
 from core.models import ModelAdapter
 from tests.conftest import make_model
-from tests.tolerance import sum_tolerance
+from tests.tolerance import sum_tolerance, switch_margin
 
 N_LAYERS, N_FEAT, D_MODEL = 3, 24, 32
 
@@ -169,14 +169,7 @@ def ref_pre_tol(x, w, b, mean=None, std=None, sqrt_d=False):
 def check_encode(got, want, pre, tol, thr=None, k=None):
     """``got`` (float32) is the float64 reference up to rounding, except entries within rounding
     of switching on or off (at 0, at the threshold, or at the k-th largest pre-activation)."""
-    margin = pre.abs()
-    if thr is not None:
-        margin = torch.minimum(margin, (pre - thr.double()).abs())
-    if k is not None:
-        top = pre.topk(k + 1, dim=-1).values
-        at_edge = (pre >= top[:, -1:]) & (pre <= top[:, -2:-1])
-        margin = torch.where(at_edge, torch.minimum(margin, top[:, -2:-1] - top[:, -1:]), margin)
-    unsure = margin <= tol
+    unsure = switch_margin(pre, thr, k) <= tol
     assert unsure.double().mean() < 0.01
     diff = (got.double() - want).abs()
     assert (diff[~unsure] <= tol[~unsure]).all(), float((diff - tol).max())
