@@ -4,9 +4,10 @@
 * :data:`LOADERS`: spec kind -> the function that loads a dictionary of that kind
   (``"demo"``, ``"saelens"``, ``"saelens_local"``, ``"clt"``).
 
-A family module (``saelens.py``, ``clt.py``) registers its adapter with :func:`register` and a
-loader for each spec kind it serves with :func:`register_loader`; :mod:`core.dictionaries.loaders`
-imports every family, so loading looks the kind up here instead of branching on it.
+A family module (``saelens.py``, the ``clt/`` package) registers its adapter with
+:func:`register` and a loader for each spec kind it serves with :func:`register_loader`;
+:mod:`core.dictionaries.loaders` imports every family, so loading looks the kind up here instead
+of branching on it.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import core.dictionaries.clt as clt_mod
+import core.dictionaries.clt.hub as clt_hub
 from core.config import RunConfig
 from core.dictionaries import REGISTRY, DictionaryError
 from core.dictionaries.clt import CLTDictionary, load_clt
@@ -431,7 +431,7 @@ def fake_hub(monkeypatch, tmp_path: Path, repos: dict[str, Path]) -> list[list[s
         dst.mkdir(parents=True, exist_ok=True)
         return str(dst)
 
-    monkeypatch.setattr(clt_mod, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(clt_hub, "snapshot_download", snapshot_download)
     return calls
 
 
@@ -463,7 +463,7 @@ def test_hub_failure_is_a_dictionary_error(monkeypatch):
     def boom(repo_id, **kw):
         raise OSError("offline")
 
-    monkeypatch.setattr(clt_mod, "snapshot_download", boom)
+    monkeypatch.setattr(clt_hub, "snapshot_download", boom)
     with pytest.raises(DictionaryError, match="could not be fetched.*offline"):
         load_clt("org/not-here", 0)
 
@@ -759,7 +759,7 @@ def test_declared_tensor_sizes_are_checked_against_memory(tmp_path, monkeypatch)
         {"W_enc_0": [n_feat, d_model], "b_enc_0": [n_feat], "b_dec_0": [d_model]},
     )
     _sparse_safetensors(tmp_path / "W_dec_0.safetensors", {"W_dec_0": [n_feat, 1, d_model]})
-    monkeypatch.setattr("core.dictionaries.clt_files.memory_budget", lambda: 1 << 30)
+    monkeypatch.setattr("core.dictionaries.clt.files.memory_budget", lambda: 1 << 30)
     with pytest.raises(
         DictionaryError,
         match=r"tensor 'W_enc_0' \[16384, 32768\] in 'W_enc_0.safetensors' would take 2.0 GiB",

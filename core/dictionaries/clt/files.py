@@ -23,6 +23,9 @@ from torch import Tensor
 
 from core.dictionaries.protocol import DictionaryError, check_hook_name
 
+#: hooks a CLT reads and writes when its config names no template
+DEFAULT_INPUT_TEMPLATE = "blocks.{}.ln2.hook_normalized"
+DEFAULT_OUTPUT_TEMPLATE = "blocks.{}.hook_mlp_out"
 ACTIVATIONS = ("jumprelu", "relu", "topk", "batchtopk")
 NORMALIZATIONS = ("none", "mean_std", "sqrt_d_model")
 _NORM_ALIASES = {"auto": "mean_std", "estimated_mean_std": "mean_std"}
@@ -355,3 +358,17 @@ def require(reader: Reader, names: list[str]) -> None:
             f"{missing[:4]} (file has {len(present)} tensors, e.g. {present[:4]}): point "
             "weights_file at the full CLT checkpoint"
         )
+
+
+def layer_tensors(
+    W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor | None, threshold: Tensor | None
+) -> dict[str, Tensor | None]:
+    """One layer's tensors, all in the encoder's dtype (both layouts end here)."""
+    dtype = W_enc.dtype
+    return {
+        "W_enc": W_enc,
+        "b_enc": b_enc.to(dtype),
+        "W_dec": W_dec.to(dtype),
+        "b_dec": None if b_dec is None else b_dec.to(dtype),
+        "threshold": None if threshold is None else threshold.to(dtype),
+    }
