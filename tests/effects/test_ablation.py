@@ -1,4 +1,4 @@
-"""Exact per-token effects and steering against plain TransformerLens references.
+"""Exact per-token effects against plain TransformerLens references.
 
 The references run the *full* model twice per example (with and without the feature's
 contribution, removed by a plain hook written here) on a 4-layer model with the
@@ -10,22 +10,18 @@ from __future__ import annotations
 import math
 
 import pytest
-import sae_lens as sl
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
 
 from core.config import RunConfig
 from core.dictionaries.saelens import SAELensDictionary
-from core.effects import EffectsError, compute_effects, steer
+from core.effects import EffectsError, compute_effects
 from core.engine import run_sweep
 from core.memo import Memo
 from core.models import ModelAdapter
 from core.workspace import Workspace
-from tests.conftest import make_model, make_sae
+from tests.effects.tiny import D, sae_at, transcoder_at
 from tests.tolerance import gamma
 
-D = 32
 FEATS = [0, 3, 7]
 CFG = dict(
     n_top_examples=4,
@@ -40,48 +36,6 @@ CFG = dict(
 # per layer on the residual path, each within gamma(4 D) relatively, for each of the 2 runs
 # (clean, ablated) compared, on both sides (ours and the reference).
 TOL = 2 * 2 * 3 * 4 * gamma(4 * D) * math.log(61)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread avoids OpenMP spin-waiting on shared cores (~20x)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def model4():
-    return make_model(n_layers=4)
-
-
-@pytest.fixture(scope="module")
-def tokens():
-    g = torch.Generator().manual_seed(1)
-    toks = torch.randint(1, 61, (24, 16), generator=g)
-    toks[:, 0] = 0  # BOS
-    return toks
-
-
-def _sae(model, tokens, hook: str) -> sl.SAE:
-    _, cache = model.run_with_cache(tokens, names_filter=hook)
-    return make_sae("standard", D, 16, hook, sample=cache[hook].reshape(-1, D), density=0.3)
-
-
-def _transcoder(model, tokens, hook_in: str, hook_out: str) -> sl.SAE:
-    torch.manual_seed(0)
-    tc = sl.Transcoder(sl.TranscoderConfig(d_in=D, d_sae=16, d_out=D, apply_b_dec_to_input=False))
-    tc.cfg.metadata.hook_name = hook_in
-    tc.cfg.metadata.hook_name_out = hook_out
-    _, cache = model.run_with_cache(tokens, names_filter=hook_in)
-    x = cache[hook_in].reshape(-1, D)
-    with torch.no_grad():
-        tc.W_enc.copy_(torch.randn_like(tc.W_enc))
-        tc.W_dec.copy_(torch.randn_like(tc.W_dec) * 0.5)
-        tc.b_dec.zero_()
-        tc.b_enc.copy_(-torch.quantile(x @ tc.W_enc, 0.7, dim=0))
-    return tc
 
 
 def _pages(adapter, dictionary, tokens):
@@ -166,7 +120,7 @@ def _check_against_reference(model, sae, read_hook, write_hook, pages, tokens):
     ],
 )
 def test_sae_effects_match_full_model_reference(model4, tokens, hook):
-    sae = _sae(model4, tokens, hook)
+    sae = sae_at(model4, tokens, hook)
     adapter = ModelAdapter(model4, bos_token_id=0)
     d = SAELensDictionary(sae)
     pages = _pages(adapter, d, tokens)
@@ -185,7 +139,7 @@ def test_sae_effects_match_full_model_reference(model4, tokens, hook):
 def test_exact_differs_from_direct_path(model4, tokens):
     """The direct path (d_f through ln_final's scale and W_U only) is measurably different."""
     hook = "blocks.1.hook_resid_pre"
-    sae = _sae(model4, tokens, hook)
+    sae = sae_at(model4, tokens, hook)
     adapter = ModelAdapter(model4, bos_token_id=0)
     d = SAELensDictionary(sae)
     out = compute_effects(adapter, d, tokens, _pages(adapter, d, tokens))
@@ -220,7 +174,7 @@ def test_exact_differs_from_direct_path(model4, tokens):
 
 def test_transcoder_effects_match_reference(model4, tokens):
     hook_in, hook_out = "blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out"
-    tc = _transcoder(model4, tokens, hook_in, hook_out)
+    tc = transcoder_at(model4, tokens, hook_in, hook_out)
     adapter = ModelAdapter(model4, bos_token_id=0)
     d = SAELensDictionary(tc)
     assert (d.hook_in, d.hook_out) == (hook_in, hook_out)
@@ -231,7 +185,7 @@ def test_transcoder_effects_match_reference(model4, tokens):
 def test_memo_second_call_runs_no_forward_pass(model4, tokens, tmp_path, monkeypatch):
     hook = "blocks.1.hook_resid_pre"
     adapter = ModelAdapter(model4, bos_token_id=0)
-    d = SAELensDictionary(_sae(model4, tokens, hook))
+    d = SAELensDictionary(sae_at(model4, tokens, hook))
     pages = _pages(adapter, d, tokens)
     memo = Memo(tmp_path / "memo")
     calls = {"n": 0}
@@ -262,7 +216,7 @@ def test_memo_second_call_runs_no_forward_pass(model4, tokens, tmp_path, monkeyp
 def test_workspace_effects_memoised(model4, tokens, tmp_path):
     hook = "blocks.1.hook_resid_pre"
     adapter = ModelAdapter(model4, bos_token_id=0)
-    d = SAELensDictionary(_sae(model4, tokens, hook))
+    d = SAELensDictionary(sae_at(model4, tokens, hook))
     ws = Workspace(adapter, d, tokens, memo=Memo(tmp_path / "m"), config=RunConfig(**CFG))
     fd = ws.effects(3)
     assert ws.last_effects_stats["forward_passes"] > 0
@@ -277,126 +231,9 @@ def test_workspace_effects_memoised(model4, tokens, tmp_path):
 
 def test_bad_effects_input(model4, tokens):
     adapter = ModelAdapter(model4, bos_token_id=0)
-    d = SAELensDictionary(_sae(model4, tokens, "blocks.1.hook_resid_pre"))
+    d = SAELensDictionary(sae_at(model4, tokens, "blocks.1.hook_resid_pre"))
     pages = _pages(adapter, d, tokens)
     with pytest.raises(EffectsError, match="k must be"):
         compute_effects(adapter, d, tokens, pages, k=0)
     with pytest.raises(EffectsError, match="outside the tokens"):
         compute_effects(adapter, d, tokens[:2, :4], pages)
-
-
-# --- steering -----------------------------------------------------------------------------
-def _with_tokenizer(seed: int = 0):
-    vocab = {f"w{i}": i for i in range(61)}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="w1"))
-    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk, bos_token="w0", eos_token="w2", pad_token="w0", unk_token="w1"
-    )
-    m = make_model(n_layers=4, seed=seed)
-    m.tokenizer = tok
-    m.cfg.tokenizer_prepends_bos = False
-    return m
-
-
-@torch.no_grad()
-def _reference_generate(m, ids, write_hook, edit, n):
-    """No cache, full recompute per step, plain hook editing every non-BOS position."""
-    out: list[int] = []
-    seq = ids
-    for _ in range(n):
-        logits = m.run_with_hooks(seq, fwd_hooks=[(write_hook, edit)])
-        t = int(logits[0, -1].argmax())
-        if t == 2:  # eos
-            break
-        out.append(t)
-        seq = torch.cat([seq, torch.tensor([[t]])], dim=1)
-    return out
-
-
-def test_steer_matches_plain_hook_reference():
-    m = _with_tokenizer()
-    hook = "blocks.1.hook_resid_pre"
-    prompt = "w5 w9 w13 w7 w22"
-    ids = m.to_tokens(prompt)
-    sae = _sae(m, torch.randint(1, 61, (8, 16), generator=torch.Generator().manual_seed(3)), hook)
-    adapter, d = ModelAdapter(m), SAELensDictionary(sae)
-    f = 5
-    dvec = sae.W_dec[f].detach()
-
-    res0 = steer(adapter, d, f, prompt, coefficient=0.0, max_new_tokens=8)
-    assert res0["steered"] == res0["unsteered"] and res0["diverges_at"] is None
-    plain = _reference_generate(m, ids, hook, lambda act, hook: act, 8)
-    assert res0["unsteered"] == m.tokenizer.decode(plain)
-
-    coef = 8.0
-
-    def add(act, hook):
-        keep = torch.ones(act.shape[1])
-        keep[0] = 0.0  # BOS untouched
-        return act + coef * keep[None, :, None] * dvec
-
-    res = steer(adapter, d, f, prompt, coefficient=coef, max_new_tokens=8)
-    assert res["steered"] == m.tokenizer.decode(_reference_generate(m, ids, hook, add, 8))
-    assert res["diverges_at"] is not None and res["mode"] == "coefficient"
-
-    def clamp_fn(act, hook):
-        a = sae.encode(act[0])[:, f]
-        amount = 6.0 - a
-        amount[0] = 0.0
-        return act + amount[None, :, None] * dvec
-
-    res = steer(adapter, d, f, prompt, clamp=6.0, max_new_tokens=8)
-    assert res["steered"] == m.tokenizer.decode(_reference_generate(m, ids, hook, clamp_fn, 8))
-    assert res["mode"] == "clamp" and res["unsteered"] == res0["unsteered"]
-
-    # sampling: same seed for both rows, reproducible
-    s1 = steer(adapter, d, f, prompt, coefficient=0.0, temperature=1.0, seed=7, max_new_tokens=10)
-    s2 = steer(adapter, d, f, prompt, coefficient=0.0, temperature=1.0, seed=7, max_new_tokens=10)
-    assert s1["steered"] == s1["unsteered"] == s2["steered"]
-
-
-def test_steer_transcoder_clamp_and_errors(model4, tokens):
-    m = _with_tokenizer()
-    hook_in, hook_out = "blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out"
-    tc = _transcoder(m, tokens, hook_in, hook_out)
-    adapter, d = ModelAdapter(m), SAELensDictionary(tc)
-    prompt = "w5 w9 w13"
-    store = {}
-
-    def read(act, hook):
-        store["x"] = act
-        return act
-
-    def write(act, hook):
-        a = tc.encode(store["x"][0])[:, 2]
-        amount = -a  # clamp to 0 = ablate
-        amount[0] = 0.0
-        return act + amount[None, :, None] * tc.W_dec[2]
-
-    ids = m.to_tokens(prompt)
-    ref: list[int] = []
-    seq = ids
-    with torch.no_grad():
-        for _ in range(8):
-            logits = m.run_with_hooks(seq, fwd_hooks=[(hook_in, read), (hook_out, write)])
-            t = int(logits[0, -1].argmax())
-            if t == 2:
-                break
-            ref.append(t)
-            seq = torch.cat([seq, torch.tensor([[t]])], dim=1)
-    res = steer(adapter, d, 2, prompt, clamp=0.0, max_new_tokens=8)
-    assert res["steered"] == m.tokenizer.decode(ref) and res["hook"] == hook_out
-
-    with pytest.raises(EffectsError, match="256"):
-        steer(adapter, d, 2, prompt, coefficient=1.0, max_new_tokens=257)
-    with pytest.raises(EffectsError, match="exactly one"):
-        steer(adapter, d, 2, prompt)
-    with pytest.raises(EffectsError, match="exactly one"):
-        steer(adapter, d, 2, prompt, coefficient=1.0, clamp=1.0)
-    with pytest.raises(EffectsError, match="empty"):
-        steer(adapter, d, 2, "  ", coefficient=1.0)
-    with pytest.raises(EffectsError, match="context"):
-        steer(adapter, d, 2, " ".join(["w3"] * 30), coefficient=1.0, max_new_tokens=10)
-    with pytest.raises(EffectsError, match="tokenizer"):
-        steer(ModelAdapter(model4), d, 2, prompt, coefficient=1.0)
