@@ -9,15 +9,20 @@ Environment variables (each read when asked, so a test or a server can set it la
 * ``FEATURESCOPE_HOSTED``: the hosted configuration file (see :mod:`core.hosted`).
 
 Compute dtypes are named by strings (``float32``, ``bfloat16``, ``float16``) in configs,
-specs and the CLI; :func:`torch_dtype` maps a name to torch's dtype. This module imports
-no torch at import time, so the command line's ``--help`` stays fast.
+specs and the CLI; :func:`torch_dtype` maps a name to torch's dtype. Devices are named the same
+way (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``); :func:`resolve_device` checks a name
+against this machine. This module imports no torch at import time, so the command line's
+``--help`` stays fast.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from core.errors import FeaturescopeError
 
 if TYPE_CHECKING:
     import torch
@@ -29,6 +34,11 @@ CACHE_SIZE_ENV = "FEATURESCOPE_CACHE_SIZE"
 HOSTED_ENV = "FEATURESCOPE_HOSTED"
 DEFAULT_CACHE_SIZE = 4 << 30
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
+_DEVICE_RE = re.compile(r"^(cpu|cuda|mps)(?::(\d{1,3}))?$")
+
+
+class DeviceError(FeaturescopeError, ValueError):
+    """A device this machine does not have; the message lists those it has."""
 
 
 def data_dir() -> Path:
@@ -58,3 +68,54 @@ def torch_dtype(name: str) -> torch.dtype:
     import torch  # heavy: only when a computation needs it
 
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def available_devices() -> list[str]:
+    """Devices this machine has, as names :func:`resolve_device` accepts."""
+    import torch  # heavy: only when a device is checked
+
+    out = ["cpu"]
+    if torch.cuda.is_available():
+        out += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        out.append("mps")
+    return out
+
+
+def resolve_device(text: Any) -> str:
+    """The device ``text`` names, checked against this machine before anything runs on it.
+
+    ``"auto"`` resolves to ``"cuda"`` when CUDA is present, else ``"cpu"``. Accepted:
+    ``cpu``, ``cuda``, ``cuda:N`` for an existing GPU ``N``, ``mps`` when present (any case,
+    surrounding spaces ignored; a ``torch.device`` is read as its name).
+
+    Raises:
+        DeviceError: anything else (``meta``, ``cuda:7`` on a one-GPU machine, a typo),
+            with the list of available devices.
+    """
+    import torch  # heavy: only when a device is checked
+
+    if isinstance(text, torch.device):
+        text = str(text)
+    name = text.strip().lower() if isinstance(text, str) else None
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    have = available_devices()
+    m = _DEVICE_RE.match(name or "")
+    ok = False
+    if m is not None:
+        kind, index = m.group(1), m.group(2)
+        if kind == "cuda":
+            ok = torch.cuda.is_available() and (
+                index is None or int(index) < torch.cuda.device_count()
+            )
+        else:
+            ok = kind in have and index in (None, "0")
+    if not ok:
+        shown = repr(text)[:60]
+        raise DeviceError(
+            f"device {shown} is not available on this machine: use 'auto' or one of {have}"
+        )
+    assert name is not None
+    return name

@@ -10,20 +10,18 @@ the loader trusts:
   (a spec, which the user can fix).
 * :func:`refuse_remote_code` refuses a local model directory whose ``config.json`` or
   ``tokenizer_config.json`` maps a class to a Python file (``auto_map``).
-* :func:`validate_device` accepts only devices this machine has.
+* :func:`validate_device` accepts only devices this machine has (:mod:`core.settings`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from core.errors import FeaturescopeError
+from core.settings import DeviceError, available_devices, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -117,53 +115,20 @@ def refuse_remote_code(path: Path) -> None:
 
 
 # ==== devices ====================================================================================
-_DEVICE_RE = re.compile(r"^(cpu|cuda|mps)(?::(\d{1,3}))?$")
-
-
-def available_devices() -> list[str]:
-    """Devices this machine has, as names :func:`validate_device` accepts."""
-    out = ["cpu"]
-    if torch.cuda.is_available():
-        out += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        out.append("mps")
-    return out
-
-
 def validate_device(text: Any) -> str:
     """The device ``text`` names, checked against this machine before anything loads.
 
-    ``"auto"`` resolves to ``"cuda"`` when CUDA is present, else ``"cpu"``. Accepted:
-    ``cpu``, ``cuda``, ``cuda:N`` for an existing GPU ``N``, ``mps`` when present.
+    :func:`core.settings.resolve_device` (``"auto"`` resolves to ``"cuda"`` when CUDA is present,
+    else ``"cpu"``), with its refusal raised as a :class:`SourceError`.
 
     Raises:
         SourceError: anything else (``meta``, ``cuda:7`` on a one-GPU machine, a typo),
             with the list of available devices.
     """
-    if isinstance(text, torch.device):
-        text = str(text)
-    name = text.strip().lower() if isinstance(text, str) else None
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    have = available_devices()
-    m = _DEVICE_RE.match(name or "")
-    ok = False
-    if m is not None:
-        kind, index = m.group(1), m.group(2)
-        if kind == "cuda":
-            ok = torch.cuda.is_available() and (
-                index is None or int(index) < torch.cuda.device_count()
-            )
-        else:
-            ok = kind in have and index in (None, "0")
-    if not ok:
-        shown = repr(text)[:60]
-        raise SourceError(
-            f"device {shown} is not available on this machine: use 'auto' or one of {have}"
-        )
-    assert name is not None
-    return name
+    try:
+        return resolve_device(text)
+    except DeviceError as exc:
+        raise SourceError(str(exc)) from exc
 
 
 __all__ = [

@@ -1,14 +1,18 @@
-"""Settings: environment variables read when asked, dtype names, no torch at import."""
+"""Settings: environment variables read when asked, dtype names, devices, no torch at import."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from core import settings
+from core.config import ConfigError, RunConfig
+from core.engine import run_sweep
 from core.memo import Memo
+from core.source_guard import SourceError, validate_device
 
 
 def test_environment_is_read_when_asked(monkeypatch, tmp_path):
@@ -37,3 +41,18 @@ def test_importing_settings_loads_no_torch():
     code = "import sys, core.settings; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_one_device_resolver_for_sources_and_the_engine():
+    assert settings.resolve_device(" CPU ") == "cpu"
+    assert settings.resolve_device(torch.device("cpu")) == "cpu"
+    assert settings.resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert "cpu" in settings.available_devices()
+    for bad in ("meta", "cuda:999", "gpu", "", None):
+        with pytest.raises(settings.DeviceError, match="is not available on this machine"):
+            settings.resolve_device(bad)
+    # the sources and the engine refuse with the same message, each as its own error type
+    with pytest.raises(SourceError, match="'meta' is not available on this machine"):
+        validate_device("meta")
+    with pytest.raises(ConfigError, match="'meta' is not available on this machine"):
+        run_sweep(None, None, torch.zeros(1, 4, dtype=torch.long), RunConfig(device="meta"))  # type: ignore[arg-type]

@@ -42,7 +42,7 @@ from core.engine.stats import (
 )
 from core.errors import FeaturescopeError
 from core.models import ModelAdapter, ModelError
-from core.settings import torch_dtype
+from core.settings import DeviceError, resolve_device, torch_dtype
 
 Progress = Callable[[float, str], None]
 
@@ -57,18 +57,6 @@ class SweepResult:
 
     features: FeatureSet
     info: SweepInfo
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise ConfigError(f"unknown device {device!r}: use 'auto', 'cpu' or 'cuda[:N]'") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for but no CUDA GPU is available: use 'cpu'")
-    return dev
 
 
 def prepare_tokens(tokens: Tensor, config: RunConfig) -> Int[Tensor, "n l"]:
@@ -228,7 +216,10 @@ def run_sweep(
     """
     t_start = time.perf_counter()
     report = progress or (lambda frac, msg: None)
-    device = resolve_device(config.device)
+    try:  # checked against this machine; a refusal names the devices it has
+        device = torch.device(resolve_device(config.device))
+    except DeviceError as exc:
+        raise ConfigError(str(exc)) from exc
     dtype = torch_dtype(config.dtype)
     tokens = prepare_tokens(tokens, config)
     n_seq, length = tokens.shape
