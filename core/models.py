@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -85,10 +84,6 @@ class ModelAdapter:
         return self._fingerprint
 
     # --- structure ----------------------------------------------------------------
-    @property
-    def hook_names(self) -> set[str]:
-        return set(self.model.hook_dict)
-
     @property
     def device(self) -> torch.device:
         return (
@@ -210,18 +205,6 @@ class ModelAdapter:
         if missing:
             raise ModelError(f"hooks {sorted(missing)} were never reached in the forward pass")
         return store
-
-    @torch.no_grad()
-    def run_with_hook_fn(
-        self,
-        tokens: Int[Tensor, "b s"],
-        hook: str,
-        fn: Callable[[Tensor, Any], Tensor],
-        return_type: str = "logits",
-    ) -> Tensor:
-        """Full forward pass with ``fn`` editing the activation at ``hook``."""
-        with self.model.hooks(fwd_hooks=[(hook, fn)]):
-            return self.model(tokens, return_type=return_type)
 
     @torch.no_grad()
     def logit_directions(

@@ -179,11 +179,6 @@ class SAELensDictionary(Dictionary):
         return self.sae.W_enc.device
 
 
-def wrap_sae(sae: SAE, **source: Any) -> SAELensDictionary:
-    """Wrap an already loaded SAELens SAE (e.g. one built in a notebook)."""
-    return SAELensDictionary(sae, source=source)
-
-
 @register_loader("demo", "saelens_local")
 def load_directory(spec: DictionarySpecFields, device: str) -> Dictionary:
     """The demo SAE, or a SAELens directory (``cfg.json`` + ``sae_weights.safetensors``)."""
