@@ -6,33 +6,17 @@ import dataclasses
 import html
 
 import pytest
-import torch
 
 from core import charts
 from core.config import RunConfig
 from core.engine.features import IntervalGroup, Table
-from core.workspace import Workspace
-from tests.conftest import make_model, make_sae
-
-HOOK = "blocks.1.hook_resid_pre"
+from tests.tiny import make_workspace
 
 
 @pytest.fixture(scope="module")
 def fd():
-    from core.dictionaries.saelens import SAELensDictionary
-    from core.models import ModelAdapter
-
-    model = make_model(n_layers=2)
-    g = torch.Generator().manual_seed(0)
-    tokens = torch.randint(1, 61, (24, 12), generator=g)
-    tokens[:, 0] = 0
-    sae = make_sae("standard", 32, 16, HOOK, density=0.2)
-    ws = Workspace(
-        ModelAdapter(model, bos_token_id=0),
-        SAELensDictionary(sae),
-        tokens,
-        config=RunConfig(batch_size=8, n_intervals=5, n_interval_examples=2),
-    )
+    config = RunConfig(batch_size=8, n_intervals=5, n_interval_examples=2)
+    ws = make_workspace(16, config)
     return next(f for f in ws.features(list(range(16))).values() if f.n_active > 3)
 
 

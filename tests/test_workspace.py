@@ -9,30 +9,16 @@ import pytest
 import torch
 
 from core.config import RunConfig
-from core.dictionaries.saelens import SAELensDictionary
 from core.hosted import AccessError, Limits
-from core.models import ModelAdapter
 from core.queue import COMPUTE_QUEUE, waiting_reporter
 from core.workspace import Workspace, WorkspaceError, is_out_of_memory
-from tests.conftest import make_model, make_sae
+from tests.tiny import HOOK, make_workspace
 from tests.tolerance import assert_sums_close, encode_tolerance, firing_margin
-
-HOOK = "blocks.1.hook_resid_pre"
 
 
 @pytest.fixture
 def ws():
-    model = make_model(n_layers=2)
-    g = torch.Generator().manual_seed(0)
-    tokens = torch.randint(1, 61, (24, 12), generator=g)
-    tokens[:, 0] = 0
-    sae = make_sae("standard", 32, 48, HOOK, density=0.2)
-    return Workspace(
-        ModelAdapter(model, bos_token_id=0),
-        SAELensDictionary(sae),
-        tokens,
-        config=RunConfig(batch_size=8, feature_chunk_size=1024),
-    )
+    return make_workspace(48, RunConfig(batch_size=8, feature_chunk_size=1024))
 
 
 def _oom_above(ws: Workspace, max_batch: int, calls: list[int]):

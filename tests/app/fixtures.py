@@ -2,9 +2,9 @@
 
 ``FEATURESCOPE_TEST_WORKSPACE=tests.app.fixtures:make_workspace`` makes the app build its
 default workspace with :func:`make_workspace` instead of loading the demo. Everything is
-built in memory from fixed seeds (a 2-layer HookedTransformer with a word-level
-tokenizer, a standard SAE whose features fire on about 15% of tokens, a token set made
-of word sequences), so every process (pytest, ``streamlit run``) gets the same
+built in memory from fixed seeds by :mod:`tests.tiny` (a 2-layer HookedTransformer with a
+word-level tokenizer, a standard SAE whose features fire on about 15% of tokens, a token set
+made of word sequences), so every process (pytest, ``streamlit run``) gets the same
 workspace and the same identity key. Computed features go to a :class:`~core.memo.Memo`
 in ``$FEATURESCOPE_CACHE_DIR``.
 """
@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from tests.tiny import HOOK, make_model, make_sae, random_tokens, word_tokenizer
+
 _TEXT = (
     "the cat sat on a mat dog ran far away and then came back home it was very "
     "happy to see its friend who had been waiting by old tree for long time while "
@@ -20,69 +22,35 @@ _TEXT = (
     "dark sky full of stars"
 )
 WORDS = _TEXT.split()
-BOS = "<|endoftext|>"
-HOOK = "blocks.1.hook_resid_pre"
 N_FEATURES = 64
 #: text that the tests type into the prompt search
 PROMPT = "the cat sat on a mat and the dog ran home"
 
 
 def make_tokenizer():
-    """A word-level fast tokenizer over :data:`WORDS` (id 0 is BOS/EOS/UNK)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {BOS: 0}
-    for w in WORDS:
-        vocab.setdefault(w, len(vocab))
-    tk = Tokenizer(models.WordLevel(vocab, unk_token=BOS))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk, bos_token=BOS, eos_token=BOS, unk_token=BOS, pad_token=BOS
-    )
-    # TransformerLens reloads a tokenizer by name unless it already adds BOS; this one
-    # has no name to reload from, and TransformerLens prepends BOS itself.
-    tok.init_kwargs["name_or_path"] = "tiny-test"
-    tok.init_kwargs["add_bos_token"] = True
-    return tok
+    """A word-level fast tokenizer over :data:`WORDS` (id 0 is BOS/EOS/UNK) that a
+    HookedTransformer uses as it is (see :func:`tests.tiny.word_tokenizer`)."""
+    return word_tokenizer(WORDS, transformer_lens_name="tiny-test")
 
 
 def make_workspace():
     """The test workspace: tiny model, 64-feature SAE, 48 x 24 tokens, memo on disk."""
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
     from core.config import RunConfig
     from core.dictionaries.saelens import SAELensDictionary
     from core.memo import Memo
     from core.models import ModelAdapter
     from core.workspace import Workspace
-    from tests.conftest import make_sae
 
     tok = make_tokenizer()
     d_vocab = len(tok.get_vocab())
-    cfg = HookedTransformerConfig(
-        n_layers=2,
-        d_model=32,
-        n_heads=4,
-        d_head=8,
-        d_mlp=128,
-        d_vocab=d_vocab,
-        n_ctx=64,
-        act_fn="gelu",
-        normalization_type="LN",
-        seed=0,
-        model_name="tiny-test",
-    )
-    model = HookedTransformer(cfg, tokenizer=tok)
+    model = make_model(d_vocab=d_vocab, n_ctx=64, model_name="tiny-test", tokenizer=tok)
     model.cfg.default_prepend_bos = True
     adapter = ModelAdapter(model, {"kind": "test", "name": "tiny-test"})
 
-    g = torch.Generator().manual_seed(1)
-    tokens = torch.randint(1, d_vocab, (48, 24), generator=g)
-    tokens[:, 0] = 0
+    tokens = random_tokens(48, 24, seed=1, d_vocab=d_vocab)
     with torch.no_grad():
-        sample = adapter.run_to_hooks(tokens[:16], [HOOK])[HOOK].reshape(-1, cfg.d_model)
-    sae = make_sae("standard", cfg.d_model, N_FEATURES, HOOK, sample=sample, density=0.15)
+        sample = adapter.run_to_hooks(tokens[:16], [HOOK])[HOOK].reshape(-1, model.cfg.d_model)
+    sae = make_sae("standard", model.cfg.d_model, N_FEATURES, HOOK, sample=sample, density=0.15)
     dictionary = SAELensDictionary(sae, source={"kind": "test", "name": "tiny-test-sae"})
     config = RunConfig(n_top_examples=8, n_interval_examples=3, n_intervals=5, batch_size=16)
     dataset = {"kind": "test", "name": "random words", "n_tokens": int(tokens.numel())}

@@ -13,8 +13,8 @@ import os
 from pathlib import Path
 
 from tests.app.fixtures import WORDS, make_workspace
+from tests.tiny import HOOK, make_sae, write_hf_model
 
-HOOK = "blocks.1.hook_resid_pre"
 SITE_PROMPT = "the cat sat on a mat and the dog ran home"
 #: an OIDC ``[auth]`` secrets section (never contacted: the sign-in is not completed offline)
 AUTH = {
@@ -37,12 +37,10 @@ def write_site(
     hosted configuration file."""
     import torch
 
-    from tests.conftest import make_sae, write_tiny_hf_model
-
     root.mkdir(parents=True, exist_ok=True)
     model_dir, sae_dir, corpus = root / "model", root / "sae", root / "corpus.txt"
     if not (model_dir / "config.json").exists():
-        write_tiny_hf_model(model_dir, WORDS)
+        write_hf_model(model_dir, WORDS)
     if not (sae_dir / "cfg.json").exists():
         sae = make_sae("standard", 32, 64, HOOK, density=0.15, seed=3)
         with torch.no_grad():

@@ -17,7 +17,8 @@ from streamlit.testing.v1 import AppTest
 
 from core import charts
 from tests.app.conftest import run_app, texts
-from tests.app.fixtures import PROMPT
+from tests.app.fixtures import PROMPT, WORDS, make_tokenizer
+from tests.tiny import save_hf_model
 
 pytestmark = pytest.mark.usefixtures("app_env")
 
@@ -66,18 +67,8 @@ def test_load_page_describes_workspace_and_precomputes(tiny_ws):
 
 def test_load_form_local_sources_and_errors(tmp_path, tiny_ws):
     import sae_lens as sl
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
 
-    from tests.app.fixtures import WORDS, make_tokenizer
-
-    tok = make_tokenizer()
-    cfg = GPT2Config(
-        vocab_size=len(tok.get_vocab()), n_positions=64, n_ctx=64, n_embd=32, n_layer=2, n_head=4
-    )
-    torch.manual_seed(0)
-    GPT2LMHeadModel(cfg).save_pretrained(tmp_path / "tiny-gpt2")
-    tok.save_pretrained(tmp_path / "tiny-gpt2")
+    save_hf_model(tmp_path / "tiny-gpt2", make_tokenizer(), special_ids=False)
     sae = sl.StandardSAE(sl.StandardSAEConfig(d_in=32, d_sae=24))
     sae.cfg.metadata.hook_name = "blocks.1.hook_resid_pre"
     sae.save_model(str(tmp_path / "sae"))

@@ -7,7 +7,8 @@
   of them dead, the others calibrated to fire on about 20% of tokens);
 * a plain-text dataset mixing ordinary words with hostile ones.
 
-Nothing is downloaded. The token cache goes to the session's own directory.
+Built with :mod:`tests.tiny`; nothing is downloaded. The token cache goes to the session's
+own directory.
 """
 
 from __future__ import annotations
@@ -22,12 +23,11 @@ from pathlib import Path
 
 import torch
 
-from tests.conftest import write_tiny_hf_model
+from tests.tiny import HOOK, make_sae, write_hf_model
 
 PWNED = "<script>window.__pwned=1</script>"
 HOSTILE = [PWNED, "<!--", "</script>", 'a&b"c', "<b>bold</b>"]
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran", "far", "away", "and", "then"]
-HOOK = "blocks.1.hook_resid_pre"
 N_FEATURES = 24
 DEAD = (5, 17)  # features that never fire
 CONTEXT = 16
@@ -55,7 +55,7 @@ class TinyAssets:
 
 
 def _write_model(path: Path) -> None:
-    write_tiny_hf_model(path, WORDS + HOSTILE, split_punctuation=False)
+    write_hf_model(path, WORDS + HOSTILE, split_punctuation=False)
 
 
 def _write_text(path: Path) -> None:
@@ -72,7 +72,6 @@ def _write_text(path: Path) -> None:
 def _write_sae(path: Path, model_dir: Path, data_file: Path, cache: Path) -> None:
     import core.sources as sources
     from core.sources import DatasetSpec, ModelSpec, load_model, load_tokens
-    from tests.conftest import make_sae
 
     old = sources.CACHE_ROOT
     sources.CACHE_ROOT = cache

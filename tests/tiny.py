@@ -1,0 +1,232 @@
+"""Tiny models, dictionaries and tokens for the tests and benchmarks, built in one place.
+
+Every builder is deterministic: the seeds, sizes and order of construction fixed here are
+what the tests' expected values were computed with, so change none of them.
+
+* :func:`make_model` a random HookedTransformer from a few sizes (or :func:`hooked_transformer`
+  from a full config, as the benchmarks do);
+* :func:`make_sae` a SAELens SAE of any architecture (standard, jumprelu, topk, gated) whose
+  features fire on about a chosen share of given activations;
+* :func:`random_tokens` random token ids with BOS in column 0;
+* :func:`word_tokenizer`, :func:`write_hf_model` a word-level tokenizer and a Hugging Face GPT-2
+  directory that uses it (for the loaders of local sources);
+* :func:`make_workspace` a :class:`~core.workspace.Workspace` over the tiny model and an SAE.
+
+TransformerLens, SAELens and Hugging Face are imported inside the builders: ``conftest.py``
+imports this module, and tests that need none of them should not pay for importing them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+#: the token id of BOS in every tiny model (and of BOS/EOS/UNK in the word tokenizers)
+BOS_ID = 0
+BOS_TEXT = "<|endoftext|>"
+#: the vocabulary size of :func:`make_model` by default
+D_VOCAB = 61
+#: the hook most tests read (the residual stream into the second block)
+HOOK = "blocks.1.hook_resid_pre"
+
+
+# ---- models --------------------------------------------------------------------------------------
+def hooked_transformer(cfg: dict[str, Any], tokenizer: Any = None) -> Any:
+    """A randomly initialised HookedTransformer from ``HookedTransformerConfig`` keyword
+    arguments (the initialisation follows ``cfg["seed"]``)."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    config = HookedTransformerConfig(**cfg)
+    if tokenizer is None:
+        return HookedTransformer(config)
+    return HookedTransformer(config, tokenizer=tokenizer)
+
+
+def make_model(
+    n_layers: int = 2,
+    d_model: int = 32,
+    d_vocab: int = D_VOCAB,
+    n_ctx: int = 32,
+    seed: int = 0,
+    *,
+    model_name: str | None = None,
+    tokenizer: Any = None,
+) -> Any:
+    """A GPT-2 shaped HookedTransformer (4 heads, MLP 4x wide, GELU, LayerNorm), random
+    weights from ``seed``; ``model_name`` and ``tokenizer`` are passed on when given."""
+    cfg: dict[str, Any] = dict(
+        n_layers=n_layers,
+        d_model=d_model,
+        n_heads=4,
+        d_head=d_model // 4,
+        d_mlp=4 * d_model,
+        d_vocab=d_vocab,
+        n_ctx=n_ctx,
+        act_fn="gelu",
+        normalization_type="LN",
+        seed=seed,
+    )
+    if model_name is not None:
+        cfg["model_name"] = model_name
+    return hooked_transformer(cfg, tokenizer)
+
+
+def random_tokens(
+    n_seq: int,
+    seq_len: int,
+    *,
+    seed: int,
+    d_vocab: int = D_VOCAB,
+    low: int = 1,
+    bos: int | None = BOS_ID,
+) -> torch.Tensor:
+    """Uniform ids in ``[low, d_vocab)`` from ``torch.Generator().manual_seed(seed)``, shape
+    ``[n_seq, seq_len]`` (int64); column 0 set to ``bos`` unless it is None."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(low, d_vocab, (n_seq, seq_len), generator=g)
+    if bos is not None:
+        tokens[:, 0] = bos
+    return tokens
+
+
+# ---- dictionaries --------------------------------------------------------------------------------
+def make_sae(
+    kind: str,
+    d_in: int,
+    d_sae: int,
+    hook: str,
+    sample: torch.Tensor | None = None,
+    seed: int = 0,
+    density: float = 0.2,
+) -> Any:
+    """SAELens SAE of the given architecture with random weights (``torch.manual_seed(seed)``).
+
+    When ``sample`` activations [n, d_in] are given, the encoder biases are set so each
+    feature fires on about ``density`` of them (per-feature quantile of its pre-activation).
+    """
+    import sae_lens as sl
+
+    torch.manual_seed(seed)
+    common = dict(d_in=d_in, d_sae=d_sae)
+    if kind == "standard":
+        sae = sl.StandardSAE(sl.StandardSAEConfig(**common))
+    elif kind == "jumprelu":
+        sae = sl.JumpReLUSAE(sl.JumpReLUSAEConfig(**common))
+    elif kind == "topk":
+        sae = sl.TopKSAE(sl.TopKSAEConfig(k=max(1, int(d_sae * density)), **common))
+    elif kind == "gated":
+        sae = sl.GatedSAE(sl.GatedSAEConfig(**common))
+    else:
+        raise ValueError(kind)
+    sae.cfg.metadata.hook_name = hook
+    with torch.no_grad():
+        sae.W_dec.copy_(torch.randn_like(sae.W_dec) / d_in**0.5)
+        sae.W_enc.copy_(torch.randn_like(sae.W_enc))
+        sae.b_dec.copy_(torch.randn_like(sae.b_dec) * 0.01)
+        if sample is not None:
+            pre = (sample - sae.b_dec) @ sae.W_enc
+            q = torch.quantile(pre, 1 - density, dim=0)
+            if getattr(sae, "b_enc", None) is not None:
+                sae.b_enc.copy_(-q)
+            if hasattr(sae, "b_gate"):
+                sae.b_gate.copy_(-q)
+                sae.b_mag.copy_(-q + 0.5)
+                sae.r_mag.fill_(0.0)
+            if hasattr(sae, "threshold"):
+                # JumpReLU: fire only above a threshold inside the positive part
+                sae.b_enc.copy_(-q + 0.3)
+                sae.threshold.fill_(0.3)
+    return sae
+
+
+# ---- Hugging Face tokenizers and model directories -----------------------------------------------
+def word_tokenizer(
+    words: list[str],
+    *,
+    split_punctuation: bool = True,
+    transformer_lens_name: str | None = None,
+) -> Any:
+    """A word-level fast tokenizer over ``words`` (id 0 is BOS/EOS/UNK, the others in order).
+
+    ``split_punctuation=False`` splits on whitespace only, so tokens such as ``<script>``
+    stay whole. ``transformer_lens_name``: a tokenizer handed to a HookedTransformer directly
+    (it gets a pad token, that name, and says it adds BOS, so TransformerLens neither reloads
+    it by name nor adds BOS twice).
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {BOS_TEXT: BOS_ID}
+    for w in words:
+        vocab.setdefault(w, len(vocab))
+    tk = Tokenizer(models.WordLevel(vocab, unk_token=BOS_TEXT))
+    tk.pre_tokenizer = (
+        pre_tokenizers.Whitespace() if split_punctuation else pre_tokenizers.WhitespaceSplit()
+    )
+    special = dict(bos_token=BOS_TEXT, eos_token=BOS_TEXT, unk_token=BOS_TEXT)
+    if transformer_lens_name is not None:
+        special["pad_token"] = BOS_TEXT
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, **special)
+    if transformer_lens_name is not None:
+        tok.init_kwargs["name_or_path"] = transformer_lens_name
+        tok.init_kwargs["add_bos_token"] = True
+    return tok
+
+
+def save_hf_model(path: Path | str, tokenizer: Any, *, special_ids: bool = True) -> Any:
+    """Save a tiny random GPT-2 (2 layers, width 32, 4 heads, context 64, ``torch.manual_seed(0)``)
+    with ``tokenizer`` as a Hugging Face directory; returns the model. ``special_ids``: the
+    config names id 0 as BOS and EOS (otherwise GPT-2's defaults stay)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    ids = dict(bos_token_id=BOS_ID, eos_token_id=BOS_ID) if special_ids else {}
+    cfg = GPT2Config(
+        vocab_size=len(tokenizer.get_vocab()),
+        n_positions=64,
+        n_ctx=64,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        **ids,
+    )
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(cfg).eval()
+    hf.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return hf
+
+
+def write_hf_model(
+    path: Path | str, words: list[str], split_punctuation: bool = True
+) -> tuple[Any, Any]:
+    """:func:`save_hf_model` with a :func:`word_tokenizer` over ``words`` (BOS/EOS id 0).
+    Returns ``(hf_model, tokenizer)``."""
+    tok = word_tokenizer(words, split_punctuation=split_punctuation)
+    return save_hf_model(path, tok), tok
+
+
+# ---- workspaces ----------------------------------------------------------------------------------
+def make_workspace(
+    n_features: int,
+    config: Any,
+    *,
+    n_seq: int = 24,
+    seq_len: int = 12,
+    token_seed: int = 0,
+    density: float = 0.2,
+) -> Any:
+    """A Workspace over :func:`make_model` (2 layers), :func:`random_tokens` and a standard
+    SAE at :data:`HOOK` with ``n_features`` uncalibrated features; no memo. ``config``: the
+    workspace's :class:`~core.config.RunConfig`."""
+    from core.dictionaries.saelens import SAELensDictionary
+    from core.models import ModelAdapter
+    from core.workspace import Workspace
+
+    model = make_model(n_layers=2)
+    tokens = random_tokens(n_seq, seq_len, seed=token_seed)
+    sae = make_sae("standard", 32, n_features, HOOK, density=density)
+    return Workspace(
+        ModelAdapter(model, bos_token_id=BOS_ID), SAELensDictionary(sae), tokens, config=config
+    )
