@@ -18,10 +18,8 @@ from core.engine import compute_features
 from core.engine.cached import base_key
 from core.memo import Memo, NoPickleDisk
 from core.models import ModelAdapter
-from tests.conftest import make_model, make_sae
 from tests.mounts import read_only_copy, tmpfs
-
-HOOK = "blocks.1.hook_resid_pre"
+from tests.tiny import HOOK, make_model, make_sae
 
 
 class CountingModel(ModelAdapter):

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import torch
-
 from core.config import RunConfig
 from core.dictionaries.saelens import SAELensDictionary
 from core.engine.cached import compute_features
 from core.memo import Memo
 from core.models import ModelAdapter
-from tests.conftest import make_model, make_sae
-
-HOOK = "blocks.1.hook_resid_pre"
+from tests.tiny import HOOK, make_model, make_sae, random_tokens
 
 
 def test_progress_reaches_the_end_only_after_every_feature_is_saved(tmp_path):
     model = make_model(n_layers=2)
-    tokens = torch.randint(1, 61, (12, 10), generator=torch.Generator().manual_seed(0))
-    tokens[:, 0] = 0
+    tokens = random_tokens(12, 10, seed=0)
     sae = make_sae("standard", 32, 40, HOOK, density=0.2)
     memo = Memo(tmp_path / "memo")
     events: list[tuple[str, float | int]] = []

@@ -10,9 +10,7 @@ from core.dictionaries.protocol import DictionaryError
 from core.dictionaries.saelens import SAELensDictionary
 from core.engine import EngineError, run_sweep
 from core.models import ModelAdapter
-from tests.conftest import make_model, make_sae
-
-HOOK = "blocks.1.hook_resid_pre"
+from tests.tiny import HOOK, make_model, make_sae
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from core.config import RunConfig
 from core.dictionaries.saelens import SAELensDictionary
 from core.engine import run_sweep
 from core.models import ModelAdapter
-from tests.conftest import make_model, make_sae
+from tests.tiny import HOOK, make_model, make_sae, random_tokens
 from tests.tolerance import (
     assert_top_k,
     encode_tolerance,
@@ -23,7 +23,6 @@ from tests.tolerance import (
     sum_tolerance,
 )
 
-HOOK = "blocks.1.hook_resid_pre"
 BOS = 0
 CHECK = [0, 3, 7, 12, 25, 40, 63]
 
@@ -31,9 +30,7 @@ CHECK = [0, 3, 7, 12, 25, 40, 63]
 @pytest.fixture(scope="module")
 def setup():
     model = make_model(n_layers=3)
-    g = torch.Generator().manual_seed(1)
-    tokens = torch.randint(1, 61, (40, 16), generator=g)
-    tokens[:, 0] = BOS
+    tokens = random_tokens(40, 16, seed=1, bos=BOS)
     tokens[5, 9] = BOS  # a separator in the middle is ignored too
     _, cache = model.run_with_cache(tokens, names_filter=HOOK)
     x = cache[HOOK]

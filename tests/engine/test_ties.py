@@ -11,9 +11,7 @@ from core.dictionaries.saelens import SAELensDictionary
 from core.engine import run_sweep
 from core.engine.stats import TopExamples, window_offsets
 from core.models import ModelAdapter
-from tests.conftest import make_model, make_sae
-
-HOOK = "blocks.1.hook_resid_pre"
+from tests.tiny import HOOK, make_model, make_sae, random_tokens
 
 
 def reference(acts: torch.Tensor, k: int) -> list[list[tuple[float, int, int]]]:
@@ -88,9 +86,7 @@ class Quantised(SAELensDictionary):
 @pytest.fixture(scope="module")
 def tied():
     model = ModelAdapter(make_model(), bos_token_id=0)
-    g = torch.Generator().manual_seed(3)
-    tokens = torch.randint(1, 61, (30, 12), generator=g)
-    tokens[:, 0] = 0
+    tokens = random_tokens(30, 12, seed=3)
     sample = model.run_to_hooks(tokens, [HOOK])[HOOK].reshape(-1, 32)
     d = Quantised(make_sae("standard", 32, 12, HOOK, sample=sample, density=0.3))
     return model, d, tokens
