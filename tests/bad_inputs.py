@@ -12,7 +12,7 @@ no pickle payload ran, the app renders a feature afterwards...).
 
 ``tests/test_bad_inputs.py`` runs every case under pytest and checks ``expect`` (all the
 substrings, case-insensitive, in the message) and ``intact``;
-``scripts/bad_input_report.py`` runs them and prints a Markdown table.
+``python -m tests.bad_input_report`` runs them and prints a Markdown table.
 
 Everything is built locally in one temporary directory by :class:`Env`: the tiny app
 workspace of :mod:`tests.app.fixtures` (the app builds the same object through the
@@ -46,8 +46,9 @@ from typing import Any
 
 import torch
 
+from tests.tiny import HOOK, make_model, make_sae, random_tokens, write_hf_model
+
 ROOT = Path(__file__).resolve().parent.parent
-HOOK = "blocks.1.hook_resid_pre"
 APP_FACTORY = "tests.bad_inputs:app_workspace"
 HOSTILE_FACTORY = "tests.bad_inputs:hostile_workspace"
 BASELINE = (1, 2, 3)  # features computed before any case; they must survive every case
@@ -338,12 +339,11 @@ class Env:
         from core.memo import Memo
         from core.sources import DatasetSpec, DictionarySpec, ModelSpec, load_model, load_tokens
         from core.workspace import Workspace
-        from tests.conftest import make_sae, write_tiny_hf_model
 
         base = self.root / "hostile"
         model_dir, sae_dir, text = base / "model", base / "sae", base / "corpus.txt"
         words = NORMAL_WORDS + PAYLOAD_TOKENS + UNICODE_TOKENS
-        write_tiny_hf_model(model_dir, words, split_punctuation=False)
+        write_hf_model(model_dir, words, split_punctuation=False)
         g = torch.Generator().manual_seed(0)
         special = PAYLOAD_TOKENS + UNICODE_TOKENS
         docs = []
@@ -855,7 +855,6 @@ def _mismatch(kind: str, call: str) -> Callable[[Env], Outcome]:
     def run(env: Env) -> Outcome:
         from core.dictionaries.saelens import SAELensDictionary
         from core.workspace import Workspace
-        from tests.conftest import make_sae
 
         ws = env.ws
         if kind == "width":
@@ -881,7 +880,6 @@ def _mismatch_sources(env: Env) -> Outcome:
     """load_sources with a 16-wide SAE directory for a 32-wide model, then a feature."""
     from core.sources import DictionarySpec
     from core.workspace import Workspace
-    from tests.conftest import make_sae
 
     h = env.hostile
     sae_dir = env.root / "damaged" / "sae16"
@@ -2202,7 +2200,6 @@ def _damaged_after_load(part: str) -> Callable[[Env], Outcome]:
         from core.dictionaries.saelens import SAELensDictionary
         from core.engine import run_sweep
         from core.models import ModelAdapter
-        from tests.conftest import make_model, make_sae
 
         env.ws  # noqa: B018 - baseline first
         model = ModelAdapter(make_model(), bos_token_id=0)
@@ -2213,7 +2210,7 @@ def _damaged_after_load(part: str) -> Callable[[Env], Outcome]:
                 sae.W_enc[:, 3] = float("nan")
             else:
                 sae.W_dec[3, 0] = float("inf")
-        tokens = torch.randint(1, 61, (8, 12), generator=torch.Generator().manual_seed(0))
+        tokens = random_tokens(8, 12, seed=0, bos=None)
         message = error_of(lambda: run_sweep(model, d, tokens, RunConfig(features=[1, 3])))
         problems = []
         if "bincount" in message:

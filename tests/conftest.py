@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
-import torch
 
-from tests.tiny import make_model, make_sae, random_tokens, write_hf_model
+from tests.tiny import make_model, make_sae, prepare_process, random_tokens, write_hf_model
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# Thread count changes BLAS blocking and so the rounding of every sum: the suite must pass
-# with 1 thread (OMP_NUM_THREADS=1) and with 2; tolerances come from tests/tolerance.py.
-torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or max(1, min(2, os.cpu_count() or 1))))
+prepare_process()  # offline hub; 1 or 2 torch threads (the tolerances hold for both)
 
 # The builders under the names some test modules still import from here (use tests.tiny).
 write_tiny_hf_model = write_hf_model

@@ -1,7 +1,7 @@
 """Every bad input of :mod:`tests.bad_inputs`: a clear message, and nothing else harmed.
 
 The cases (what is tried, how, which words the message must contain) are data in
-``tests/bad_inputs.py``, shared with ``scripts/bad_input_report.py``. Each case here
+``tests/bad_inputs.py``, shared with :mod:`tests.bad_input_report`. Each case here
 asserts the message (a substring naming the problem and, where there is one, the fix) and
 the intact part: features computed before are still served by the memo without a forward
 pass, the workspace answers as before, and the case's own checks (token cache unchanged,
@@ -10,11 +10,10 @@ good sources still load, no pickle payload ran, the app renders afterwards...).
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
-from tests.bad_inputs import CASES, GROUPS, ROOT, Env, check
+from tests.bad_input_report import cell
+from tests.bad_inputs import CASES, GROUPS, Env, check
 
 
 @pytest.fixture(scope="module")
@@ -37,13 +36,7 @@ def test_every_kind_of_bad_input_is_tried():
 
 
 def test_report_cells_cannot_break_the_table():
-    spec = importlib.util.spec_from_file_location(
-        "bad_input_report", ROOT / "scripts" / "bad_input_report.py"
-    )
-    assert spec is not None and spec.loader is not None
-    report = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(report)
-    got = report.cell("a|b <script>alert(1)</script>\n\x00\u202e\ud800 " + "x" * 300)
+    got = cell("a|b <script>alert(1)</script>\n\x00\u202e\ud800 " + "x" * 300)
     assert "|" not in got.replace("\\|", "")
     assert "<" not in got and ">" not in got and "\n" not in got
     assert "\\u0000" in got and "\\u202e" in got and "\\ud800" in got

@@ -10,7 +10,8 @@ what the tests' expected values were computed with, so change none of them.
 * :func:`random_tokens` random token ids with BOS in column 0;
 * :func:`word_tokenizer`, :func:`write_hf_model` a word-level tokenizer and a Hugging Face GPT-2
   directory that uses it (for the loaders of local sources);
-* :func:`make_workspace` a :class:`~core.workspace.Workspace` over the tiny model and an SAE.
+* :func:`make_workspace` a :class:`~core.workspace.Workspace` over the tiny model and an SAE;
+* :func:`prepare_process` the process settings the suite runs under (offline hub, threads).
 
 TransformerLens, SAELens and Hugging Face are imported inside the builders: ``conftest.py``
 imports this module, and tests that need none of them should not pay for importing them.
@@ -18,6 +19,7 @@ imports this module, and tests that need none of them should not pay for importi
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,16 @@ BOS_TEXT = "<|endoftext|>"
 D_VOCAB = 61
 #: the hook most tests read (the residual stream into the second block)
 HOOK = "blocks.1.hook_resid_pre"
+
+
+def prepare_process() -> None:
+    """Set up this process as the test suite runs: the Hugging Face hub offline, and torch
+    on ``$OMP_NUM_THREADS`` threads (else 1 or 2). Thread count changes BLAS blocking and so
+    the rounding of every sum: the suite must pass with 1 thread and with 2; tolerances come
+    from ``tests/tolerance.py``. ``conftest.py`` calls it; so do scripts that run test cases."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    threads = os.environ.get("OMP_NUM_THREADS") or max(1, min(2, os.cpu_count() or 1))
+    torch.set_num_threads(int(threads))
 
 
 # ---- models --------------------------------------------------------------------------------------

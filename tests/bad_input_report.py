@@ -1,4 +1,4 @@
-"""Try every bad input of ``tests/bad_inputs.py`` and print a Markdown table.
+"""Try every bad input of tests/bad_inputs.py and print a Markdown table.
 
 One row per case: the input tried, what it produced (the message the user reads, shortened)
 and whether everything else stayed intact. Below the table: the cases whose message lacks
@@ -6,9 +6,9 @@ what the test suite expects, or that were not intact (none when all is well).
 
 Usage::
 
-    .venv/bin/python scripts/bad_input_report.py               # every case
-    .venv/bin/python scripts/bad_input_report.py --group html  # one group (see --help)
-    .venv/bin/python scripts/bad_input_report.py --match surrogate
+    .venv/bin/python -m tests.bad_input_report               # every case
+    .venv/bin/python -m tests.bad_input_report --group html  # one group (see --help)
+    .venv/bin/python -m tests.bad_input_report --match surrogate
 
 Everything is built in a temporary directory (no downloads); takes about a minute.
 Exit status 1 when a case fails.
@@ -22,13 +22,9 @@ import logging
 import sys
 import time
 import unicodedata
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import tests.conftest  # noqa: E402,F401 - offline hub, two torch threads
-from tests.bad_inputs import CASES, GROUPS, Env, Outcome, check, shorten  # noqa: E402
+from tests.bad_inputs import CASES, GROUPS, Env, Outcome, check, shorten
+from tests.tiny import prepare_process
 
 
 def cell(text: str, limit: int = 160) -> str:
@@ -47,10 +43,13 @@ def cell(text: str, limit: int = 160) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.bad_input_report", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--group", choices=sorted(GROUPS), help="only this group")
     parser.add_argument("--match", help="only cases whose name or input contains this text")
     args = parser.parse_args(argv)
+    prepare_process()
     logging.basicConfig(level=logging.ERROR)
     cases = [
         c
