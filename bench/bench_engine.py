@@ -79,14 +79,14 @@ def load_workload(device: str = "cpu"):
     import torch
     from sae_lens import SAE
     from safetensors.torch import load_file
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     from bench.workload import load_model_state
     from core.dictionaries.saelens import SAELensDictionary
     from core.models import ModelAdapter
+    from tests.tiny import hooked_transformer
 
     cfg = json.loads((WORKLOAD / "model_cfg.json").read_text())
-    model = HookedTransformer(HookedTransformerConfig(**cfg))
+    model = hooked_transformer(cfg)
     load_model_state(model, WORKLOAD / "model.safetensors")
     model.to(device)
     tokens = load_file(str(WORKLOAD / "tokens.safetensors"))["tokens"]

@@ -66,6 +66,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.tiny import hooked_transformer, random_tokens  # noqa: E402
+
 FORMAT = 3
 HOOK_NAME = "blocks.6.hook_resid_pre"
 HOOK_LAYER = 6
@@ -109,12 +114,9 @@ def load_model_state(model: torch.nn.Module, path: Path | str) -> None:
 def _build_model(cfg_kwargs: dict):
     import warnings
 
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        cfg = HookedTransformerConfig(**cfg_kwargs)
-        return HookedTransformer(cfg)
+        return hooked_transformer(cfg_kwargs)
 
 
 @torch.no_grad()
@@ -183,11 +185,7 @@ def prepare(
     del check
 
     # tokens
-    gen = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(
-        0, cfg_kwargs["d_vocab"], (n_seq, seq_len), generator=gen, dtype=torch.int64
-    )
-    tokens[:, 0] = BOS
+    tokens = random_tokens(n_seq, seq_len, seed=seed, d_vocab=cfg_kwargs["d_vocab"], low=0, bos=BOS)
     save_file({"tokens": tokens}, str(out_dir / "tokens.safetensors"))
 
     # SAE
