@@ -38,9 +38,9 @@ import torch  # noqa: E402
 
 from core.config import RunConfig  # noqa: E402
 from core.effects import compute_effects  # noqa: E402
-from core.engine import run_sweep  # noqa: E402
-from core.engine.cached import base_key  # noqa: E402
-from core.memo import Memo  # noqa: E402
+from core.engine.cached import source_key  # noqa: E402
+from core.engine.sweep import run_sweep  # noqa: E402
+from core.memo import Memo, feature_prefix  # noqa: E402
 
 OUT = ROOT / "bench" / "results-effects.json"
 
@@ -90,7 +90,9 @@ def measure(label, model, dictionary, tokens, n_pages: int, naive: int) -> dict:
     sweep_s = time.perf_counter() - t
     full = [f for f, fd in pages.items() if len(fd.top_examples) == cfg.n_top_examples]
     chosen = (full or list(pages))[:n_pages]
-    key = base_key(model, dictionary, tokens, cfg, cfg.features)
+    key = feature_prefix(
+        source_key(model, dictionary, tokens, cfg), cfg.feature_correlation, cfg.features
+    )
     hook = cfg.hook or dictionary.hook_in
     out: dict = {
         "model": model.name,

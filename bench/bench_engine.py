@@ -149,7 +149,7 @@ def run_one(name: str, device: str, batch_size: int) -> dict:
     import torch
 
     from core.config import RunConfig, parse_features
-    from core.engine import run_sweep
+    from core.engine.sweep import run_sweep
 
     tool, feats, opts = SCENARIOS[name]
     t0 = time.perf_counter()

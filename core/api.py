@@ -219,7 +219,7 @@ class SaeVisRunner:
 
         The model and dictionary are moved to ``cfg.device`` and ``cfg.dtype``.
         """
-        from core.engine import compute_features
+        from core.engine.cached import compute_features
         from core.memo import Memo
 
         cfg = self.cfg

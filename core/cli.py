@@ -80,7 +80,7 @@ def cmd_demo_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_compute(args: argparse.Namespace) -> int:
-    from core.engine import compute_features
+    from core.engine.cached import compute_features
 
     model, dictionary, tokens, identity = load_sources(args)
     cfg = RunConfig(

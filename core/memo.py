@@ -14,8 +14,10 @@
 * A directory that cannot be written (a read-only mount, a full disk) is opened
   read-only: reads work, writes are skipped with a warning (:attr:`Memo.read_only`,
   :attr:`Memo.writes_failing`).
-* Keys are sha256 digests of everything that fixes a result
-  (see :func:`core.engine.keys.memo_key`).
+* One key scheme for everything that computes (the app's workspace, the notebook API,
+  the precompute runner): feature ``f`` is stored under :func:`feature_key` of the
+  :func:`feature_prefix` of the sources' key (:func:`core.engine.cached.source_key`, a
+  sha256 of the model, dictionary and token fingerprints and the result-changing config).
 
 The directory defaults to ``cache/memo`` in the project and can be moved with the
 ``FEATURESCOPE_CACHE_DIR`` environment variable; ``FEATURESCOPE_CACHE_SIZE`` (bytes)
@@ -60,6 +62,21 @@ _FIX = "Make it writable, or set FEATURESCOPE_CACHE_DIR to a writable directory"
 
 class MemoError(FeaturescopeError, RuntimeError):
     """The cache directory cannot be used (message says why and what to do)."""
+
+
+def feature_prefix(source: str, correlation: str, features: list[int]) -> str:
+    """The key prefix of features computed together from sources with key ``source``:
+    ``source`` itself, except in ``requested`` correlation mode, where a feature's data
+    depends on the whole requested set."""
+    if correlation != "requested":
+        return source
+    text = json.dumps({"source": source, "requested": list(features)}, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def feature_key(prefix: str, feature: int) -> str:
+    """Where one feature's :class:`~core.engine.features.FeatureData` is stored."""
+    return f"{prefix}:{feature}"
 
 
 _SELECT = (

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from core.source_guard import SourceError  # moves to core.errors once source_guard is light
+from core.source_guard import SourceError
 
 #: the demo model (a GGUF file converted once to TransformerLens)
 DEMO_MODEL_NAME = "SmolLM2-135M-Instruct"

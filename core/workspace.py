@@ -25,36 +25,21 @@ import torch
 
 from core.config import RunConfig
 from core.dictionaries.protocol import Dictionary
-from core.engine import compute_features
-from core.engine.activations import ActivationStore
-from core.engine.cached import base_key, missing_features, token_fingerprint
+from core.engine.activations import activation_store_for
+from core.engine.cached import compute_features, missing_features, source_key, token_fingerprint
 from core.engine.features import FeatureData
+from core.engine.sweep import check_fit, prepare_tokens
 from core.errors import FeaturescopeError
 from core.hosted import Limits
-from core.memo import Memo
+from core.memo import Memo, feature_key, feature_prefix
 from core.models import ModelAdapter
-from core.previews import feature_preview
+from core.precompute.index import run_memos
+from core.previews import SUMMARY_VERSION, feature_preview, summary_table
 from core.queue import COMPUTE_QUEUE
-from core.sources import (
-    DatasetSpec,
-    DictionarySpec,
-    ModelSpec,
-    load_sources,
-)
+from core.sources import load_sources
+from core.specs import DatasetSpec, DictionarySpec, ModelSpec
 
 Progress = Callable[[float, str], None]
-#: columns of :meth:`Workspace.summary`; the version is part of its memo key (bumped when
-#: a column is added, so an older stored table is rebuilt from the cached features)
-SUMMARY_COLUMNS = [
-    "feature",
-    "density",
-    "max_act",
-    "mean_act",
-    "n_active",
-    "top_tokens",
-    "fires_on",
-]
-SUMMARY_VERSION = 2
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 _LOCKS: dict[int, threading.RLock] = {}
@@ -110,7 +95,11 @@ class PromptResult:
 
 
 class Workspace:
-    """A model, a dictionary and a token set, with the memo layer in front.
+    """A model, a dictionary and a token set, with the memo layer in front: the live
+    :class:`~core.feature_source.FeatureSource`.
+
+    Features come from the memo, or from a precompute output of the same sources
+    (registered by the runner: :mod:`core.precompute.index`), and are computed otherwise.
 
     Args:
         model, dictionary, tokens: the live objects (see :mod:`core.sources`).
@@ -144,9 +133,8 @@ class Workspace:
         self.oom_retries = 0
         # hook activations kept on disk next to the memo: after the first sweep over this
         # token set, computing other features needs no forward pass
-        self.activation_store = (
-            ActivationStore(memo.directory.parent / "activations") if memo is not None else None
-        )
+        self.activation_store = activation_store_for(memo.directory) if memo is not None else None
+        self._runs: dict[str, list[Memo]] = {}  # precompute outputs by source key
         self._unit_dirs: torch.Tensor | None = None
         self._vocab_index: dict[str, list[int]] | None = None
         self._fits: set[str] = set()  # hooks the dictionary was checked to fit
@@ -171,6 +159,8 @@ class Workspace:
         }
         return cls(model, dictionary, tokens, identity, memo, config, specs)
 
+    live = True
+
     # --- description -----------------------------------------------------------------------
     @property
     def n_features(self) -> int:
@@ -192,7 +182,23 @@ class Workspace:
 
     def identity_key(self) -> str:
         """Short stable id of (model, dictionary, tokens): goes into deep links."""
-        return base_key(self.model, self.dictionary, self.tokens, self.config, [])[:12]
+        return self._source_key(self.config)[:12]
+
+    def _prepared(self, config: RunConfig) -> torch.Tensor:
+        return prepare_tokens(self.tokens, config)
+
+    def _source_key(self, config: RunConfig) -> str:
+        """The memo key of these sources under ``config`` (shared with the runner)."""
+        return source_key(self.model, self.dictionary, self._prepared(config), config)
+
+    def _readers(self, config: RunConfig) -> list[Memo]:
+        """Memos of the precompute outputs registered for these sources (opened once)."""
+        if self.memo is None:
+            return []
+        key = self._source_key(config)
+        if key not in self._runs:
+            self._runs[key] = run_memos(self.memo, key)
+        return self._runs[key]
 
     def memory_estimate(self, n_features: int) -> dict[str, float]:
         """Rough peak memory (MB) of computing ``n_features`` features, for the load page."""
@@ -289,6 +295,7 @@ class Workspace:
                 dataset=self.dataset,
                 progress=progress,
                 activation_store=self.activation_store,
+                readers=self._readers(config),
             )
 
         return self._retrying(run, f"{len(idx):,} features")
@@ -297,20 +304,33 @@ class Workspace:
         """Which of ``indices`` are not in the memo yet (what :meth:`features` would compute)."""
         idx = [self.check_index(i) for i in indices]
         cfg = dataclasses.replace(self.config, features=idx)
-        return missing_features(self.model, self.dictionary, self.tokens, cfg, self.memo)
+        readers = self._readers(cfg)
+        return missing_features(self.model, self.dictionary, self.tokens, cfg, self.memo, readers)
 
     def feature(self, i: int, progress: Progress | None = None) -> FeatureData:
         i = self.check_index(i)
         return self.features([i], progress)[i]
 
+    def has(self, i: int) -> bool:
+        """True for every valid index: a live workspace computes what it lacks."""
+        try:
+            self.check_index(i)
+        except WorkspaceError:
+            return False
+        return True
+
     def cached(self, i: int) -> FeatureData | None:
-        """The feature's data if it is in the memo, without computing."""
+        """The feature's data if it is stored (memo or precompute output), without computing."""
         if self.memo is None:
             return None
         i = self.check_index(i)
         cfg = dataclasses.replace(self.config, features=[i])
-        key = base_key(self.model, self.dictionary, self.tokens, cfg, [i])
-        return self.memo.get_feature(f"{key}:{i}")
+        prefix = feature_prefix(self._source_key(cfg), cfg.feature_correlation, [i])
+        for memo in (self.memo, *self._readers(cfg)):
+            got = memo.get_feature(feature_key(prefix, i))
+            if got is not None:
+                return got
+        return None
 
     def previews(self, indices: list[int]) -> dict[int, dict[str, list[str]]]:
         """:func:`~core.previews.feature_preview` of each of ``indices`` that is already
@@ -337,15 +357,7 @@ class Workspace:
             if got is not None:
                 return got
         data = self.features(list(range(self.n_features)), progress)
-        out: dict[str, list] = {k: [] for k in SUMMARY_COLUMNS}
-        for i, fd in data.items():
-            out["feature"].append(i)
-            out["density"].append(fd.density)
-            out["max_act"].append(fd.max_act)
-            out["mean_act"].append(fd.mean_act)
-            out["n_active"].append(fd.n_active)
-            out["top_tokens"].append(fd.top_logits.tokens[:3])
-            out["fires_on"].append(feature_preview(fd)["fires_on"])
+        out = summary_table(data.values())
         if self.memo is not None:
             self.memo.put_json(key, out)
         return out
@@ -392,8 +404,6 @@ class Workspace:
     def _check_fit(self, hook: str) -> None:
         """A clear error when the dictionary cannot read ``hook`` of the model (a missing
         hook, another width); checked once per hook, inside the compute gate."""
-        from core.engine.sweep import check_fit
-
         if hook in self._fits:
             return
         try:
@@ -514,12 +524,11 @@ class Workspace:
         (feature, base key); statistics of the last call are in ``last_effects_stats``.
         """
         from core.effects import compute_effects
-        from core.engine.sweep import prepare_tokens
 
         i = self.check_index(i)
         fd = self.feature(i, progress)
         cfg = dataclasses.replace(self.config, features=[i])
-        tokens = prepare_tokens(self.tokens, cfg)
+        tokens = self._prepared(cfg)
         stats: dict[str, Any] = {}
 
         def run(config: RunConfig) -> dict[int, FeatureData]:
@@ -533,7 +542,7 @@ class Workspace:
                 ignore_bos=cfg.ignore_bos,
                 ignore_padding=cfg.ignore_padding,
                 memo=self.memo,
-                key_prefix=base_key(self.model, self.dictionary, tokens, cfg, [i]),
+                key_prefix=feature_prefix(self._source_key(cfg), cfg.feature_correlation, [i]),
                 progress=progress,
                 stats=stats,
             )
@@ -581,15 +590,3 @@ class Workspace:
                 temperature=temperature,
                 hook=self.config.hook,
             )
-
-
-def workspace_from_dicts(
-    model: dict, dictionary: dict, dataset: dict, memo: Memo | None = None
-) -> Workspace:
-    """Build from plain spec dicts (what the app keeps in its state and URLs)."""
-    return Workspace.from_specs(
-        ModelSpec.from_dict(model),
-        DictionarySpec.from_dict(dictionary),
-        DatasetSpec.from_dict(dataset),
-        memo,
-    )

@@ -13,6 +13,7 @@ from urllib.parse import urlencode
 
 import streamlit as st
 
+from core.feature_source import FeatureSource
 from pages import _auth as auth
 from pages import _sidebar as sidebar
 from pages import _workspaces as workspaces
@@ -56,14 +57,14 @@ def share_url(relative: str) -> str:
 
 
 # ---- export ----------------------------------------------------------------------------------------
-def export_meta(ws: Any, index: int, params: dict[str, str]) -> dict[str, Any]:
+def export_meta(ws: FeatureSource, index: int, params: dict[str, str]) -> dict[str, Any]:
     """What the exported page says about the run (heading and key/value lines)."""
     meta = _run_meta(ws, f"Feature {index}")
     meta["app link"] = "feature?" + urlencode(params)
     return meta
 
 
-def _run_meta(ws: Any, title: str) -> dict[str, Any]:
+def _run_meta(ws: FeatureSource, title: str) -> dict[str, Any]:
     """An exported page's heading and the lines naming what was loaded."""
     meta: dict[str, Any] = {"title": title}
     for label, value in sidebar.describe_lines(ws):
@@ -72,14 +73,14 @@ def _run_meta(ws: Any, title: str) -> dict[str, Any]:
     return meta
 
 
-def export_page(ws: Any, fd: Any, layout: list[str], params: dict[str, str]) -> str:
+def export_page(ws: FeatureSource, fd: Any, layout: list[str], params: dict[str, str]) -> str:
     """This dashboard as one standalone HTML page (``core.export.html``), in ``layout``."""
     from core.export.html import render_features_html  # imported here: it imports torch
 
     return render_features_html([fd], export_meta(ws, fd.index, params), layout=layout)
 
 
-def export_button(ws: Any, fd: Any, layout: list[str], params: dict[str, str]) -> None:
+def export_button(ws: FeatureSource, fd: Any, layout: list[str], params: dict[str, str]) -> None:
     """Download button; the page is built only when clicked."""
     st.download_button(
         "Download as HTML",
@@ -100,7 +101,7 @@ def export_cap() -> int:
     return int(cfg.limits.max_features_per_export) if cfg is not None else EXPORT_CAP
 
 
-def export_many(ws: Any, indices: list[int]) -> str:
+def export_many(ws: FeatureSource, indices: list[int]) -> str:
     """Several features as one standalone HTML page (computing those not cached yet)."""
     from core.export.html import render_features_html  # imported here: it imports torch
 
@@ -113,7 +114,7 @@ def export_many(ws: Any, indices: list[int]) -> str:
     )
 
 
-def export_features_button(ws: Any, indices: list[int], key: str) -> None:
+def export_features_button(ws: FeatureSource, indices: list[int], key: str) -> None:
     """Download the listed features as one HTML page (at most :func:`export_cap`)."""
     if not indices or not workspaces.is_live(ws):
         return

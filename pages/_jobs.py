@@ -16,6 +16,7 @@ from typing import Any
 
 import streamlit as st
 
+from core.feature_source import FeatureSource
 from pages._auth import hosted, session_id
 from pages._messages import error_message
 from pages._workspaces import identity, is_live
@@ -65,19 +66,19 @@ _JOBS: dict[str, Job] = {}
 _JOBS_LOCK = threading.Lock()
 
 
-def _job_key(ws: Any) -> str:
+def _job_key(ws: FeatureSource) -> str:
     """Jobs belong to the workspace; in hosted mode to the session too, so no one sees
     another user's progress or errors."""
     return identity(ws) if hosted() is None else f"{identity(ws)}:{session_id()}"
 
 
-def job_for(ws: Any) -> Job | None:
+def job_for(ws: FeatureSource) -> Job | None:
     with _JOBS_LOCK:
         return _JOBS.get(_job_key(ws))
 
 
 def start_job(
-    ws: Any, indices: list[int], per_pass: int, label: str, then_summary: bool = False
+    ws: FeatureSource, indices: list[int], per_pass: int, label: str, then_summary: bool = False
 ) -> Job:
     """Start computing ``indices`` in passes of ``per_pass`` features (one job per workspace)."""
     ident = _job_key(ws)
@@ -98,7 +99,7 @@ def start_job(
     return job
 
 
-def _run_job(job: Job, ws: Any) -> None:
+def _run_job(job: Job, ws: FeatureSource) -> None:
     n = max(1, len(job.chunks))
     try:
         if job.then_summary and n == 1:
@@ -146,7 +147,7 @@ def _job_progress(job: Job, k: int, n: int, size: int) -> Callable[[float, str],
     return progress
 
 
-def stop_job(ws: Any) -> None:
+def stop_job(ws: FeatureSource) -> None:
     job = job_for(ws)
     if job is not None:
         job.stop_event.set()
@@ -178,7 +179,7 @@ def _only_if_cached(frac: float, msg: str) -> None:
         raise _NotReady
 
 
-def summary_if_ready(ws: Any) -> dict[str, list] | None:
+def summary_if_ready(ws: FeatureSource) -> dict[str, list] | None:
     """The summary table when it can be had without a sweep (cached or all features
     computed), else ``None``. The check runs once per session and job."""
     if not is_live(ws):  # a precomputed output has (and caches) its own summary

@@ -23,6 +23,7 @@ from urllib.parse import urlencode
 
 import streamlit as st
 
+from core.feature_source import FeatureSource
 from core.hosted import check_device
 from pages._auth import hosted
 from pages._messages import error_message, md
@@ -238,7 +239,7 @@ def set_sources(new: dict[str, Any]) -> None:
 
 
 # ---- links to features -------------------------------------------------------------------
-def feature_params(ws: Any, i: int, layout: list[str] | None = None) -> dict[str, str]:
+def feature_params(ws: FeatureSource, i: int, layout: list[str] | None = None) -> dict[str, str]:
     """Query parameters of the deep link to feature ``i`` (URL parameters are strings).
 
     ``layout`` defaults to the layout this session chose on the feature page."""
@@ -255,16 +256,16 @@ def feature_params(ws: Any, i: int, layout: list[str] | None = None) -> dict[str
     return params
 
 
-def feature_href(ws: Any, i: int, layout: list[str] | None = None) -> str:
+def feature_href(ws: FeatureSource, i: int, layout: list[str] | None = None) -> str:
     """Relative URL of feature ``i``'s page (works from every page of the app)."""
     return "feature?" + urlencode(feature_params(ws, i, layout))
 
 
-def feature_link_template(ws: Any, layout: list[str] | None = None) -> str:
+def feature_link_template(ws: FeatureSource, layout: list[str] | None = None) -> str:
     """``feature_href`` with ``{}`` in place of the index (for ``charts.table_html``)."""
     return feature_href(ws, 0, layout).replace("feature=0", "feature={}", 1)
 
 
-def open_feature(ws: Any, i: int, layout: list[str] | None = None) -> None:
+def open_feature(ws: FeatureSource, i: int, layout: list[str] | None = None) -> None:
     """Go to feature ``i``'s page in this session."""
     st.switch_page(FEATURE_PAGE, query_params=feature_params(ws, i, layout))

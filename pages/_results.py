@@ -13,6 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from core import charts
+from core.feature_source import FeatureSource
 from core.previews import feature_preview
 from pages import _links as links
 from pages import _workspaces as workspaces
@@ -34,7 +35,7 @@ PREVIEW_COLUMNS = {
 }
 
 
-def previews(ws: Any, indices: list[int]) -> dict[int, dict[str, list[str]]]:
+def previews(ws: FeatureSource, indices: list[int]) -> dict[int, dict[str, list[str]]]:
     """Previews of those ``indices`` whose data is computed (nothing is computed here)."""
     if hasattr(ws, "previews"):  # a live workspace reads its memo
         return ws.previews(indices)
@@ -54,7 +55,7 @@ def previews(ws: Any, indices: list[int]) -> dict[int, dict[str, list[str]]]:
     return out
 
 
-def with_previews(ws: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def with_previews(ws: FeatureSource, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``rows`` with ``fires_on`` and ``promotes`` text for the computed features (blank
     for the others)."""
     got = previews(ws, [int(r["feature"]) for r in rows])
@@ -72,7 +73,7 @@ def with_previews(ws: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def feature_table(
-    ws: Any,
+    ws: FeatureSource,
     rows: list[dict[str, Any]],
     key: str,
     columns: dict[str, Any] | None = None,

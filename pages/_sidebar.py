@@ -6,6 +6,7 @@ from typing import Any
 
 import streamlit as st
 
+from core.feature_source import FeatureSource
 from pages._auth import hosted, user_email
 from pages._jobs import job_for
 from pages._messages import md
@@ -30,7 +31,7 @@ def _dict_label(d: Any) -> str:
     return " · ".join(bits)
 
 
-def describe_lines(ws: Any) -> list[tuple[str, str]]:
+def describe_lines(ws: FeatureSource) -> list[tuple[str, str]]:
     """(label, value) rows describing the loaded workspace, for the sidebar and pages."""
     d = ws.describe()
     rows = [("Model", str(d.get("model", "?")))]
@@ -60,7 +61,7 @@ def describe_lines(ws: Any) -> list[tuple[str, str]]:
     return rows
 
 
-def sidebar(ws: Any | None) -> None:
+def sidebar(ws: FeatureSource | None) -> None:
     """What is loaded (always visible), plus a running job's progress."""
     with st.sidebar:
         email = user_email() if hosted() is not None else None
@@ -86,7 +87,7 @@ def sidebar(ws: Any | None) -> None:
 
 
 @st.fragment(run_every=1.0)
-def _sidebar_job(ws: Any) -> None:
+def _sidebar_job(ws: FeatureSource) -> None:
     """The running job's bar, redrawn every second (the page around it is not rerun); when
     the job ends, one rerun of the page removes it and stops the redraws."""
     job = job_for(ws)

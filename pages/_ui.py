@@ -12,6 +12,7 @@ from typing import Any
 import streamlit as st
 
 from core import charts
+from core.feature_source import FeatureSource
 from pages import _auth as auth
 from pages import _jobs as jobs
 from pages import _links as links
@@ -109,7 +110,7 @@ def parse_layout(raw: str | None) -> tuple[list[str], list[str]]:
 
 
 # ---- feature data --------------------------------------------------------------------------------
-def check_index(ws: Any, raw: Any) -> int:
+def check_index(ws: FeatureSource, raw: Any) -> int:
     """The feature index, or ``ValueError`` whose message names the valid range."""
     n = int(ws.n_features)
     if hasattr(ws, "check_index"):
@@ -133,7 +134,7 @@ def check_index(ws: Any, raw: Any) -> int:
     return i
 
 
-def get_feature(ws: Any, i: int) -> tuple[Any, str]:
+def get_feature(ws: FeatureSource, i: int) -> tuple[Any, str]:
     """Feature ``i``'s data and a caption saying where it came from and how long it took.
 
     A cached feature comes straight from the memo. A missing one is computed with a
@@ -179,7 +180,7 @@ def get_feature(ws: Any, i: int) -> tuple[Any, str]:
 
 
 # ---- dashboard components ------------------------------------------------------------------------
-def render_component(name: str, fd: Any, ws: Any, layout: list[str]) -> None:
+def render_component(name: str, fd: Any, ws: FeatureSource, layout: list[str]) -> None:
     """Draw one dashboard component of feature ``fd`` (tables scroll sideways in a column
     too narrow for them instead of spilling into the next one)."""
     if name not in ("act_hist", "logit_hist"):  # the charts carry their own titles
@@ -236,7 +237,7 @@ def _html(fragment: str) -> None:
     st.html(f'<div class="fs-scroll">{fragment}</div>')
 
 
-def similar_pills(ws: Any, i: int, k: int = 8) -> None:
+def similar_pills(ws: FeatureSource, i: int, k: int = 8) -> None:
     """Nearest features by decoder cosine, as chips that open the feature in this session."""
     if not workspaces.is_live(ws):
         return
@@ -268,7 +269,7 @@ def _go_to_selected(key: str) -> None:
         st.query_params["feature"] = str(value)
 
 
-def render_dashboard(fd: Any, ws: Any, layout: list[str]) -> None:
+def render_dashboard(fd: Any, ws: FeatureSource, layout: list[str]) -> None:
     """The layout's components: narrow ones on the left, examples on the right, in order."""
     left = [c for c in layout if c not in WIDE]
     right = [c for c in layout if c in WIDE]
@@ -287,7 +288,7 @@ def render_dashboard(fd: Any, ws: Any, layout: list[str]) -> None:
 
 
 # ---- background jobs -----------------------------------------------------------------------------
-def job_panel(ws: Any) -> Any:
+def job_panel(ws: FeatureSource) -> Any:
     """Progress of this workspace's background job (polled while it runs); returns the job."""
     job = jobs.job_for(ws)
     if job is None:
@@ -307,7 +308,7 @@ def job_panel(ws: Any) -> Any:
 
 
 @st.fragment(run_every=1.0)
-def _live_job(ws: Any) -> None:
+def _live_job(ws: FeatureSource) -> None:
     job = jobs.job_for(ws)
     if job is None or not job.running:
         st.rerun()  # the whole page: show the results
@@ -323,19 +324,19 @@ def _live_job(ws: Any) -> None:
     )
 
 
-def default_per_pass(ws: Any) -> int:
+def default_per_pass(ws: FeatureSource) -> int:
     """Features per pass for background jobs: big passes are fastest (the forward pass
     over the dataset dominates), smaller ones keep progress more often."""
     return max(1, min(int(ws.n_features), PER_PASS))
 
 
 # ---- effects and steering ------------------------------------------------------------------------
-def can_explain(ws: Any) -> bool:
+def can_explain(ws: FeatureSource) -> bool:
     """True when the workspace can compute exact effects and steer (a live model)."""
     return workspaces.is_live(ws) and callable(getattr(ws, "effects", None))
 
 
-def get_effects(ws: Any, i: int) -> tuple[Any, str]:
+def get_effects(ws: FeatureSource, i: int) -> tuple[Any, str]:
     """Feature ``i`` with exact per-token ablation effects on its examples (memoised)."""
     t0 = time.perf_counter()
     bar = st.progress(0.0, text=f"Ablating feature {i} on each shown example …")
@@ -367,7 +368,7 @@ def continuation_html(prompt: str, tokens: list[str], diverges_at: int | None) -
     )
 
 
-def steer_panel(ws: Any, index: int, fd: Any, ident: str) -> None:
+def steer_panel(ws: FeatureSource, index: int, fd: Any, ident: str) -> None:
     """Generate with the feature added or clamped, next to the unsteered continuation."""
     with st.form("fs_steer_form", border=False, enter_to_submit=False):
         prompt = st.text_area(
@@ -425,7 +426,7 @@ def steer_panel(ws: Any, index: int, fd: Any, ident: str) -> None:
         )
 
 
-def try_panel(ws: Any, index: int, fd: Any, ident: str) -> None:
+def try_panel(ws: FeatureSource, index: int, fd: Any, ident: str) -> None:
     """The feature's activation on each token of a user's text."""
     st.caption(
         "The feature's activation on each token of your text, coloured on the same scale as "

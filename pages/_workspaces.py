@@ -23,10 +23,12 @@ from typing import Any
 
 import streamlit as st
 
+from core.feature_source import FeatureSource
 from core.hosted import check_device
 from core.memo import Memo
 from core.precomputed import open_precomputed
 from core.queue import QueueState, waiting_reporter
+from core.specs import DatasetSpec, DictionarySpec, ModelSpec
 from pages._auth import hosted
 from pages._shared import Registry
 
@@ -67,8 +69,7 @@ def _build(key: str) -> Any:
         return _import_factory(src["factory"])()
     if "precomputed" in src:
         return open_precomputed(src["precomputed"])
-    # imported here: they import torch, which a page must not load before it is needed
-    from core.sources import DatasetSpec, DictionarySpec, ModelSpec
+    # imported here: it imports torch, which a page must not load before it is needed
     from core.workspace import Workspace
 
     return Workspace.from_specs(
@@ -101,24 +102,17 @@ def is_loaded(src: dict[str, Any]) -> bool:
 _IDENTITIES: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
 
-def is_live(ws: Any) -> bool:
+def is_live(ws: FeatureSource) -> bool:
     """True for a :class:`~core.workspace.Workspace` (model loaded: it can compute and
     search); False for a precomputed output, which can only show what it stores."""
-    return callable(getattr(ws, "features", None)) and callable(getattr(ws, "prompt_search", None))
+    return ws.live
 
 
-def identity(ws: Any) -> str:
+def identity(ws: FeatureSource) -> str:
     """The workspace's short identity key (computed once per workspace object)."""
-    try:
+    with contextlib.suppress(KeyError):
         return _IDENTITIES[ws]
-    except (KeyError, TypeError):
-        pass
-    try:
-        key = str(ws.identity_key())
-    except Exception:  # a precomputed object may not know it
-        key = "unknown"
-    with contextlib.suppress(TypeError):
-        _IDENTITIES[ws] = key
+    key = _IDENTITIES[ws] = str(ws.identity_key())
     return key
 
 

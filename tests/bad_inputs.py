@@ -979,13 +979,14 @@ def _pickle_memo(env: Env) -> Outcome:
     computed feature (diskcache's default Disk pickles)."""
     import diskcache
 
-    from core.engine.cached import base_key
+    from core.engine.cached import source_key
+    from core.memo import feature_key
 
     ws = env.ws
     i = 7
     before = ws.feature(i)  # computed and stored; the attacker replaces the entry
     cfg = dataclasses.replace(ws.config, features=[i])
-    key = f"{base_key(ws.model, ws.dictionary, ws.tokens, cfg, [i])}:{i}"
+    key = feature_key(source_key(ws.model, ws.dictionary, ws.tokens, cfg), i)  # correlation "all"
     if ws.memo.get_feature(key) != before:
         raise AssertionError("the memo key of the case is wrong")
     marker = env.marker()
@@ -2198,7 +2199,7 @@ def _damaged_after_load(part: str) -> Callable[[Env], Outcome]:
     def run(env: Env) -> Outcome:
         from core.config import RunConfig
         from core.dictionaries.saelens import SAELensDictionary
-        from core.engine import run_sweep
+        from core.engine.sweep import run_sweep
         from core.models import ModelAdapter
 
         env.ws  # noqa: B018 - baseline first

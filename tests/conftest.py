@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
+
 import pytest
 
 from tests.tiny import make_model, make_sae, prepare_process, random_tokens, write_hf_model
 
 prepare_process()  # offline hub; 1 or 2 torch threads (the tolerances hold for both)
+
+# The app's memo (where precompute runs register and activations are kept) is the suite's
+# own, never the project's cache/: tests must not see each other's runs across sessions.
+_APP_HOME = tempfile.mkdtemp(prefix="fs-test-app-")
+atexit.register(shutil.rmtree, _APP_HOME, True)
+os.environ["FEATURESCOPE_CACHE_DIR"] = os.path.join(_APP_HOME, "memo")
 
 # The builders under the names some test modules still import from here (use tests.tiny).
 write_tiny_hf_model = write_hf_model

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from core.config import RunConfig
-from core.engine import run_sweep
+from core.engine.sweep import run_sweep
 from tests.conftest import make_model, make_sae
 
 HOOK = "blocks.1.hook_resid_pre"

@@ -8,7 +8,7 @@ import pytest
 from bench.bench_engine import NotWarm, format_table, prepare_store, ran_label
 from core.config import RunConfig
 from core.dictionaries.saelens import SAELensDictionary
-from core.engine import run_sweep
+from core.engine.sweep import run_sweep
 from core.models import ModelAdapter
 from tests.tiny import HOOK, make_model, make_sae
 

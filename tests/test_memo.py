@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import shutil
@@ -14,9 +15,8 @@ import torch
 
 from core.config import RunConfig
 from core.dictionaries.saelens import SAELensDictionary
-from core.engine import compute_features
-from core.engine.cached import base_key
-from core.memo import Memo, NoPickleDisk
+from core.engine.cached import compute_features, source_key
+from core.memo import Memo, NoPickleDisk, feature_key
 from core.models import ModelAdapter
 from tests.mounts import read_only_copy, tmpfs
 from tests.tiny import HOOK, make_model, make_sae
@@ -67,7 +67,7 @@ def test_corrupted_entry_is_dropped_and_recomputed(parts, tmp_path):
     memo = Memo(tmp_path / "memo")
     cfg = RunConfig(features=[4])
     good = compute_features(model, d, toks, cfg, memo)[4]
-    key = base_key(model, d, toks, cfg, [4]) + ":4"
+    key = feature_key(source_key(model, d, toks, cfg), 4)  # feature_correlation "all"
     blob = memo._cache.get(key)
     bad = blob[:40] + bytes([blob[40] ^ 0xFF]) + blob[41:]
     memo._cache.set(key, bad)
@@ -147,7 +147,7 @@ def test_feature_bytes_are_deterministic_across_processes(parts, tmp_path):
     import sys
 
     model, d, toks = parts
-    from core.engine import run_sweep
+    from core.engine.sweep import run_sweep
 
     fd = run_sweep(model, d, toks, RunConfig(features=[2])).features[2]
     (tmp_path / "fd.json").write_text(fd.to_json())
@@ -350,3 +350,20 @@ def test_compute_with_a_cache_that_fills_up(tmp_path, monkeypatch, caplog):
         kept = [k for k in memo.stored_keys() if k.rsplit(":", 1)[-1].isdigit()]
         assert kept and all(memo.get_feature(k) is not None for k in kept)
         memo.close()
+
+
+def test_a_feature_read_back_is_shown_the_same(parts, tmp_path):
+    """A feature read back from the memo keeps the order of every dict (a table's columns
+    are shown in that order); before, a cached page showed them sorted by name."""
+    model, d, toks = parts
+    memo = Memo(tmp_path / "memo")
+    cfg = RunConfig(features=[3, 5])
+    fresh = compute_features(model, d, toks, cfg, memo)
+    CountingModel.calls = 0
+    stored = compute_features(model, d, toks, cfg, memo)
+    assert CountingModel.calls == 0
+    for f in (3, 5):
+        assert list(stored[f].neuron_alignment.columns) == list(fresh[f].neuron_alignment.columns)
+        assert json.dumps(stored[f].to_dict()) == json.dumps(fresh[f].to_dict())
+    assert list(fresh[3].neuron_alignment.columns) != sorted(fresh[3].neuron_alignment.columns)
+    memo.close()

@@ -10,7 +10,7 @@ import torch
 
 from core import settings
 from core.config import ConfigError, RunConfig
-from core.engine import run_sweep
+from core.engine.sweep import run_sweep
 from core.memo import Memo
 from core.source_guard import SourceError, validate_device
 

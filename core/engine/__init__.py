@@ -1,19 +1,9 @@
-"""The sweep engine: plain per-feature dashboard data from a model, a dictionary and tokens."""
+"""The sweep engine: plain per-feature dashboard data from a model, a dictionary and tokens.
 
-from core.engine.cached import compute_features, token_fingerprint
-from core.engine.features import Example, FeatureData, Histogram, IntervalGroup, SweepInfo, Table
-from core.engine.sweep import EngineError, SweepResult, run_sweep
-
-__all__ = [
-    "EngineError",
-    "Example",
-    "FeatureData",
-    "Histogram",
-    "IntervalGroup",
-    "SweepInfo",
-    "SweepResult",
-    "Table",
-    "compute_features",
-    "run_sweep",
-    "token_fingerprint",
-]
+Import from the modules: :mod:`core.engine.sweep` (``run_sweep``, the loop),
+:mod:`core.engine.cached` (``compute_features``: the memo in front, ``source_key``),
+:mod:`core.engine.stats` (mergeable accumulators), :mod:`core.engine.features` (the plain
+data), :mod:`core.engine.keys`, :mod:`core.engine.activations`. The package imports
+nothing itself, so light modules (the memo) can use :mod:`core.engine.features` without
+loading torch.
+"""

@@ -24,6 +24,12 @@ from core.storage import save_tensors
 log = logging.getLogger(__name__)
 
 
+def activation_store_for(memo_directory: str | Path) -> ActivationStore:
+    """The activation store of everything that stores features in the memo at
+    ``memo_directory`` (the app, the API, the runner): ``activations/`` beside it."""
+    return ActivationStore(Path(memo_directory).parent / "activations")
+
+
 class ActivationStore:
     """A directory of ``<key>.safetensors`` files, each one ``[sequences, positions, width]``."""
 

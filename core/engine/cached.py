@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor
 
@@ -14,24 +14,26 @@ from core.engine.activations import ActivationStore
 from core.engine.features import FeatureData
 from core.engine.keys import memo_key, token_fingerprint
 from core.engine.sweep import Progress, prepare_tokens, run_sweep, validate_features
+from core.memo import Memo, feature_key, feature_prefix
 from core.models import ModelAdapter
-
-if TYPE_CHECKING:  # the memo stores what this module computes; it imports the engine
-    from core.memo import Memo
 
 # Share of the progress bar given to the sweep; the rest is building and saving each
 # feature's data, reported feature by feature so the bar never waits at 100%.
 SWEEP_SHARE = 0.8
 
 
-def base_key(
+def source_key(
     model: ModelAdapter,
     dictionary: Dictionary,
     tokens: Tensor,
     config: RunConfig,
-    features: list[int],
 ) -> str:
-    """Key prefix fixed by model, dictionary, tokens and the result-changing config."""
+    """The memo key of (model, dictionary, tokens, result-changing config).
+
+    Every computing path (the app's workspace, the notebook API, the precompute runner)
+    stores feature ``f`` under :func:`feature_key` of this, so any of them warms the
+    others. ``tokens`` are the prepared tokens (:func:`~core.engine.sweep.prepare_tokens`).
+    """
     hook = config.hook or dictionary.hook_in
     cfg = config.result_key_dict()
     cfg["hook"] = hook
@@ -44,9 +46,15 @@ def base_key(
         "tokens": token_fingerprint(tokens),
         "config": cfg,
     }
-    if config.feature_correlation == "requested":
-        parts["requested"] = hashlib.sha256(str(features).encode()).hexdigest()
     return memo_key(parts)
+
+
+def _lookup(key: str, memo: Memo, readers: Sequence[Memo]) -> FeatureData | None:
+    for m in (memo, *readers):
+        got = m.get_feature(key)
+        if got is not None:
+            return got
+    return None
 
 
 def missing_features(
@@ -55,6 +63,7 @@ def missing_features(
     tokens: Tensor,
     config: RunConfig,
     memo: Memo | None,
+    readers: Sequence[Memo] = (),
 ) -> list[int]:
     """The requested features a :func:`compute_features` call would have to compute (a key
     check per feature: nothing is read or decoded)."""
@@ -62,8 +71,11 @@ def missing_features(
     features = validate_features(config.features, dictionary.n_features)
     if memo is None:
         return features
-    prefix = base_key(model, dictionary, tokens, config, features)
-    missing = [f for f in features if f"{prefix}:{f}" not in memo]
+    prefix = feature_prefix(
+        source_key(model, dictionary, tokens, config), config.feature_correlation, features
+    )
+    stores = (memo, *readers)
+    missing = [f for f in features if not any(feature_key(prefix, f) in m for m in stores)]
     return features if missing and config.feature_correlation == "requested" else missing
 
 
@@ -76,8 +88,10 @@ def compute_features(
     dataset: dict[str, Any] | None = None,
     progress: Progress | None = None,
     activation_store: ActivationStore | None = None,
+    readers: Sequence[Memo] = (),
 ) -> dict[int, FeatureData]:
-    """Feature data for ``config.features``, from the memo where present.
+    """Feature data for ``config.features``, from the memo (or one of the read-only
+    ``readers``: precompute outputs of the same sources) where present.
 
     Missing features are computed in one sweep (in ``requested`` correlation mode the
     result depends on the whole requested set, so all are recomputed together) and
@@ -89,10 +103,12 @@ def compute_features(
         return run_sweep(
             model, dictionary, tokens, config, dataset=dataset, progress=progress
         ).features
-    prefix = base_key(model, dictionary, tokens, config, features)
+    prefix = feature_prefix(
+        source_key(model, dictionary, tokens, config), config.feature_correlation, features
+    )
     found: dict[int, FeatureData] = {}
     for f in features:
-        got = memo.get_feature(f"{prefix}:{f}")
+        got = _lookup(feature_key(prefix, f), memo, readers)
         if got is not None:
             found[f] = got
     missing = [f for f in features if f not in found]
@@ -113,12 +129,11 @@ def compute_features(
         n = len(missing)
         step = max(1, n // 100)  # about a hundred updates, whatever the count
         for k, (f, data) in enumerate(result.features.items()):
-            memo.put_feature(f"{prefix}:{f}", data)
+            memo.put_feature(feature_key(prefix, f), data)
             found[f] = data
             if (k + 1) % step == 0 or k + 1 == n:
                 done = SWEEP_SHARE + (1 - SWEEP_SHARE) * (k + 1) / n
                 report(done, f"building and saving feature data: {k + 1:,}/{n:,}")
-        memo.put_json(f"{prefix}:info", result.info.to_dict())
     elif progress is not None:
         progress(1.0, "all features came from the cache")
     return {f: found[f] for f in features}

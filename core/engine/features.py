@@ -16,7 +16,9 @@ import numpy as np
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
-SCHEMA_VERSION = 2
+#: 3: the metadata JSON keeps the order of every dict (a table's columns are shown in it);
+#: 2 sorted the keys, so a feature read back from the memo showed its columns reordered
+SCHEMA_VERSION = 3
 
 
 @dataclass
@@ -156,9 +158,10 @@ class FeatureData:
         arrays: dict[str, np.ndarray] = {}
         skeleton = _extract_arrays(self.to_dict(), arrays)
         # one metadata key: safetensors writes several keys in hash order, which would make
-        # the bytes differ between processes
+        # the bytes differ between processes. Key order is kept, not sorted: the order of a
+        # table's columns is the order they are shown in.
         skeleton["__schema__"] = SCHEMA_VERSION
-        meta = {"feature": json.dumps(skeleton, ensure_ascii=False, sort_keys=True)}
+        meta = {"feature": json.dumps(skeleton, ensure_ascii=False)}
         return st_save(arrays, metadata=meta)
 
     @classmethod

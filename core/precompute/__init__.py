@@ -17,6 +17,8 @@ Rooms:
     progress.py  the tqdm bar and the optional Weights & Biases log
     manifest.py  the directory's format, errors, feature ranges, resume checks (light)
     reader.py    PrecomputedStore: reading an output back without a model (light)
+    index.py     which outputs hold which sources: a run registers itself in the app's
+                 memo, so workspaces on the same sources read its features (light)
 
 This package imports nothing itself, so ``core.precomputed`` (the reader) stays light.
 
@@ -24,14 +26,16 @@ Output directory::
 
     manifest.json        specs, configuration, identity, chunk plan, features done/skipped
     memo/                a Memo directory (bytes-only diskcache): per feature its
-                         FeatureData bytes under ``feature:{i}``, per chunk a summary
-                         table under ``chunk:{k}:summary``
+                         FeatureData bytes under the sources' memo key (the key the
+                         app and the API use: :func:`core.memo.feature_key`), per
+                         chunk a summary table under ``chunk:{k}:summary``
     html/chunk-KKKKK.html  one self-contained page per chunk (feature picker)
     html/index.html      links to the chunk pages
     neuronpedia/batch-K.json       Neuronpedia batch files (one per chunk)
     neuronpedia/skipped_indexes.json  features listed as dead / below the density threshold
 
-Features whose density is below ``min_density`` (and features that never fire) are
-listed as skipped rather than rendered. :func:`core.precomputed.open_precomputed` reads
+Features are computed by :func:`core.engine.cached.compute_features`, the app's own
+path. Features whose density is below ``min_density`` (and features that never fire) are
+stored but listed as skipped rather than rendered. :func:`core.precomputed.open_precomputed` reads
 such a directory back so the app can browse it without a model.
 """

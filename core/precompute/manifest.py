@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,11 @@ from core.memo import Memo
 
 MANIFEST = "manifest.json"
 FORMAT = "featurescope-precompute"
-FORMAT_VERSION = 1
+#: 2: features stored under the sources' memo keys (:func:`core.memo.feature_key`, shared
+#: with the app and the API), all of them (skipped ones too), chunk summaries with fires_on;
+#: 1: features under ``feature:{i}``. Both are read; runs are written as the newest.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 #: memo size limit for an output directory: effectively unlimited (nothing is evicted)
 NO_EVICTION = 1 << 50
 #: the result folders a run writes next to its manifest
@@ -208,14 +212,16 @@ class RunDirectory:
         completed: set[int],
         done: set[int],
         skipped: set[int],
+        stored: Callable[[list[int]], list[str]],
     ) -> None:
-        """Drop completed chunks whose files or memo entries went missing (recomputed)."""
+        """Drop completed chunks whose files or memo entries went missing (recomputed).
+        ``stored(chunk)``: the memo keys of a chunk's features."""
         for k in sorted(completed):
             chunk = chunks[k]
             ok = f"chunk:{k}:summary" in memo
             rendered = [f for f in chunk if f in done]
             if ok and "memo" in outputs:
-                ok = all(f"feature:{f}" in memo for f in rendered)
+                ok = all(key in memo for key in stored(chunk))
             if ok and "html" in outputs and rendered:
                 ok = (self.path / "html" / chunk_name(k)).is_file()
             if ok and "neuronpedia" in outputs:

@@ -14,28 +14,29 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.config import MAX_FEATURES
-from core.memo import Memo
+from core.memo import Memo, feature_key, feature_prefix
 from core.precompute.manifest import (
     FORMAT,
-    FORMAT_VERSION,
     MANIFEST,
     NO_EVICTION,
+    READABLE_VERSIONS,
     PrecomputedError,
     RunnerError,
     chunk_name,
     expand_ranges,
 )
+from core.previews import SUMMARY_COLUMNS
 
 if TYPE_CHECKING:
     from core.engine.features import FeatureData
 
 
 class PrecomputedStore:
-    """Read-only view of a precompute output directory (no model needed).
-
-    The app browses it like a :class:`~core.workspace.Workspace`: :meth:`describe`,
-    :meth:`feature`, :meth:`summary`, :attr:`n_features` and :meth:`identity_key`.
+    """Read-only view of a precompute output directory (no model needed): a
+    :class:`~core.feature_source.FeatureSource` that is not ``live``.
     """
+
+    live = False
 
     def __init__(self, path: str | Path):
         self.path = Path(path).expanduser()
@@ -51,10 +52,12 @@ class PrecomputedStore:
             raise RunnerError(f"{mpath} is not valid JSON: {exc}") from exc
         if self.manifest.get("format") != FORMAT:
             raise RunnerError(f"{mpath} is not a {FORMAT} manifest")
-        if self.manifest.get("version") != FORMAT_VERSION:
+        self.version = self.manifest.get("version")
+        if self.version not in READABLE_VERSIONS:
+            readable = ", ".join(map(str, READABLE_VERSIONS))
             raise RunnerError(
-                f"{mpath} has format version {self.manifest.get('version')}; this program reads "
-                f"version {FORMAT_VERSION}: recompute it"
+                f"{mpath} has format version {self.version!r}; this program reads versions "
+                f"{readable}: recompute it"
             )
         feats = self.manifest["features"]
         n = self.manifest.get("source", {}).get("n_features")
@@ -78,10 +81,13 @@ class PrecomputedStore:
         """Number of features of the dictionary (valid indices are ``0..n_features-1``)."""
         return int(self.manifest["source"]["n_features"])
 
-    @property
-    def features(self) -> list[int]:
+    def stored_features(self) -> list[int]:
         """Indices whose dashboards are stored, ascending."""
         return sorted(self.done)
+
+    def has(self, i: int) -> bool:
+        """True when feature ``i``'s dashboard is stored (see :meth:`feature`)."""
+        return i in self.done and "memo" in self.manifest["outputs"]
 
     @property
     def complete(self) -> bool:
@@ -114,7 +120,21 @@ class PrecomputedStore:
 
     def identity_key(self) -> str:
         """Short id of (model, dictionary, tokens, result config), as ``Workspace.identity_key``."""
-        return str(self.manifest["identity"]["key"])[:12]
+        return self._source_key()[:12]
+
+    def _source_key(self) -> str:
+        ident = self.manifest["identity"]
+        return str(ident["key"] if self.version == 1 else ident["source_key"])
+
+    def _key(self, i: int, chunk: int) -> str:
+        """Where feature ``i`` (in ``chunk``) is stored: the sources' memo key (the app's
+        and the API's too); version 1 outputs used ``feature:{i}``."""
+        if self.version == 1:
+            return f"feature:{i}"
+        size = self.chunk_size
+        features = self.requested[chunk * size : (chunk + 1) * size]
+        correlation = self.manifest["identity"]["result_config"]["feature_correlation"]
+        return feature_key(feature_prefix(self._source_key(), correlation, features), i)
 
     # --- data -----------------------------------------------------------------------------------
     @property
@@ -183,7 +203,7 @@ class PrecomputedStore:
                 "this run was made without the 'memo' output, so feature data cannot be read "
                 "back; rerun with --outputs memo,..."
             )
-        got = self.memo.get_feature(f"feature:{i}")
+        got = self.memo.get_feature(self._key(i, k))
         if got is None:
             raise PrecomputedError(
                 f"the stored data of feature {i} is missing or corrupted; run the same precompute "
@@ -191,14 +211,19 @@ class PrecomputedStore:
             )
         return got
 
+    def features(self, indices: list[int]) -> dict[int, FeatureData]:
+        """Stored data of each of ``indices`` (ascending); raises as :meth:`feature`."""
+        return {i: self.feature(i) for i in sorted(set(indices))}
+
     def summary(self) -> dict[str, list]:
-        """Per computed feature: feature, density, max_act, mean_act, n_active, top_tokens, skipped.
+        """Per computed feature the columns of :data:`core.previews.SUMMARY_COLUMNS` and
+        ``skipped`` (version 1 outputs stored no ``fires_on``: empty lists).
 
         Covers the completed chunks (rendered and skipped features alike), ascending.
         """
         if self._summary is not None:
             return self._summary
-        keys = ["feature", "density", "max_act", "mean_act", "n_active", "top_tokens", "skipped"]
+        keys = [*SUMMARY_COLUMNS, "skipped"]
         out: dict[str, list] = {k: [] for k in keys}
         for k in sorted(self.completed):
             part = self.memo.get_json(f"chunk:{k}:summary")
@@ -207,6 +232,8 @@ class PrecomputedStore:
                     f"the summary of chunk {k} in {self.path / 'memo'} is missing or corrupted; "
                     "run the same precompute command again to repair it"
                 )
+            if "fires_on" not in part:  # version 1
+                part["fires_on"] = [[] for _ in part["feature"]]
             for key in keys:
                 out[key].extend(part[key])
         self._summary = out

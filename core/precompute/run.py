@@ -19,9 +19,9 @@ import torch
 from core import sources as loaders
 from core.charts import esc
 from core.config import ConfigError, parse_features
-from core.engine.activations import ActivationStore
-from core.engine.cached import base_key, token_fingerprint
-from core.engine.sweep import EngineError, prepare_tokens, run_sweep, validate_features
+from core.engine.activations import activation_store_for
+from core.engine.cached import compute_features, source_key, token_fingerprint
+from core.engine.sweep import EngineError, prepare_tokens, validate_features
 from core.export import atomic_write
 from core.export.html import save_html
 from core.export.neuronpedia import (
@@ -31,9 +31,10 @@ from core.export.neuronpedia import (
     skipped_indexes,
     write_batch,
 )
-from core.memo import Memo
+from core.memo import Memo, feature_key, feature_prefix
 from core.models import hook_layer
 from core.precompute.config import PrecomputeConfig, check_kind, dictionary_kind
+from core.precompute.index import register_run
 from core.precompute.manifest import (
     FORMAT,
     FORMAT_VERSION,
@@ -46,6 +47,8 @@ from core.precompute.manifest import (
     ranges,
 )
 from core.precompute.progress import Progress
+from core.previews import summary_table
+from core.settings import memo_dir
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -86,9 +89,12 @@ class PrecomputeRunner:
         sources: live model/dictionary/tokens; loaded from ``cfg``'s specs when ``None``.
     """
 
-    def __init__(self, cfg: PrecomputeConfig, sources: Sources | None = None):
+    def __init__(
+        self, cfg: PrecomputeConfig, sources: Sources | None = None, app_memo: Memo | None = None
+    ):
         cfg.validate()
         self.cfg = cfg
+        self._app_memo = app_memo
         self.out = Path(cfg.output_dir).expanduser()
         self.dir = RunDirectory(self.out, cfg.overwrite)
         self._sources = sources
@@ -108,10 +114,10 @@ class PrecomputeRunner:
         self.rc = dataclasses.replace(cfg.run, features=None)
         self.tokens = prepare_tokens(src.tokens, self.rc)
         self.hook = self.rc.hook or src.dictionary.hook_in
-        key = base_key(src.model, src.dictionary, self.tokens, self.rc, [])
+        self.source_key = source_key(src.model, src.dictionary, self.tokens, self.rc)
         self.np_meta = self._neuronpedia_meta(src) if "neuronpedia" in cfg.outputs else None
         self.identity = {
-            "key": key,
+            "source_key": self.source_key,
             "model_fingerprint": src.model.fingerprint(),
             "dictionary_fingerprint": src.dictionary.fingerprint(),
             "tokens": token_fingerprint(self.tokens),
@@ -213,6 +219,11 @@ class PrecomputeRunner:
         )
 
     # --- per chunk ------------------------------------------------------------------------
+    def _stored(self, chunk: list[int]) -> list[str]:
+        """The memo keys of a chunk's features (the app's and the API's keys too)."""
+        prefix = feature_prefix(self.source_key, self.rc.feature_correlation, chunk)
+        return [feature_key(prefix, f) for f in chunk]
+
     def _page_meta(self, k: int, chunk: list[int]) -> dict[str, Any]:
         cfg, info = self.cfg, self.source_info
         rc = self.rc
@@ -239,33 +250,27 @@ class PrecomputeRunner:
         cfg = self.cfg
         sub = dataclasses.replace(self.rc, features=chunk)
 
-        # hook activations are stored after the first chunk: later chunks (and resumed
-        # runs) skip the model entirely
-        result = run_sweep(
+        # the one compute path of the app and the API: features are stored under the same
+        # keys (so this output warms them), and hook activations are stored after the first
+        # chunk, so later chunks (and resumed runs) skip the model entirely
+        keep = "memo" in cfg.outputs
+        found = compute_features(
             src.model,
             src.dictionary,
             self.tokens,
             sub,
+            memo if keep else None,
             dataset=src.dataset,
             progress=progress.within(len(chunk)),
-            activation_store=ActivationStore(loaders.CACHE_ROOT / "activations"),
+            activation_store=activation_store_for(self._app_memo_dir()),
         )
-        fds = [result.features[f] for f in chunk]
+        fds = [found[f] for f in chunk]
+        if keep and not all(key in memo for key in self._stored(chunk)):
+            raise RunnerError(f"could not write to {memo.directory}: is the disk full?")
         rendered = [fd for fd in fds if not is_skipped(fd, cfg.min_density)]
         skipped = [fd.index for fd in fds if is_skipped(fd, cfg.min_density)]
-        summary = {
-            "feature": [fd.index for fd in fds],
-            "density": [fd.density for fd in fds],
-            "max_act": [fd.max_act for fd in fds],
-            "mean_act": [fd.mean_act for fd in fds],
-            "n_active": [fd.n_active for fd in fds],
-            "top_tokens": [fd.top_logits.tokens[:3] for fd in fds],
-            "skipped": [fd.index in skipped for fd in fds],
-        }
-        if "memo" in cfg.outputs:
-            for fd in rendered:
-                if not memo.put_feature(f"feature:{fd.index}", fd):
-                    raise RunnerError(f"could not write to {memo.directory}: is the disk full?")
+        summary = summary_table(fds)
+        summary["skipped"] = [fd.index in skipped for fd in fds]
         if not memo.put_json(f"chunk:{k}:summary", summary):
             raise RunnerError(f"could not write to {memo.directory}: is the disk full?")
         if "html" in cfg.outputs and rendered:
@@ -324,6 +329,19 @@ class PrecomputeRunner:
             + "</table></body></html>\n"
         )
 
+    def _app_memo_dir(self) -> Path:
+        return self._app_memo.directory if self._app_memo is not None else memo_dir()
+
+    def _register(self) -> None:
+        """Tell the app's memo (or ``app_memo``) that this output holds these sources'
+        features, so a workspace on the same sources reads them instead of computing."""
+        app = self._app_memo if self._app_memo is not None else Memo()  # (an empty Memo is falsy)
+        try:
+            register_run(app, self.source_key, self.out)
+        finally:
+            if self._app_memo is None:
+                app.close()
+
     # --- run ----------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """Run the pending chunks; returns counts and timing of this invocation."""
@@ -341,8 +359,12 @@ class PrecomputeRunner:
                 self.dir.check_writable(completed, len(self.chunks))
                 self._write_manifest(completed, done, skipped)  # first: marks the directory ours
             memo = Memo(self.out / "memo", size_limit=NO_EVICTION)
+            if "memo" in cfg.outputs:
+                self._register()
             try:
-                self.dir.verify(memo, self.chunks, cfg.outputs, completed, done, skipped)
+                self.dir.verify(
+                    memo, self.chunks, cfg.outputs, completed, done, skipped, self._stored
+                )
                 self._write_manifest(completed, done, skipped)
                 pending = [k for k in range(len(self.chunks)) if k not in completed]
                 initial = sum(len(self.chunks[k]) for k in completed)
@@ -388,9 +410,12 @@ class PrecomputeRunner:
         }
 
 
-def run_precompute(cfg: PrecomputeConfig, sources: Sources | None = None) -> dict[str, Any]:
-    """Run or resume a precompute (see :class:`PrecomputeRunner`); returns counts and timing."""
-    return PrecomputeRunner(cfg, sources).run()
+def run_precompute(
+    cfg: PrecomputeConfig, sources: Sources | None = None, app_memo: Memo | None = None
+) -> dict[str, Any]:
+    """Run or resume a precompute (see :class:`PrecomputeRunner`); returns counts and timing.
+    ``app_memo``: the memo whose workspaces should find this run (default: the app's)."""
+    return PrecomputeRunner(cfg, sources, app_memo).run()
 
 
 __all__ = ["PrecomputeRunner", "Sources", "load_run_sources", "run_precompute"]

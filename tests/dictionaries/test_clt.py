@@ -22,7 +22,7 @@ import core.dictionaries.clt.hub as clt_hub
 from core.config import RunConfig
 from core.dictionaries import REGISTRY, DictionaryError
 from core.dictionaries.clt import CLTDictionary, load_clt
-from core.engine import run_sweep
+from core.engine.sweep import run_sweep
 from core.models import ModelAdapter
 from tests.conftest import make_model
 from tests.tolerance import sum_tolerance, switch_margin

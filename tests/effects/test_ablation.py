@@ -15,7 +15,7 @@ import torch
 from core.config import RunConfig
 from core.dictionaries.saelens import SAELensDictionary
 from core.effects import EffectsError, compute_effects
-from core.engine import run_sweep
+from core.engine.sweep import run_sweep
 from core.memo import Memo
 from core.models import ModelAdapter
 from core.workspace import Workspace

@@ -8,7 +8,7 @@ import torch
 from core.config import ConfigError, RunConfig, parse_features
 from core.dictionaries.protocol import DictionaryError
 from core.dictionaries.saelens import SAELensDictionary
-from core.engine import EngineError, run_sweep
+from core.engine.sweep import EngineError, run_sweep
 from core.models import ModelAdapter
 from tests.tiny import HOOK, make_model, make_sae
 

@@ -8,8 +8,8 @@ import torch
 
 from core.config import RunConfig
 from core.dictionaries.saelens import SAELensDictionary
-from core.engine import run_sweep
 from core.engine.stats import TopExamples, window_offsets
+from core.engine.sweep import run_sweep
 from core.models import ModelAdapter
 from tests.tiny import HOOK, make_model, make_sae, random_tokens
 

@@ -111,7 +111,7 @@ def tiny_features(features: list[int] | None = None):
     """FeatureData of the tiny setup, computed in-process (``features`` default: all live)."""
     import core.sources as sources
     from core.config import RunConfig
-    from core.engine import run_sweep
+    from core.engine.sweep import run_sweep
     from core.sources import (
         DatasetSpec,
         DictionarySpec,
