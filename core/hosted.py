@@ -35,6 +35,15 @@ from typing import Any
 from core.errors import FeaturescopeError
 from core.login import EmailError, normal_domain, parse_email, unverified_reason
 from core.settings import HOSTED_ENV, hosted_file
+from core.source_guard import SourceError, available_devices, validate_device
+from core.specs import (
+    DatasetSpec,
+    DictionarySpec,
+    ModelSpec,
+    parse_dataset,
+    parse_dictionary,
+    parse_model,
+)
 
 ENV = HOSTED_ENV
 DEFAULT_FILE = Path(__file__).resolve().parent.parent / ".streamlit" / "hosted.toml"
@@ -176,9 +185,9 @@ class HostedConfig:
             auth=auth,
             limits=limits,
             path_roots=[str(p) for p in data.get("path_roots") or []],
-            models=[dict(m) for m in data.get("models") or []],
-            dictionaries=[dict(d) for d in data.get("dictionaries") or []],
-            datasets=[dict(d) for d in data.get("datasets") or []],
+            models=[_entry("model", m, source) for m in data.get("models") or []],
+            dictionaries=[_entry("dictionary", d, source) for d in data.get("dictionaries") or []],
+            datasets=[_entry("dataset", d, source) for d in data.get("datasets") or []],
             precomputed=[str(p) for p in data.get("precomputed") or []],
             source=source,
         )
@@ -195,8 +204,6 @@ class HostedConfig:
         return cls.from_dict(data, source=str(path))
 
     def _validate(self) -> None:
-        from core.sources import DatasetSpec, DictionarySpec, ModelSpec
-
         for part, cls, entries in (
             ("models", ModelSpec, self.models),
             ("dictionaries", DictionarySpec, self.dictionaries),
@@ -260,8 +267,6 @@ class HostedConfig:
         return out
 
     def _part(self, part: str) -> tuple[type, list[dict[str, Any]]]:
-        from core.sources import DatasetSpec, DictionarySpec, ModelSpec
-
         table = {
             "model": (ModelSpec, self.models),
             "dictionary": (DictionarySpec, self.dictionaries),
@@ -341,6 +346,30 @@ _CHOSEN_BY_USER: dict[str, set[str]] = {
 }
 
 
+def _entry(part: str, entry: Any, source: str) -> dict[str, Any]:
+    """An allowlist entry as a spec dict (plus ``label``). An entry is a spec table, a
+    source string read by :mod:`core.specs` (``"gpt2-small"``, ``"local:/models/x"``), or a
+    table with such a string under ``source`` and other spec fields beside it (e.g.
+    ``{source = "NeelNanda/pile-10k", n_tokens = 131072}``)."""
+    if isinstance(entry, str):
+        entry = {"source": entry}
+    if not isinstance(entry, dict):
+        raise HostedConfigError(f"{source}: a {part} entry must be a string or a table: {entry!r}")
+    entry = dict(entry)
+    text = entry.pop("source", None)
+    if text is None:
+        return entry
+    try:
+        if part == "dictionary":
+            layer, weights = entry.pop("layer", None), entry.pop("weights_file", None)
+            spec = parse_dictionary(text, clt_layer=layer, clt_weights=weights).to_dict()
+        else:
+            spec = (parse_model if part == "model" else parse_dataset)(text).to_dict()
+    except SourceError as exc:
+        raise HostedConfigError(f"{source}: {part} entry {text!r}: {exc}") from exc
+    return {**spec, **entry}
+
+
 def _strip(entry: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in entry.items() if k != "label"}
 
@@ -379,17 +408,13 @@ def load_hosted_config(path: str | Path | None = None) -> HostedConfig | None:
 # ---- devices ---------------------------------------------------------------------------------
 def server_devices() -> list[str]:
     """The devices a model may be placed on here, as offered to users: ``auto`` and what
-    :func:`core.source_guard.available_devices` finds (``cpu``, ``cuda:N``, ``mps``)."""
-    from core.source_guard import available_devices  # imports torch
-
+    :func:`core.settings.available_devices` finds (torch is imported on the call) (``cpu``, ``cuda:N``, ``mps``)."""
     return ["auto", *available_devices()]
 
 
 def check_device(device: object) -> str:
     """``device`` when this server has it (:func:`core.source_guard.validate_device`), else
     :class:`AccessError` naming the ones it has. Called before anything loads."""
-    from core.source_guard import SourceError, validate_device  # imports torch
-
     try:
         validate_device(device)
     except SourceError as exc:

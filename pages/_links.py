@@ -7,7 +7,10 @@
   from a URL). :func:`canonical` fills in every spec field.
 * **Links** put the feature, the workspace identity, the sources (``src=``, a short
   base64 JSON of the fields that differ from the defaults) and the layout in the URL, so a
-  link opens the same dashboard in another browser.
+  link opens the same dashboard in another browser. A link written by hand may name the
+  sources readably instead: ``?model=gpt2-small&dictionary=RELEASE/ID&dataset=PATH``
+  (plus ``n_tokens``, ``context_length``, ``layer`` for a CLT, ``dtype``, ``device``),
+  read by :mod:`core.specs` exactly as the command line reads them.
 * **The link question**: a link naming sources that are neither the default nor already
   loaded on this server is not loaded on open; :func:`link_confirmation` asks first. In
   hosted mode a link may name allowlisted sources only.
@@ -18,6 +21,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
 
@@ -25,6 +29,16 @@ import streamlit as st
 
 from core.feature_source import FeatureSource
 from core.hosted import check_device
+from core.source_guard import SourceError
+from core.specs import (
+    SPEC_CLASSES,
+    DatasetSpec,
+    DictionarySpec,
+    ModelSpec,
+    parse_dataset,
+    parse_dictionary,
+    parse_model,
+)
 from pages._auth import hosted
 from pages._messages import error_message, md
 from pages._workspaces import TEST_ENV, identity, is_loaded
@@ -40,21 +54,48 @@ LOAD_PAGE = "pages/load.py"
 
 
 # ---- sources in specs and in URLs ------------------------------------------------------------
-def _spec_classes() -> dict[str, type]:
-    # imported here: core.sources imports torch, which a page must not load before it is needed
-    from core.sources import DatasetSpec, DictionarySpec, ModelSpec
-
-    return {"model": ModelSpec, "dictionary": DictionarySpec, "dataset": DatasetSpec}
-
-
 def canonical(sources: dict[str, Any]) -> dict[str, Any]:
     """Sources with every spec field filled in (raises ``SourceError`` on unknown fields)."""
     if "factory" in sources:
         return {"factory": str(sources["factory"])}
     if "precomputed" in sources:
         return {"precomputed": str(sources["precomputed"])}
-    classes = _spec_classes()
-    return {p: classes[p].from_dict(dict(sources.get(p) or {})).to_dict() for p in PARTS}
+    return {p: SPEC_CLASSES[p].from_dict(dict(sources.get(p) or {})).to_dict() for p in PARTS}
+
+
+def _whole(params: Mapping[str, str], name: str, default: int) -> int:
+    text = params.get(name)
+    if text is None:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise SourceError(f"the link's {name}= must be a whole number, got {text!r}") from None
+
+
+def sources_from_params(params: Mapping[str, str]) -> dict[str, Any] | None:
+    """Sources named readably in a link (``model=``, ``dictionary=``, ``dataset=``, each
+    ``demo`` when left out), or ``None`` when the link names none of them."""
+    if not any(part in params for part in PARTS):
+        return None
+    layer = params.get("layer")
+    model = parse_model(
+        params.get("model", "demo"),
+        dtype=params.get("dtype", "float32"),
+        device=params.get("device", "auto"),
+    )
+    dictionary = parse_dictionary(
+        params.get("dictionary", "demo"),
+        clt_layer=None if layer is None else _whole(params, "layer", 0),
+    )
+    dataset = parse_dataset(
+        params.get("dataset", "demo"),
+        n_tokens=_whole(params, "n_tokens", DatasetSpec().n_tokens),
+        context_length=_whole(params, "context_length", DatasetSpec().context_length),
+    )
+    return canonical(
+        {"model": model.to_dict(), "dictionary": dictionary.to_dict(), "dataset": dataset.to_dict()}
+    )
 
 
 def default_sources() -> dict[str, Any]:
@@ -80,10 +121,9 @@ def encode_sources(sources: dict[str, Any]) -> str | None:
     if "precomputed" in sources:
         minimal: dict[str, Any] = {"p": sources["precomputed"]}
     else:
-        classes = _spec_classes()
         minimal = {}
         for part in PARTS:
-            default = classes[part]().to_dict()
+            default = SPEC_CLASSES[part]().to_dict()
             diff = {k: v for k, v in sources[part].items() if default.get(k) != v}
             if diff:
                 minimal[part[:2]] = diff
@@ -163,8 +203,6 @@ def sources_label(src: dict[str, Any]) -> str:
         return f"test workspace ({src['factory']})"
     if "precomputed" in src:
         return f"precomputed output {src['precomputed']}"
-    from core.sources import DatasetSpec, DictionarySpec, ModelSpec  # heavy: imports torch
-
     m = ModelSpec.from_dict(src["model"]).label()
     d = DictionarySpec.from_dict(src["dictionary"]).label()
     t = DatasetSpec.from_dict(src["dataset"])
@@ -183,9 +221,13 @@ def init_session() -> None:
         return
     src = st.query_params.get("src")
     sources = default_sources()
-    if src:
+    try:
+        wanted = decode_sources(src) if src else sources_from_params(st.query_params.to_dict())
+    except ValueError as exc:  # SourceError is one
+        st.session_state["fs_link_error"] = error_message(exc)
+        wanted = None
+    if wanted is not None:
         try:
-            wanted = decode_sources(src)
             cfg = hosted()
             if cfg is not None:
                 cfg.check_sources(wanted)

@@ -161,3 +161,63 @@ def test_compute_and_precompute_read_strings_alike(
     assert pre.model == cli["model"] == parse_model(model, device="cpu")
     assert pre.dictionary == cli["dictionary"] == parse_dictionary(dictionary)
     assert pre.dataset == cli["dataset"] == parse_dataset(dataset, 4096, 64)
+
+
+@pytest.mark.parametrize(
+    "model, dictionary, dataset",
+    [
+        ("demo", "demo", "demo"),
+        ("gpt2-small", "gpt2-small-res-jb/blocks.8.hook_resid_pre", "NeelNanda/pile-10k"),
+        ("localmodel", "localsae", "text.txt"),
+    ],
+)
+def test_links_and_the_allowlist_read_strings_like_the_command_line(
+    tmp_path, monkeypatch, model, dictionary, dataset
+):
+    from core.hosted import HostedConfig
+    from pages._links import sources_from_params
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "localmodel").mkdir()
+    (tmp_path / "localsae").mkdir()
+    (tmp_path / "text.txt").write_text("hello", encoding="utf-8")
+    cli = _cli_specs(
+        monkeypatch,
+        ["--model", model, "--dictionary", dictionary, "--dataset", dataset, "--n-tokens", "4096"],
+    )
+    link = sources_from_params(
+        {"model": model, "dictionary": dictionary, "dataset": dataset, "n_tokens": "4096"}
+    )
+    assert link == {part: spec.to_dict() for part, spec in cli.items()}
+    hosted = HostedConfig.from_dict(
+        {
+            "models": [model],
+            "dictionaries": [dictionary],
+            "datasets": [{"source": dataset, "n_tokens": 4096, "label": "text"}],
+        },
+        source="hosted.toml",
+    )
+    for part in ("model", "dictionary", "dataset"):
+        [(_, allowed)] = hosted.choices(part)
+        assert allowed == link[part], part
+    assert hosted.choices("dataset")[0][0] == "text"
+
+
+def test_links_without_sources_and_with_bad_numbers():
+    from pages._links import sources_from_params
+
+    assert sources_from_params({"feature": "3", "ws": "abc"}) is None
+    assert sources_from_params({"model": "demo"})["dataset"] == DatasetSpec().to_dict()
+    with pytest.raises(SourceError, match="n_tokens= must be a whole number"):
+        sources_from_params({"dataset": "demo", "n_tokens": "lots"})
+    clt = sources_from_params({"dictionary": "clt:org/clt", "layer": "2"})["dictionary"]
+    assert clt == DictionarySpec(kind="clt", path="org/clt", layer=2).to_dict()
+
+
+def test_a_bad_allowlist_string_is_an_operator_error(tmp_path):
+    from core.hosted import HostedConfig, HostedConfigError
+
+    with pytest.raises(HostedConfigError, match=r"hosted.toml: dictionary entry 'nothing'"):
+        HostedConfig.from_dict({"dictionaries": ["nothing"]}, source="hosted.toml")
+    with pytest.raises(HostedConfigError, match="no such file"):
+        HostedConfig.from_dict({"datasets": [str(tmp_path / "gone.jsonl")]}, source="h")
