@@ -26,11 +26,14 @@ Differences from the reference, on purpose:
   :data:`core.charts.COMPONENTS` (e.g. ``["summary", "act_hist", "top_examples"]``);
 * ``cache_dir`` is a memo directory: features computed once come back from it without
   running the model.
+
+To open sources by name instead (the strings the command line and the app's links take),
+use :func:`core.workspace.open_workspace`: it shares the app's memo, so features the app
+or a precompute already has come back without computing.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import warnings
 from collections.abc import Iterable
@@ -268,7 +271,7 @@ class SaeVisRunner:
         meta = {
             "title": f"{adapter.name} · {hook}",
             "model": adapter.name,
-            "dictionary": dictionary.identity().get("architecture", dictionary.kind),
+            "dictionary": dictionary.identity().get("architecture", dictionary.family),
             "hook": hook,
             "tokens": " × ".join(str(s) for s in shape),
         }
@@ -319,8 +322,3 @@ def save_feature_centric_vis(
         target = path.with_name(f"{path.stem}_{fd.index}{path.suffix or '.html'}")
         out.append(save_html(target, [fd], meta, layout))
     return out
-
-
-def replace_config(cfg: SaeVisConfig, **changes: Any) -> SaeVisConfig:
-    """A copy of ``cfg`` with ``changes`` (e.g. another feature range)."""
-    return dataclasses.replace(cfg, **changes)

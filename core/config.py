@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from core.errors import FeaturescopeError
@@ -104,7 +104,6 @@ class RunConfig:
     activation_cache_bytes: int = 2 << 30
     gram_strategy: Literal["auto", "dense", "sparse"] = "auto"
     gram_precision: Literal["auto", "float32", "bfloat16", "int8"] = "auto"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.validate()

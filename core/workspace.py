@@ -37,7 +37,14 @@ from core.precompute.index import run_memos
 from core.previews import SUMMARY_VERSION, feature_preview, summary_table
 from core.queue import COMPUTE_QUEUE
 from core.sources import load_sources
-from core.specs import DatasetSpec, DictionarySpec, ModelSpec
+from core.specs import (
+    DatasetSpec,
+    DictionarySpec,
+    ModelSpec,
+    parse_dataset,
+    parse_dictionary,
+    parse_model,
+)
 
 Progress = Callable[[float, str], None]
 T = TypeVar("T")
@@ -590,3 +597,34 @@ class Workspace:
                 temperature=temperature,
                 hook=self.config.hook,
             )
+
+
+def open_workspace(
+    model: str = "demo",
+    dictionary: str = "demo",
+    dataset: str = "demo",
+    *,
+    n_tokens: int = 65_536,
+    context_length: int = 128,
+    clt_layer: int | None = None,
+    dtype: str = "float32",
+    device: str = "auto",
+    memo: Memo | None = None,
+    config: RunConfig | None = None,
+) -> Workspace:
+    """A workspace from source strings, read as the command line and the app's links read
+    them (:mod:`core.specs`), for notebooks::
+
+        ws = open_workspace("gpt2-small", "gpt2-small-res-jb/blocks.8.hook_resid_pre",
+                            "NeelNanda/pile-10k", n_tokens=262_144)
+        ws.feature(123).top_examples
+
+    ``memo`` defaults to the app's memo, so features the app or a precompute of the same
+    sources already has come back without computing."""
+    return Workspace.from_specs(
+        parse_model(model, dtype=dtype, device=device),
+        parse_dictionary(dictionary, clt_layer=clt_layer),
+        parse_dataset(dataset, n_tokens, context_length),
+        memo=memo if memo is not None else Memo(),
+        config=config,
+    )

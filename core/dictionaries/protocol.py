@@ -12,13 +12,17 @@ from __future__ import annotations
 import hashlib
 import re
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from core.errors import FeaturescopeError
+
+#: what a dictionary does (:attr:`Dictionary.role`)
+DictionaryRole = Literal["sae", "transcoder", "skip_transcoder", "clt"]
+DICTIONARY_ROLES: tuple[str, ...] = ("sae", "transcoder", "skip_transcoder", "clt")
 
 
 class DictionaryError(FeaturescopeError, ValueError):
@@ -71,8 +75,15 @@ def check_finite(tensors: dict[str, Tensor], where: str) -> None:
 class Dictionary(ABC):
     """Adapter base class. Subclasses register themselves in :mod:`core.dictionaries`."""
 
-    #: short architecture name (``"standard"``, ``"topk"``, ``"clt"``, ...)
-    kind: str = "base"
+    #: the adapter family, the name it is registered under (``"saelens"``, ``"clt"``)
+    family: str = "base"
+
+    @property
+    def role(self) -> DictionaryRole:
+        """What the dictionary does: reconstructs its input (``"sae"``), maps its input to
+        another hook (``"transcoder"``, ``"skip_transcoder"``), or reads one layer and writes
+        several (``"clt"``)."""
+        return "sae"
 
     @property
     @abstractmethod
@@ -128,7 +139,7 @@ class Dictionary(ABC):
 
     @abstractmethod
     def identity(self) -> dict[str, Any]:
-        """JSON-able description: kind, source, release/id or path, hooks, sizes."""
+        """JSON-able description: family, role, source, release/id or path, hooks, sizes."""
 
     @abstractmethod
     def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> Dictionary:

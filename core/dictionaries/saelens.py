@@ -13,12 +13,21 @@ from typing import Any
 
 import torch
 from jaxtyping import Float, Int
-from sae_lens import SAE, GatedSAE, JumpReLUSAE, JumpReLUTranscoder, StandardSAE, Transcoder
+from sae_lens import (
+    SAE,
+    GatedSAE,
+    JumpReLUSAE,
+    JumpReLUTranscoder,
+    SkipTranscoder,
+    StandardSAE,
+    Transcoder,
+)
 from torch import Tensor
 
 from core.dictionaries.protocol import (
     Dictionary,
     DictionaryError,
+    DictionaryRole,
     check_finite,
     check_hook_name,
 )
@@ -45,7 +54,7 @@ class SAELensDictionary(Dictionary):
         source: JSON-able description of where it came from (release/id or path).
     """
 
-    kind = "saelens"
+    family = "saelens"
 
     def __init__(self, sae: SAE, source: dict[str, Any] | None = None):
         if not isinstance(sae, SAE):
@@ -74,13 +83,13 @@ class SAELensDictionary(Dictionary):
         check_hook_name(self._hook_out, "the SAE's cfg.metadata.hook_name_out")
         check_finite(dict(sae.state_dict()), "the SAE's weights")
         if isinstance(sae, _JUMPRELU):
-            self._family = "jumprelu"
+            self._activation = "jumprelu"
         elif isinstance(sae, _GATED):
-            self._family = "gated"
+            self._activation = "gated"
         elif isinstance(sae, _ELEMENTWISE):
-            self._family = "elementwise"
+            self._activation = "elementwise"
         else:
-            self._family = "full"  # TopK, BatchTopK, matching pursuit, ...
+            self._activation = "full"  # TopK, BatchTopK, matching pursuit, ...
 
     # --- protocol ----------------------------------------------------------------
     @property
@@ -104,12 +113,14 @@ class SAELensDictionary(Dictionary):
         return self._hook_out
 
     @property
-    def is_transcoder(self) -> bool:
-        return self._is_transcoder
+    def role(self) -> DictionaryRole:
+        if isinstance(self.sae, SkipTranscoder):
+            return "skip_transcoder"
+        return "transcoder" if self._is_transcoder else "sae"
 
     @property
     def encode_is_separable(self) -> bool:
-        return self._family != "full"
+        return self._activation != "full"
 
     @property
     def architecture(self) -> str:
@@ -122,18 +133,18 @@ class SAELensDictionary(Dictionary):
         features: Int[Tensor, " f"] | None = None,
     ) -> Float[Tensor, "n f"]:
         sae = self.sae
-        if self._family == "full" or features is None:
+        if self._activation == "full" or features is None:
             acts = sae.encode(x)
             return acts if features is None else acts[:, features]
         sae_in = sae.process_sae_in(x)
         w = sae.W_enc[:, features]
-        if self._family == "gated":
+        if self._activation == "gated":
             gate = (sae_in @ w + sae.b_gate[features]) > 0
             mag_pre = sae_in @ (w * sae.r_mag[features].exp()) + sae.b_mag[features]
             return gate.to(sae_in.dtype) * sae.activation_fn(mag_pre)
         pre = sae_in @ w + sae.b_enc[features]
         acts = sae.activation_fn(pre)
-        if self._family == "jumprelu":
+        if self._activation == "jumprelu":
             acts = acts * (pre > sae.threshold[features]).to(acts.dtype)
         return acts
 
@@ -152,7 +163,8 @@ class SAELensDictionary(Dictionary):
     def identity(self) -> dict[str, Any]:
         meta = self.sae.cfg.metadata
         return {
-            "adapter": self.kind,
+            "adapter": self.family,
+            "role": self.role,
             "architecture": self.architecture,
             "hook_in": self.hook_in,
             "hook_out": self.hook_out,

@@ -126,7 +126,7 @@ def effects_payload(
         "mean_loss_qualifying": _r(sum(quals) / len(quals)) if quals else None,
         "version": EFFECTS_VERSION,
     }
-    if dictionary.kind == "clt":
+    if dictionary.role == "clt":
         summary["scope"] = (
             "only the same-layer decoder of this cross-layer transcoder feature is removed; "
             "its writes to later layers are kept"

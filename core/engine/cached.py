@@ -40,7 +40,7 @@ def source_key(
     parts: dict[str, Any] = {
         "model": [model.name, model.fingerprint()],
         "dictionary": [
-            dictionary.identity().get("architecture", dictionary.kind),
+            dictionary.identity().get("architecture", dictionary.family),
             dictionary.fingerprint(),
         ],
         "tokens": token_fingerprint(tokens),

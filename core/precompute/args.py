@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from core.config import ConfigError, RunConfig
+from core.dictionaries.protocol import DictionaryRole
 from core.precompute.config import (
     OUTPUTS,
-    DictionaryKind,
     NeuronpediaOptions,
     PrecomputeConfig,
 )
@@ -109,7 +109,7 @@ def config_from_args(args: Any) -> PrecomputeConfig:
             f"{' and '.join(kinds)} were both given: a dictionary is an SAE, a transcoder, a "
             "skip transcoder or a cross-layer transcoder; pick one"
         )
-    expect: DictionaryKind | None = None
+    expect: DictionaryRole | None = None
     if args.transcoder:
         expect = "transcoder"
     elif args.skip_transcoder:
@@ -233,7 +233,7 @@ def config_from_args(args: Any) -> PrecomputeConfig:
         min_density=min_density,
         outputs=list(outputs or OUTPUTS),
         layout=layout,
-        expect_kind=expect,
+        expect_role=expect,
         neuronpedia=NeuronpediaOptions(
             model_id=args.model_id,
             layer=args.layer,

@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from core.config import ConfigError, FeatureBoundsError, RunConfig, parse_feature_ranges
+from core.dictionaries.protocol import DICTIONARY_ROLES, DictionaryRole
 from core.export.html import check_layout
 from core.precompute.manifest import RunnerError
-from core.sources import DatasetSpec, DictionarySpec, ModelSpec
+from core.specs import DatasetSpec, DictionarySpec, ModelSpec
 
 if TYPE_CHECKING:
     from core.dictionaries.protocol import Dictionary
 
 OUTPUTS = ("memo", "html", "neuronpedia")
-DictionaryKind = Literal["sae", "transcoder", "skip_transcoder", "clt"]
 
 
 @dataclass
@@ -59,7 +59,7 @@ class PrecomputeConfig:
             never fire) are listed as skipped, not rendered.
         outputs: any of ``memo``, ``html``, ``neuronpedia``.
         layout: HTML components in order (names from :data:`core.charts.COMPONENTS`).
-        expect_kind: ``"transcoder"``, ``"skip_transcoder"``, ``"clt"`` or ``"sae"``:
+        expect_role: ``"transcoder"``, ``"skip_transcoder"``, ``"clt"`` or ``"sae"``:
             fail early when the loaded dictionary is of another kind.
         neuronpedia: labels of the Neuronpedia files.
         wandb: log the configuration and progress to Weights & Biases (respects
@@ -80,7 +80,7 @@ class PrecomputeConfig:
     min_density: float = 0.0
     outputs: list[str] = field(default_factory=lambda: list(OUTPUTS))
     layout: list[str] | None = None
-    expect_kind: DictionaryKind | None = None
+    expect_role: DictionaryRole | None = None
     neuronpedia: NeuronpediaOptions = field(default_factory=NeuronpediaOptions)
     wandb: bool = False
     wandb_project: str = "featurescope-precompute"
@@ -103,14 +103,16 @@ class PrecomputeConfig:
         bad = [o for o in self.outputs if o not in OUTPUTS]
         if bad or not self.outputs:
             raise RunnerError(f"outputs must be a non-empty subset of {list(OUTPUTS)}, got {bad}")
-        if self.expect_kind not in (None, "sae", "transcoder", "skip_transcoder", "clt"):
-            raise RunnerError(f"unknown dictionary kind {self.expect_kind!r}")
-        if self.expect_kind is not None and (self.expect_kind == "clt") != (
+        if self.expect_role is not None and self.expect_role not in DICTIONARY_ROLES:
+            raise RunnerError(
+                f"unknown dictionary role {self.expect_role!r} (known: {', '.join(DICTIONARY_ROLES)})"
+            )
+        if self.expect_role is not None and (self.expect_role == "clt") != (
             self.dictionary.kind == "clt"
         ):
             raise RunnerError(
                 "a cross-layer transcoder is given with --clt PATH --clt-layer N; the other "
-                "dictionary kinds with --dictionary (or --sae-set/--sae-path)"
+                "dictionaries with --dictionary (or --sae-set/--sae-path)"
             )
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise RunnerError(f"threads must be a positive integer, got {self.threads!r}")
@@ -151,25 +153,13 @@ class PrecomputeConfig:
         return cls(**d)
 
 
-def dictionary_kind(dictionary: Dictionary) -> DictionaryKind:
-    """``clt``, ``skip_transcoder``, ``transcoder`` or ``sae`` for a loaded dictionary."""
-    if dictionary.kind == "clt":
-        return "clt"
-    arch = str(dictionary.identity().get("architecture", ""))
-    if "skip_transcoder" in arch:
-        return "skip_transcoder"
-    if "transcoder" in arch or getattr(dictionary, "is_transcoder", False):
-        return "transcoder"
-    return "sae"
-
-
-def check_kind(dictionary: Dictionary, expected: DictionaryKind | None) -> None:
+def check_role(dictionary: Dictionary, expected: DictionaryRole | None) -> None:
     """Fail when a ``--transcoder``/``--skip-transcoder``/``--clt`` flag does not match."""
     if expected is None:
         return
-    got = dictionary_kind(dictionary)
+    got = dictionary.role
     if got != expected:
-        arch = dictionary.identity().get("architecture", dictionary.kind)
+        arch = dictionary.identity().get("architecture", dictionary.family)
         raise RunnerError(
             f"the run asks for a {expected.replace('_', ' ')} but the dictionary is a "
             f"{got.replace('_', ' ')} (architecture {arch!r}): drop the flag or load the right "

@@ -33,7 +33,7 @@ from core.export.neuronpedia import (
 )
 from core.memo import Memo, feature_key, feature_prefix
 from core.models import hook_layer
-from core.precompute.config import PrecomputeConfig, check_kind, dictionary_kind
+from core.precompute.config import PrecomputeConfig, check_role
 from core.precompute.index import register_run
 from core.precompute.manifest import (
     FORMAT,
@@ -102,7 +102,7 @@ class PrecomputeRunner:
     # --- setup ----------------------------------------------------------------------------
     def _plan(self, src: Sources) -> None:
         cfg = self.cfg
-        check_kind(src.dictionary, cfg.expect_kind)
+        check_role(src.dictionary, cfg.expect_role)
         n = self.n_features = src.dictionary.n_features
         try:
             requested = parse_features(cfg.features, n)
@@ -140,7 +140,7 @@ class PrecomputeRunner:
             "context_length": int(self.tokens.shape[1]),
             "n_tokens": int(self.tokens.numel()),
             "hook": self.hook,
-            "dictionary_kind": dictionary_kind(src.dictionary),
+            "dictionary_role": src.dictionary.role,
         }
 
     def _neuronpedia_meta(self, src: Sources) -> NeuronpediaMeta:
@@ -149,7 +149,7 @@ class PrecomputeRunner:
         model_id = opts.model_id or ident.get("model_name") or src.model.name
         layer = opts.layer
         if layer is None:
-            layer = ident.get("layer") if src.dictionary.kind == "clt" else hook_layer(self.hook)
+            layer = ident.get("layer") if src.dictionary.role == "clt" else hook_layer(self.hook)
         if layer is None:
             raise RunnerError(
                 f"cannot tell the layer of hook {self.hook!r} for the Neuronpedia files: pass "

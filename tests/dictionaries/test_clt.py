@@ -266,7 +266,11 @@ def test_hooks_identity_and_registry(jumprelu_dir, tmp_path):
     assert clt.hook_in == "blocks.2.ln2.hook_normalized"
     assert clt.hook_out == "blocks.2.hook_mlp_out"
     ident = clt.identity()
-    assert ident["kind"] == "clt" and ident["layer"] == 2 and ident["num_layers"] == N_LAYERS
+    assert (
+        ident["role"] == ident["adapter"] == clt.family == "clt"
+        and ident["layer"] == 2
+        and ident["num_layers"] == N_LAYERS
+    )
     assert ident["activation_fn"] == "jumprelu" and ident["path"] == str(root)
     assert ident["format"] == "reference" and ident["weights_file"] == "clt_weights.safetensors"
     assert ident["model_name"] == "tiny-random"
@@ -661,7 +665,7 @@ def test_engine_end_to_end(tmp_path):
 
     _, cache = model.run_with_cache(tokens, names_filter=clt.hook_in)
     acts = cache[clt.hook_in]
-    assert res.info.dictionary["kind"] == "clt" and res.info.dictionary["layer"] == 1
+    assert res.info.dictionary["role"] == "clt" and res.info.dictionary["layer"] == 1
     n_checked = 0
     for f in (0, 1, 2):
         fd = res.features[f]

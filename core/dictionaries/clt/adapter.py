@@ -41,7 +41,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from core.dictionaries.clt.files import ACTIVATIONS, NORMALIZATIONS, expect_shape
-from core.dictionaries.protocol import Dictionary, DictionaryError
+from core.dictionaries.protocol import Dictionary, DictionaryError, DictionaryRole
 from core.dictionaries.registry import register
 
 NORM_EPS = 1e-6
@@ -75,7 +75,7 @@ class CLTDictionary(Dictionary):
         source: JSON-able description of where it came from (path, repo, format, ...).
     """
 
-    kind = "clt"
+    family = "clt"
 
     def __init__(
         self,
@@ -146,6 +146,10 @@ class CLTDictionary(Dictionary):
         self.source = dict(source or {})
 
     # --- protocol ----------------------------------------------------------------
+    @property
+    def role(self) -> DictionaryRole:
+        return "clt"
+
     @property
     def n_features(self) -> int:
         return int(self.W_enc.shape[0])
@@ -264,8 +268,8 @@ class CLTDictionary(Dictionary):
 
     def identity(self) -> dict[str, Any]:
         return {
-            "adapter": self.kind,
-            "kind": self.kind,
+            "adapter": self.family,
+            "role": self.role,
             "layer": self.layer,
             "num_layers": self.num_layers,
             "activation_fn": self.activation_fn,
