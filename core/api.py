@@ -41,8 +41,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sae_lens import SAE
+from transformer_lens import HookedTransformer
+
 from core.config import RunConfig, parse_features
+from core.dictionaries.protocol import Dictionary
+from core.dictionaries.saelens import SAELensDictionary
+from core.engine.cached import compute_features
 from core.engine.features import FeatureData
+from core.export.html import save_html
+from core.memo import Memo
+from core.models import ModelAdapter
+from core.storage import atomic_write
 
 __all__ = ["SaeVisConfig", "SaeVisData", "SaeVisRunner", "save_feature_centric_vis"]
 
@@ -156,8 +166,6 @@ class SaeVisData:
 
     def save_json(self, filename: str | Path) -> Path:
         """Write the feature data (and meta) as JSON, atomically."""
-        from core.export import atomic_write
-
         payload = {
             "meta": self.meta,
             "features": [fd.to_dict() for fd in self.feature_data_dict.values()],
@@ -173,15 +181,9 @@ class SaeVisData:
 
 
 def _wrap_encoder(encoder: Any):
-    from core.dictionaries.protocol import Dictionary
-
     if isinstance(encoder, Dictionary):
         return encoder
-    from sae_lens import SAE
-
     if isinstance(encoder, SAE):
-        from core.dictionaries.saelens import SAELensDictionary
-
         return SAELensDictionary(encoder, source={"kind": "notebook"})
     raise TypeError(
         f"encoder must be a sae_lens SAE (SAE.from_pretrained / SAE.load_from_disk) or a "
@@ -190,12 +192,8 @@ def _wrap_encoder(encoder: Any):
 
 
 def _wrap_model(model: Any):
-    from core.models import ModelAdapter
-
     if isinstance(model, ModelAdapter):
         return model
-    from transformer_lens import HookedTransformer
-
     if isinstance(model, HookedTransformer):
         return ModelAdapter(model, {"kind": "notebook", "name": model.cfg.model_name})
     raise TypeError(
@@ -222,8 +220,6 @@ class SaeVisRunner:
 
         The model and dictionary are moved to ``cfg.device`` and ``cfg.dtype``.
         """
-        from core.engine.cached import compute_features
-        from core.memo import Memo
 
         cfg = self.cfg
         dictionary = _wrap_encoder(encoder)
@@ -299,8 +295,6 @@ def save_feature_centric_vis(
     Returns:
         The paths written.
     """
-    from core.export.html import save_html
-
     data = sae_vis_data.feature_data_dict
     keep = list(data) if include_only is None else [int(i) for i in include_only]
     missing = [i for i in keep if i not in data]

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from core.errors import FeaturescopeError
 
 CorrelationScope = Literal["all", "requested", "none"]
+#: a progress callback: ``progress(fraction done in [0, 1], message)``
+Progress = Callable[[float, str], None]
 
 #: execution-only fields: not part of the memo key
 EXECUTION_FIELDS = frozenset(

@@ -34,7 +34,7 @@ from typing import Any
 
 from core.errors import FeaturescopeError
 from core.login import EmailError, normal_domain, parse_email, unverified_reason
-from core.settings import HOSTED_ENV, hosted_file
+from core.settings import HOSTED_ENV, NETWORK_ENV, allow_network, hosted_file
 from core.source_guard import SourceError, available_devices, validate_device
 from core.specs import (
     DatasetSpec,
@@ -423,7 +423,6 @@ def check_device(device: object) -> str:
 
 
 # ---- serving on a network ------------------------------------------------------------------------
-NETWORK_ENV = "FEATURESCOPE_ALLOW_NETWORK"
 
 
 def is_loopback(address: str | None) -> bool:
@@ -439,11 +438,15 @@ def is_loopback(address: str | None) -> bool:
         return False
 
 
-def network_problem(address: str | None, hosted: bool, environ: Mapping[str, str]) -> str | None:
+def network_problem(
+    address: str | None, hosted: bool, environ: Mapping[str, str] | None = None
+) -> str | None:
     """Why a server listening on ``address`` must not serve (an operator error), or
     ``None``. Without hosted mode any local path can be loaded, so the app only serves
-    on a network when the operator opted in with ``$FEATURESCOPE_ALLOW_NETWORK=1``."""
-    if hosted or is_loopback(address) or environ.get(NETWORK_ENV) == "1":
+    on a network when the operator opted in with ``$FEATURESCOPE_ALLOW_NETWORK=1``
+    (read from ``environ`` when given, else by :func:`core.settings.allow_network`)."""
+    opted_in = allow_network() if environ is None else environ.get(NETWORK_ENV) == "1"
+    if hosted or is_loopback(address) or opted_in:
         return None
     return (
         f"this server listens on {address or 'every network interface'}, and without hosted "

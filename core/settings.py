@@ -7,6 +7,12 @@ Environment variables (each read when asked, so a test or a server can set it la
 * ``FEATURESCOPE_CACHE_DIR``: the memo directory; default ``cache/memo``.
 * ``FEATURESCOPE_CACHE_SIZE``: the memo's size limit in bytes; default 4 GiB.
 * ``FEATURESCOPE_HOSTED``: the hosted configuration file (see :mod:`core.hosted`).
+* ``FEATURESCOPE_ALLOW_NETWORK``: ``1`` lets the app listen beyond this machine without
+  hosted mode (see :func:`core.hosted.network_problem`).
+* ``FEATURESCOPE_BASE_URL``: the app's public address, for share links and exports.
+* ``FEATURESCOPE_MAX_WORKSPACES``: loaded workspaces kept per app process; default 2.
+* ``FEATURESCOPE_TEST_WORKSPACE``: for tests only, ``module:function`` building the app's
+  workspace (never read from a URL).
 
 Compute dtypes are named by strings (``float32``, ``bfloat16``, ``float16``) in configs,
 specs and the CLI; :func:`torch_dtype` maps a name to torch's dtype. Devices are named the same
@@ -32,9 +38,17 @@ DATA_DIR_ENV = "FEATURESCOPE_DATA_DIR"
 CACHE_DIR_ENV = "FEATURESCOPE_CACHE_DIR"
 CACHE_SIZE_ENV = "FEATURESCOPE_CACHE_SIZE"
 HOSTED_ENV = "FEATURESCOPE_HOSTED"
+NETWORK_ENV = "FEATURESCOPE_ALLOW_NETWORK"
+BASE_URL_ENV = "FEATURESCOPE_BASE_URL"
+MAX_WORKSPACES_ENV = "FEATURESCOPE_MAX_WORKSPACES"
+TEST_WORKSPACE_ENV = "FEATURESCOPE_TEST_WORKSPACE"
 DEFAULT_CACHE_SIZE = 4 << 30
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 _DEVICE_RE = re.compile(r"^(cpu|cuda|mps)(?::(\d{1,3}))?$")
+
+
+class SettingsError(FeaturescopeError, ValueError):
+    """An environment variable holds a value featurescope cannot use."""
 
 
 class DeviceError(FeaturescopeError, ValueError):
@@ -60,6 +74,35 @@ def memo_size_limit() -> int:
 def hosted_file() -> str | None:
     """The hosted configuration file named by ``$FEATURESCOPE_HOSTED``, if any."""
     return os.environ.get(HOSTED_ENV) or None
+
+
+def allow_network() -> bool:
+    """True when ``$FEATURESCOPE_ALLOW_NETWORK`` is ``1``."""
+    return os.environ.get(NETWORK_ENV) == "1"
+
+
+def base_url() -> str:
+    """``$FEATURESCOPE_BASE_URL`` stripped, or ``""`` when unset."""
+    return os.environ.get(BASE_URL_ENV, "").strip()
+
+
+def max_workspaces() -> int:
+    """``$FEATURESCOPE_MAX_WORKSPACES`` (at least 1), default 2."""
+    text = os.environ.get(MAX_WORKSPACES_ENV, "2")
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise SettingsError(
+            f"{MAX_WORKSPACES_ENV}={text!r}: set it to a whole number of at least 1"
+        )
+    return n
+
+
+def test_workspace_factory() -> str | None:
+    """``$FEATURESCOPE_TEST_WORKSPACE`` (``module:function``), for tests only."""
+    return os.environ.get(TEST_WORKSPACE_ENV) or None
 
 
 def torch_dtype(name: str) -> torch.dtype:

@@ -24,8 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformer_lens.loading_from_pretrained as tl_loading
 from safetensors.torch import load_file
 from torch import Tensor
+from transformer_lens import HookedTransformer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from core.dataset_files import (
     json_records,
@@ -35,9 +38,11 @@ from core.dataset_files import (
     text_pieces,
     token_row,
 )
+from core.demo_corpus import build_demo_corpus
 from core.dictionaries.loaders import loader_for
 from core.dictionaries.protocol import Dictionary, DictionaryError
 from core.errors import short_message
+from core.gguf_llama import load_demo_model
 from core.models import ModelAdapter
 from core.releases import check_model_name, check_release, releases_for
 from core.settings import DTYPE_NAMES, data_dir, torch_dtype
@@ -102,16 +107,12 @@ def _load_model(spec: ModelSpec, kwargs: dict[str, Any]) -> ModelAdapter:
     dtype = _dtype(spec.dtype)
     device = _device(spec.device)
     if spec.kind == "demo":
-        from core.gguf_llama import load_demo_model
-
         model = load_demo_model(CACHE_ROOT, device=device, dtype=dtype)
         return ModelAdapter(model, {"kind": "demo", "name": DEMO_MODEL_NAME})
     if spec.kind == "hub":
         if not spec.name:
             raise SourceError("a hub model needs a TransformerLens name, e.g. 'gpt2-small'")
         check_model_name(spec.name)  # a few close names instead of hundreds
-        from transformer_lens import HookedTransformer
-
         try:
             model = HookedTransformer.from_pretrained(
                 spec.name, device=device, dtype=spec.dtype, **kwargs
@@ -145,9 +146,6 @@ def _load_local_model(
             "(config.json, weights, tokenizer files), e.g. one written by save_pretrained"
         )
     refuse_remote_code(path)
-    import transformer_lens.loading_from_pretrained as tl_loading
-    from transformer_lens import HookedTransformer
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
         hf_model = AutoModelForCausalLM.from_pretrained(
@@ -304,8 +302,6 @@ def _texts(records: Iterable[dict[str, Any]], column: str | None) -> Iterator[tu
 
 def _records(spec: DatasetSpec) -> Iterator[dict[str, Any]]:
     if spec.kind == "demo":
-        from core.demo_corpus import build_demo_corpus
-
         yield from build_demo_corpus(CACHE_ROOT)
         return
     if not spec.path:

@@ -23,8 +23,9 @@ from typing import Any, TypeVar
 
 import torch
 
-from core.config import RunConfig
+from core.config import Progress, RunConfig
 from core.dictionaries.protocol import Dictionary
+from core.effects import compute_effects, steer
 from core.engine.activations import activation_store_for
 from core.engine.cached import compute_features, missing_features, source_key, token_fingerprint
 from core.engine.features import FeatureData
@@ -46,7 +47,6 @@ from core.specs import (
     parse_model,
 )
 
-Progress = Callable[[float, str], None]
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 _LOCKS: dict[int, threading.RLock] = {}
@@ -530,8 +530,6 @@ class Workspace:
         ``loss_qualifying`` / ``loss_sum`` sort keys; see :mod:`core.effects`. Memoised per
         (feature, base key); statistics of the last call are in ``last_effects_stats``.
         """
-        from core.effects import compute_effects
-
         i = self.check_index(i)
         fd = self.feature(i, progress)
         cfg = dataclasses.replace(self.config, features=[i])
@@ -577,8 +575,6 @@ class Workspace:
         :class:`core.effects.EffectsError` for a model without tokenizer or
         ``max_new_tokens`` above 256. See :func:`core.effects.steer`.
         """
-        from core.effects import steer
-
         i = self.check_index(i)
         self._check_prompt(prompt)
         if self.limits is not None:

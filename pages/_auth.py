@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import uuid
 from typing import Any
 
@@ -131,7 +130,7 @@ def network_refusal(cfg: Any | None) -> str | None:
     without the opt-in, :func:`core.hosted.network_problem`); ``None`` otherwise. The
     opt-in (or an unset address) is logged as a warning once per process."""
     address = st.get_option("server.address")
-    problem = network_problem(address, cfg is not None, os.environ)
+    problem = network_problem(address, cfg is not None)
     if problem is not None and address:
         log.error("%s", problem)
         return f"This server is not safe to use: {problem}."

@@ -6,13 +6,13 @@ hosted mode their size is bounded by the server's limits.
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Any
 from urllib.parse import urlencode
 
 import streamlit as st
 
+from core import settings
 from core.feature_source import FeatureSource
 from pages import _auth as auth
 from pages import _sidebar as sidebar
@@ -21,7 +21,6 @@ from pages import _workspaces as workspaces
 # ---- share links ---------------------------------------------------------------------------------
 #: the app's public address (e.g. ``https://example.org/featurescope``), for share links
 #: behind a reverse proxy; without it the address comes from the request's headers
-BASE_URL_ENV = "FEATURESCOPE_BASE_URL"
 _HOST = re.compile(r"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
 
 
@@ -29,11 +28,11 @@ def base_url() -> str:
     """The app's absolute address, ending in ``/``: ``$FEATURESCOPE_BASE_URL`` when set,
     else the scheme and host the browser used (``X-Forwarded-Proto``/``-Host`` from a
     proxy, else ``Host``) plus ``server.baseUrlPath``; ``""`` when neither is known."""
-    env = os.environ.get(BASE_URL_ENV, "").strip()
+    env = settings.base_url()
     if env:
         if not re.match(r"^https?://[^\s/]+", env):
             raise ValueError(
-                f"{BASE_URL_ENV}={env!r} is not an absolute http(s) address: set it to the "
+                f"{settings.BASE_URL_ENV}={env!r} is not an absolute http(s) address: set it to the "
                 "address users open, e.g. https://example.org/featurescope"
             )
         return env.rstrip("/") + "/"

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
@@ -29,6 +28,7 @@ import streamlit as st
 
 from core.feature_source import FeatureSource
 from core.hosted import check_device
+from core.settings import test_workspace_factory
 from core.source_guard import SourceError
 from core.specs import (
     SPEC_CLASSES,
@@ -41,7 +41,7 @@ from core.specs import (
 )
 from pages._auth import hosted
 from pages._messages import error_message, md
-from pages._workspaces import TEST_ENV, identity, is_loaded
+from pages._workspaces import identity, is_loaded
 
 SOURCES_KEY = "fs_sources"
 PENDING_KEY = "fs_link_pending"
@@ -101,7 +101,7 @@ def sources_from_params(params: Mapping[str, str]) -> dict[str, Any] | None:
 def default_sources() -> dict[str, Any]:
     """The test factory when ``FEATURESCOPE_TEST_WORKSPACE`` is set; in hosted mode the first
     allowlisted model, dictionary and dataset; else the embedded demo."""
-    factory = os.environ.get(TEST_ENV)
+    factory = test_workspace_factory()
     if factory:
         return {"factory": factory}
     cfg = hosted()

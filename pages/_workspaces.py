@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
-import os
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -28,12 +27,12 @@ from core.hosted import check_device
 from core.memo import Memo
 from core.precomputed import open_precomputed
 from core.queue import QueueState, waiting_reporter
+from core.settings import TEST_WORKSPACE_ENV, max_workspaces
 from core.specs import DatasetSpec, DictionarySpec, ModelSpec
 from pages._auth import hosted
 from pages._shared import Registry
 
-TEST_ENV = "FEATURESCOPE_TEST_WORKSPACE"
-MAX_WORKSPACES = int(os.environ.get("FEATURESCOPE_MAX_WORKSPACES", "2"))
+TEST_ENV = TEST_WORKSPACE_ENV
 
 
 def shared_memo() -> Memo:
@@ -53,7 +52,7 @@ def _import_factory(name: str) -> Callable[[], Any]:
 
 #: workspaces and memo layers shared by every session (not in ``st.cache_resource``, which
 #: any session's ``clear_cache`` message empties for everyone: see ``pages/_shared.py``)
-WORKSPACES = Registry(MAX_WORKSPACES)
+WORKSPACES = Registry(max_workspaces())
 _MEMOS = Registry(2)
 
 

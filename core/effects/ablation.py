@@ -57,8 +57,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from core.config import Progress
 from core.dictionaries.protocol import Dictionary
-from core.effects.common import AblationSite, EffectsError, Progress, ablation_site
+from core.effects.common import AblationSite, EffectsError, ablation_site
 from core.effects.passes import run_passes
 from core.effects.payload import EFFECTS_VERSION, apply_payload, effects_payload, examples_digest
 from core.engine.cached import token_fingerprint

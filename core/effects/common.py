@@ -8,7 +8,6 @@ decoder contribution) and the cheapest exact way to rerun the model from there;
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +18,6 @@ from torch import Tensor
 from core.dictionaries.protocol import Dictionary
 from core.errors import FeaturescopeError
 from core.models import ModelAdapter, ModelError
-
-Progress = Callable[[float, str], None]
 
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
 

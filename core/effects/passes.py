@@ -15,8 +15,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from core.config import Progress
 from core.dictionaries.protocol import Dictionary
-from core.effects.common import AblationSite, EffectsError, Progress, encode_features
+from core.effects.common import AblationSite, EffectsError, encode_features
 from core.effects.payload import PosResult, shown_examples
 from core.engine.features import FeatureData
 from core.models import ModelAdapter

@@ -8,12 +8,12 @@ from typing import Any
 
 from torch import Tensor
 
-from core.config import RunConfig
+from core.config import Progress, RunConfig
 from core.dictionaries.protocol import Dictionary
 from core.engine.activations import ActivationStore
 from core.engine.features import FeatureData
 from core.engine.keys import memo_key, token_fingerprint
-from core.engine.sweep import Progress, prepare_tokens, run_sweep, validate_features
+from core.engine.sweep import prepare_tokens, run_sweep, validate_features
 from core.memo import Memo, feature_key, feature_prefix
 from core.models import ModelAdapter
 

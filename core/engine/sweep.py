@@ -15,7 +15,6 @@ The result is plain data: one :class:`~core.engine.features.FeatureData` per fea
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +22,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from core.config import ConfigError, RunConfig
+from core.config import ConfigError, Progress, RunConfig
 from core.dictionaries.protocol import Dictionary, DictionaryError
 from core.engine.activations import ActivationStore
 from core.engine.features import SweepInfo
@@ -43,8 +42,6 @@ from core.engine.stats import (
 from core.errors import FeaturescopeError
 from core.models import ModelAdapter, ModelError
 from core.settings import DeviceError, resolve_device, torch_dtype
-
-Progress = Callable[[float, str], None]
 
 
 class EngineError(FeaturescopeError, ValueError):

@@ -43,8 +43,9 @@ from typing import Any, Literal
 from core import charts
 from core.charts import COMPONENTS, esc, visible_token
 from core.engine.features import Example, FeatureData, Histogram
-from core.export import ExportError, atomic_write
+from core.export import ExportError
 from core.settings import data_dir
+from core.storage import atomic_write
 
 JsMode = Literal["gzip", "plain"]
 

@@ -45,7 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from core.engine.features import Example, FeatureData, Histogram
-from core.export import ExportError, atomic_write
+from core.export import ExportError
+from core.storage import atomic_write
 
 SCHEMA_PATH = Path(__file__).with_name("neuronpedia_schema.json")
 #: added to the qualifying token's index in ``tokens`` (SAEDashboard's converter writes

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import FeaturescopeError
-from core.export import atomic_write, remove_stale_temp_files
 from core.memo import Memo
+from core.storage import atomic_write, remove_stale_temp_files
 
 MANIFEST = "manifest.json"
 FORMAT = "featurescope-precompute"

@@ -22,7 +22,6 @@ from core.config import ConfigError, parse_features
 from core.engine.activations import activation_store_for
 from core.engine.cached import compute_features, source_key, token_fingerprint
 from core.engine.sweep import EngineError, prepare_tokens, validate_features
-from core.export import atomic_write
 from core.export.html import save_html
 from core.export.neuronpedia import (
     NeuronpediaMeta,
@@ -49,6 +48,7 @@ from core.precompute.manifest import (
 from core.precompute.progress import Progress
 from core.previews import summary_table
 from core.settings import memo_dir
+from core.storage import atomic_write
 
 if TYPE_CHECKING:
     from torch import Tensor

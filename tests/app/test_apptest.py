@@ -561,14 +561,14 @@ def test_effects_from_cache_caption_and_readable_extras(tiny_ws):
 
 
 def test_share_box_gives_an_absolute_link(tiny_ws, monkeypatch):
-    from pages import _export as export
+    from core import settings
 
-    monkeypatch.setenv(export.BASE_URL_ENV, "https://example.org/fs/")
+    monkeypatch.setenv(settings.BASE_URL_ENV, "https://example.org/fs/")
     at = run_app("pages/feature.py", feature="3")
     link = texts(at.code)
     assert link.startswith("https://example.org/fs/feature?feature=3&ws="), link
 
-    monkeypatch.setenv(export.BASE_URL_ENV, "example.org")
+    monkeypatch.setenv(settings.BASE_URL_ENV, "example.org")
     at = run_app("pages/feature.py", feature="3")
     assert "FEATURESCOPE_BASE_URL='example.org'" in texts(at.warning)
     assert texts(at.code).startswith("feature?feature=3")  # still a link
