@@ -7,8 +7,8 @@ never import torch. Every computation waits its turn in the process's compute qu
 then holds its model's lock; every hook is registered for one call only, so sessions
 sharing the workspace never see each other's state. A computation that runs out of
 accelerator memory is retried with half the batch (down to one sequence) instead of
-failing. ``limits`` (hosted mode, :class:`core.hosted.Limits`) bound what one request
-may ask for.
+failing (:mod:`core.gate`). ``limits`` (hosted mode, :class:`core.hosted.Limits`) bound
+what one request may ask for. The search methods live in :mod:`core.search`.
 """
 
 from __future__ import annotations
@@ -16,9 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
@@ -29,14 +27,15 @@ from core.effects import compute_effects, steer
 from core.engine.activations import activation_store_for
 from core.engine.cached import compute_features, missing_features, source_key, token_fingerprint
 from core.engine.features import FeatureData
-from core.engine.sweep import check_fit, prepare_tokens
-from core.errors import FeaturescopeError
+from core.engine.sweep import prepare_tokens
+from core.gate import WorkspaceError, free_accelerator_memory, is_out_of_memory, model_lock
 from core.hosted import Limits
 from core.memo import Memo, feature_key, feature_prefix
 from core.models import ModelAdapter
 from core.precompute.index import run_memos
 from core.previews import SUMMARY_VERSION, feature_preview, summary_table
 from core.queue import COMPUTE_QUEUE
+from core.search import SearchMixin
 from core.sources import load_sources
 from core.specs import (
     DatasetSpec,
@@ -49,59 +48,9 @@ from core.specs import (
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-_LOCKS: dict[int, threading.RLock] = {}
-_LOCKS_GUARD = threading.Lock()
 
 
-def model_lock(model: ModelAdapter) -> threading.RLock:
-    """The lock that serialises forward passes on one model object."""
-    with _LOCKS_GUARD:
-        return _LOCKS.setdefault(id(model.model), threading.RLock())
-
-
-class WorkspaceError(FeaturescopeError, ValueError):
-    """A request the workspace cannot answer (message says why and what to do)."""
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """True for an accelerator (or host) allocation failure."""
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and (
-        "out of memory" in text or "can't allocate memory" in text
-    )
-
-
-def _free_accelerator_memory() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def check_text(text: str) -> str:
-    """``text``, or :class:`WorkspaceError` when it holds characters that have no UTF-8
-    form (lone surrogates such as ``"\\ud800"``), which no tokenizer can read."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        bad = text[exc.start]
-        raise WorkspaceError(
-            f"the prompt contains a character that is not valid text (U+{ord(bad):04X} at "
-            f"position {exc.start}, a lone surrogate): remove it or paste the text again"
-        ) from exc
-    return text
-
-
-@dataclass
-class PromptResult:
-    """Feature activations on a user's text."""
-
-    tokens: list[str]
-    top_overall: list[dict[str, Any]]  # {"feature", "max", "mean", "position"}
-    per_token: list[list[dict[str, Any]]]  # per position: [{"feature", "act"}]
-
-
-class Workspace:
+class Workspace(SearchMixin):
     """A model, a dictionary and a token set, with the memo layer in front: the live
     :class:`~core.feature_source.FeatureSource`.
 
@@ -248,7 +197,7 @@ class Workspace:
             except Exception as exc:
                 if not is_out_of_memory(exc):
                     raise
-                _free_accelerator_memory()
+                free_accelerator_memory()
                 if cfg.batch_size <= 1 and cfg.feature_chunk_size <= 256:
                     raise WorkspaceError(
                         f"out of memory while computing {what}, even one sequence at a time: "
@@ -368,157 +317,6 @@ class Workspace:
         if self.memo is not None:
             self.memo.put_json(key, out)
         return out
-
-    # --- search ----------------------------------------------------------------------------
-    @torch.no_grad()
-    def activations_on_text(
-        self, text: str, features: list[int] | None = None, max_tokens: int = 1024
-    ):
-        """Token strings and feature activations ``[positions, features]`` on ``text``."""
-        self._check_prompt(text)
-        if self.limits is not None:
-            max_tokens = min(max_tokens, self.limits.max_prompt_tokens)
-        # the model cannot read more than its context (to_tokens does not cut the prompt)
-        max_tokens = min(max_tokens, self.model.n_ctx)
-        ids = self.model.to_tokens(text)
-        if ids.shape[1] > max_tokens:
-            raise WorkspaceError(
-                f"the prompt has {ids.shape[1]:,} tokens; the limit is {max_tokens:,}: shorten it"
-            )
-        hook = self.config.hook or self.dictionary.hook_in
-
-        def run(config: RunConfig) -> torch.Tensor:
-            self._check_fit(hook)
-            return self.model.run_to_hooks(ids.to(self.model.device), [hook])[hook]
-
-        x = self._retrying(run, "the prompt's activations")
-        x = x.reshape(x.shape[1], -1).to(self.dictionary_dtype)
-        sel = None if features is None else torch.tensor(features, device=x.device)
-        acts = self.dictionary.encode(x, sel).float().cpu()
-        bos = self.model.bos_token_id
-        if bos is not None:
-            acts[ids[0].cpu() == bos] = 0.0
-        return self.model.token_strings(ids[0]), acts
-
-    def _check_prompt(self, text: str) -> None:
-        """Text a user typed: not empty, valid UTF-8, within the hosted limits."""
-        if not isinstance(text, str) or not text.strip():
-            raise WorkspaceError("the prompt is empty: type some text")
-        check_text(text)
-        if self.limits is not None:
-            self.limits.check_prompt(text)
-
-    def _check_fit(self, hook: str) -> None:
-        """A clear error when the dictionary cannot read ``hook`` of the model (a missing
-        hook, another width); checked once per hook, inside the compute gate."""
-        if hook in self._fits:
-            return
-        try:
-            check_fit(self.model, self.dictionary, hook, self.tokens, self.model.device)
-        except ValueError as exc:
-            raise WorkspaceError(str(exc)) from exc
-        self._fits.add(hook)
-
-    @property
-    def dictionary_dtype(self) -> torch.dtype:
-        w = self.dictionary.decoder_directions(torch.tensor([0]))
-        return w.dtype
-
-    def prompt_search(self, text: str, k: int = 10) -> PromptResult:
-        """Features most active on ``text``, overall and per token."""
-        toks, acts = self.activations_on_text(text)
-        mx, pos = acts.max(dim=0)
-        order = torch.argsort(mx, descending=True)[:k]
-        top = [
-            {
-                "feature": int(f),
-                "max": float(mx[f]),
-                "mean": float(acts[:, f].mean()),
-                "position": int(pos[f]),
-                "token": toks[int(pos[f])],
-            }
-            for f in order
-            if mx[f] > 0
-        ]
-        per = []
-        for p in range(acts.shape[0]):
-            v, i = acts[p].topk(min(k, acts.shape[1]))
-            per.append(
-                [{"feature": int(a), "act": float(b)} for b, a in zip(v, i, strict=True) if b > 0]
-            )
-        return PromptResult(tokens=toks, top_overall=top, per_token=per)
-
-    def feature_on_text(self, i: int, text: str) -> dict[str, Any]:
-        """One feature's activation on each token of ``text``."""
-        i = self.check_index(i)
-        toks, acts = self.activations_on_text(text, features=[i])
-        return {"tokens": toks, "acts": acts[:, 0].tolist()}
-
-    def _token_ids(self, token: str) -> list[int]:
-        if self._vocab_index is None:
-            index: dict[str, list[int]] = {}
-            for i, s in enumerate(self.model.vocab_strings()):
-                index.setdefault(s, []).append(i)
-            self._vocab_index = index
-        if token in self._vocab_index:
-            return self._vocab_index[token]
-        if token.isdigit() and int(token) < self.model.d_vocab:
-            return [int(token)]
-        tok = self.model.tokenizer
-        if tok is not None:
-            ids = tok(token, add_special_tokens=False)["input_ids"]
-            if len(ids) == 1:
-                return ids
-            raise WorkspaceError(
-                f"{token!r} is {len(ids)} tokens for this model; search for a single token "
-                f"(e.g. {self.model.token_strings(ids[:1])[0]!r})"
-            )
-        raise WorkspaceError(f"{token!r} is not a token of this model")
-
-    @torch.no_grad()
-    def token_search(self, token: str, k: int = 20) -> dict[str, Any]:
-        """Features whose decoder direction most promotes / suppresses ``token``'s logit."""
-        if self.dictionary.d_out != self.model.d_model:
-            raise WorkspaceError(
-                "this dictionary does not write to the residual stream: no logit effects"
-            )
-        ids = self._token_ids(token)
-        tid = ids[0]
-        device = self.model.device
-        effects = []
-        for s in range(0, self.n_features, 8192):
-            idx = torch.arange(s, min(s + 8192, self.n_features), device=device)
-            w = self.dictionary.decoder_directions(idx).to(self.model.dtype)
-            effects.append(self.model.logit_directions(w, [tid])[:, 0].float().cpu())
-        eff = torch.cat(effects)
-        k = min(k, eff.numel())
-        pv, pi = eff.topk(k)
-        nv, ni = eff.topk(k, largest=False)
-        return {
-            "token": self.model.token_strings([tid])[0],
-            "token_id": tid,
-            "promote": [
-                {"feature": int(i), "effect": float(v)} for v, i in zip(pv, pi, strict=True)
-            ],
-            "suppress": [
-                {"feature": int(i), "effect": float(v)} for v, i in zip(nv, ni, strict=True)
-            ],
-        }
-
-    @torch.no_grad()
-    def similar(self, i: int, k: int = 10) -> list[dict[str, Any]]:
-        """Nearest features to ``i`` by decoder cosine similarity."""
-        i = self.check_index(i)
-        if self._unit_dirs is None:
-            w = self.dictionary.decoder_directions(None).float()
-            self._unit_dirs = w / w.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        cos = self._unit_dirs @ self._unit_dirs[i]
-        cos[i] = float("-inf")
-        v, idx = cos.topk(min(k, self.n_features - 1))
-        return [{"feature": int(a), "cosine": float(b)} for b, a in zip(v, idx, strict=True)]
-
-    def vocab_size(self) -> int:
-        return self.model.d_vocab
 
     # --- effects and steering -------------------------------------------------------------
     def effects(self, i: int, progress: Progress | None = None) -> FeatureData:

@@ -1103,9 +1103,9 @@ def _readonly_memo(exc: BaseException, activations: bool = True) -> Callable[[En
     features are computed on a token set the cache has not seen."""
 
     def run(env: Env) -> Outcome:
+        import safetensors.torch as activations_mod  # core.storage writes caches through it
         from safetensors import SafetensorError
 
-        import core.storage as activations_mod  # the activation store writes through it
         from core.workspace import Workspace
 
         ws = env.ws
@@ -1182,9 +1182,9 @@ def _unopenable_memo(env: Env) -> Outcome:
 
 def _full_token_cache(env: Env) -> Outcome:
     """The disk holding the token cache is full while a dataset is tokenised."""
+    import safetensors.torch as sources  # core.storage writes the token cache through it
     from safetensors import SafetensorError
 
-    import core.storage as sources  # load_tokens writes the token cache through it
     from core.sources import DatasetSpec, load_tokens
 
     h = env.hostile

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from core.config import RunConfig
+from core.gate import WorkspaceError, is_out_of_memory
 from core.hosted import AccessError, Limits
 from core.queue import COMPUTE_QUEUE, waiting_reporter
-from core.workspace import Workspace, WorkspaceError, is_out_of_memory
+from core.workspace import Workspace
 from tests.tiny import HOOK, make_workspace
 from tests.tolerance import assert_sums_close, encode_tolerance, firing_margin
 
