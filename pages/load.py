@@ -13,6 +13,7 @@ import streamlit as st
 
 from core.config import parse_features
 from core.hosted import server_devices
+from core.specs import DEMO_MODEL_NAME
 from pages import _auth as auth
 from pages import _jobs as jobs
 from pages import _links as links
@@ -35,13 +36,6 @@ def _releases(model: str | None) -> dict[str, dict[str, Any]]:
     from core.sources import saelens_releases
 
     return saelens_releases(model)
-
-
-@st.cache_data(show_spinner=False)
-def _demo_model_name() -> str:
-    from core.sources import DEMO_MODEL_NAME
-
-    return DEMO_MODEL_NAME
 
 
 @st.cache_data(show_spinner=False)
@@ -294,7 +288,7 @@ with tab_specs:
         if d_kind == "saelens":
             # only the releases made for the chosen model: another model's would be refused
             # at load (checked offline, before any download)
-            model_name = {"hub": model.get("name"), "demo": _demo_model_name()}.get(m_kind)
+            model_name = {"hub": model.get("name"), "demo": DEMO_MODEL_NAME}.get(m_kind)
             n_all = len(_releases(None))
             releases = _releases(model_name) if model_name else _releases(None)
             if model_name and not releases:

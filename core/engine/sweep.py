@@ -26,12 +26,11 @@ from core.config import ConfigError, Progress, RunConfig
 from core.dictionaries.protocol import Dictionary, DictionaryError
 from core.engine.activations import ActivationStore
 from core.engine.features import SweepInfo
+from core.engine.gram import BufferedInt8Gram, GramStats
 from core.engine.keys import token_fingerprint
 from core.engine.result import FeatureSet
 from core.engine.stats import (
     BinCounts,
-    BufferedInt8Gram,
-    GramStats,
     IntervalSampler,
     MomentStats,
     SparseActs,

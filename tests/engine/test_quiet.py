@@ -20,7 +20,7 @@ g = torch.Generator().manual_seed(0)
 acts = torch.rand(64, 40, generator=g) * (torch.rand(64, 40, generator=g) < 0.05)
 """
 _OURS = """
-from core.engine.stats import GramStats
+from core.engine.gram import GramStats
 gram = GramStats(40, 40, torch.device("cpu"), symmetric=True, strategy="sparse")
 gram.update(acts, acts, torch.tensor(64))
 assert torch.allclose(gram.finalize(), acts.T @ acts, rtol=1e-5, atol=1e-6)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from core.engine.gram import BufferedInt8Gram, GramStats
 from core.engine.stats import (
     BinCounts,
-    BufferedInt8Gram,
-    GramStats,
     IntervalSampler,
     MomentStats,
     SparseActs,
