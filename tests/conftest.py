@@ -9,7 +9,7 @@ import tempfile
 
 import pytest
 
-from tests.tiny import make_model, make_sae, prepare_process, random_tokens, write_hf_model
+from tests.tiny import prepare_process, random_tokens
 
 prepare_process()  # offline hub; 1 or 2 torch threads (the tolerances hold for both)
 
@@ -18,10 +18,6 @@ prepare_process()  # offline hub; 1 or 2 torch threads (the tolerances hold for 
 _APP_HOME = tempfile.mkdtemp(prefix="fs-test-app-")
 atexit.register(shutil.rmtree, _APP_HOME, True)
 os.environ["FEATURESCOPE_CACHE_DIR"] = os.path.join(_APP_HOME, "memo")
-
-# The builders under the names some test modules still import from here (use tests.tiny).
-write_tiny_hf_model = write_hf_model
-__all__ = ["CHROMIUM", "CHROMIUM_ARGS", "make_model", "make_sae", "write_tiny_hf_model"]
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import torch
 
 from core.config import RunConfig
 from core.engine.sweep import run_sweep
-from tests.conftest import make_model, make_sae
+from tests.tiny import make_model, make_sae, random_tokens
 
 HOOK = "blocks.1.hook_resid_pre"
 
@@ -18,9 +18,7 @@ HOOK = "blocks.1.hook_resid_pre"
 @pytest.fixture(scope="module")
 def setup():
     model = make_model()
-    g = torch.Generator().manual_seed(3)
-    tokens = torch.randint(1, 61, (24, 16), generator=g)
-    tokens[:, 0] = 0
+    tokens = random_tokens(24, 16, seed=3)
     _, cache = model.run_with_cache(tokens, names_filter=HOOK)
     sae = make_sae("standard", 32, 48, HOOK, sample=cache[HOOK].reshape(-1, 32))
     return model, sae, tokens

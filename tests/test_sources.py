@@ -28,7 +28,7 @@ from core.sources import (
     saelens_releases,
     validate_device,
 )
-from tests.conftest import make_model, write_tiny_hf_model
+from tests.tiny import make_model, write_hf_model
 from tests.tolerance import encode_tolerance
 
 D = 32
@@ -158,7 +158,7 @@ def local_hf_model(tmp_path_factory):
         "home",
     ]
     path = tmp_path_factory.mktemp("hf") / "tiny-gpt2"
-    hf, tok = write_tiny_hf_model(path, words)
+    hf, tok = write_hf_model(path, words)
     return path, hf, tok
 
 
@@ -270,7 +270,7 @@ def write_remote_code_model(root: Path, config: str = "config.json") -> tuple[Pa
     """A tiny model directory whose ``config`` maps a class to a Python file that writes a
     marker file when imported. Returns ``(model_dir, marker)``."""
     model_dir, marker = root / "model", root / "MARKER-imported"
-    write_tiny_hf_model(model_dir, ["the", "cat", "sat", "on", "a", "mat"])
+    write_hf_model(model_dir, ["the", "cat", "sat", "on", "a", "mat"])
     (model_dir / "evil.py").write_text(
         "import pathlib\n"
         f"pathlib.Path({str(marker)!r}).write_text('ran')\n"

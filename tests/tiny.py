@@ -153,6 +153,38 @@ def make_sae(
     return sae
 
 
+def sae_at(model: Any, tokens: torch.Tensor, hook: str, d_sae: int = 16) -> Any:
+    """A standard SAE reading ``hook`` of ``model``, calibrated on ``tokens`` to fire on
+    about 30% of positions."""
+    _, cache = model.run_with_cache(tokens, names_filter=hook)
+    d = model.cfg.d_model
+    return make_sae("standard", d, d_sae, hook, sample=cache[hook].reshape(-1, d), density=0.3)
+
+
+def transcoder_at(
+    model: Any, tokens: torch.Tensor, hook_in: str, hook_out: str, d_sae: int = 16
+) -> Any:
+    """A SAELens transcoder from ``hook_in`` to ``hook_out`` of ``model``, calibrated on
+    ``tokens`` to fire on about 30% of positions (seed 0)."""
+    import sae_lens as sl
+
+    d = model.cfg.d_model
+    torch.manual_seed(0)
+    tc = sl.Transcoder(
+        sl.TranscoderConfig(d_in=d, d_sae=d_sae, d_out=d, apply_b_dec_to_input=False)
+    )
+    tc.cfg.metadata.hook_name = hook_in
+    tc.cfg.metadata.hook_name_out = hook_out
+    _, cache = model.run_with_cache(tokens, names_filter=hook_in)
+    x = cache[hook_in].reshape(-1, d)
+    with torch.no_grad():
+        tc.W_enc.copy_(torch.randn_like(tc.W_enc))
+        tc.W_dec.copy_(torch.randn_like(tc.W_dec) * 0.5)
+        tc.b_dec.zero_()
+        tc.b_enc.copy_(-torch.quantile(x @ tc.W_enc, 0.7, dim=0))
+    return tc
+
+
 # ---- Hugging Face tokenizers and model directories -----------------------------------------------
 def word_tokenizer(
     words: list[str],

@@ -24,7 +24,7 @@ from core.dictionaries import REGISTRY, DictionaryError
 from core.dictionaries.clt import CLTDictionary, load_clt
 from core.engine.sweep import run_sweep
 from core.models import ModelAdapter
-from tests.conftest import make_model
+from tests.tiny import make_model, random_tokens
 from tests.tolerance import sum_tolerance, switch_margin
 
 N_LAYERS, N_FEAT, D_MODEL = 3, 24, 32
@@ -657,9 +657,7 @@ def test_engine_end_to_end(tmp_path):
     tensors, stats = reference_tensors(seed=3), norm_stats(seed=4)
     root = write_reference(tmp_path, tensors, base_cfg(), stats)
     clt = load_clt(root, 1)
-    g = torch.Generator().manual_seed(7)
-    tokens = torch.randint(1, 61, (12, 10), generator=g)
-    tokens[:, 0] = 0
+    tokens = random_tokens(12, 10, seed=7)
     adapter = ModelAdapter(model, bos_token_id=0)
     res = run_sweep(adapter, clt, tokens, RunConfig(features=[0, 1, 2], device="cpu"))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import make_model
+from tests.tiny import make_model, random_tokens
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -24,7 +24,4 @@ def model4():
 
 @pytest.fixture(scope="module")
 def tokens():
-    g = torch.Generator().manual_seed(1)
-    toks = torch.randint(1, 61, (24, 16), generator=g)
-    toks[:, 0] = 0  # BOS
-    return toks
+    return random_tokens(24, 16, seed=1)

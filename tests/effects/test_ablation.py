@@ -19,8 +19,10 @@ from core.engine.sweep import run_sweep
 from core.memo import Memo
 from core.models import ModelAdapter
 from core.workspace import Workspace
-from tests.effects.tiny import D, sae_at, transcoder_at
+from tests.tiny import sae_at, transcoder_at
 from tests.tolerance import gamma
+
+D = 32  # the width of the model the fixtures build
 
 FEATS = [0, 3, 7]
 CFG = dict(

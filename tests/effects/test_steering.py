@@ -14,8 +14,7 @@ from transformers import PreTrainedTokenizerFast
 from core.dictionaries.saelens import SAELensDictionary
 from core.effects import EffectsError, steer
 from core.models import ModelAdapter
-from tests.conftest import make_model
-from tests.effects.tiny import sae_at, transcoder_at
+from tests.tiny import make_model, random_tokens, sae_at, transcoder_at
 
 
 def _with_tokenizer(seed: int = 0):
@@ -51,7 +50,7 @@ def test_steer_matches_plain_hook_reference():
     hook = "blocks.1.hook_resid_pre"
     prompt = "w5 w9 w13 w7 w22"
     ids = m.to_tokens(prompt)
-    sae = sae_at(m, torch.randint(1, 61, (8, 16), generator=torch.Generator().manual_seed(3)), hook)
+    sae = sae_at(m, random_tokens(8, 16, seed=3, bos=None), hook)
     adapter, d = ModelAdapter(m), SAELensDictionary(sae)
     f = 5
     dvec = sae.W_dec[f].detach()
