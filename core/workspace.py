@@ -256,6 +256,24 @@ class Workspace(SearchMixin):
 
         return self._retrying(run, f"{len(idx):,} features")
 
+    def job_passes(self, indices: list[int], per_pass: int) -> list[list[int]]:
+        """The passes of a background job computing ``indices``, ``per_pass`` features each.
+        Hosted: refused (:class:`~core.hosted.AccessError`) when the features still to compute
+        exceed the job limit (cached ones are free), and passes are no larger than it."""
+        per_pass = max(1, int(per_pass))
+        if self.limits is not None:
+            todo = self.missing(indices)
+            self.limits.check_count(len(todo), "features", self.limits.max_features_per_job)
+            per_pass = min(per_pass, self.limits.max_features_per_job)
+        return [indices[s : s + per_pass] for s in range(0, len(indices), per_pass)]
+
+    def features_for_export(self, indices: list[int]) -> dict[int, FeatureData]:
+        """:meth:`features` for an export; hosted: at most ``max_features_per_export``."""
+        if self.limits is not None:
+            n = len(indices)
+            self.limits.check_count(n, "features", self.limits.max_features_per_export)
+        return self.features(list(indices))
+
     def missing(self, indices: list[int]) -> list[int]:
         """Which of ``indices`` are not in the memo yet (what :meth:`features` would compute)."""
         idx = [self.check_index(i) for i in indices]

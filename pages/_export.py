@@ -104,10 +104,7 @@ def export_many(ws: FeatureSource, indices: list[int]) -> str:
     """Several features as one standalone HTML page (computing those not cached yet)."""
     from core.export.html import render_features_html  # imported here: it imports torch
 
-    cfg = auth.hosted()
-    if cfg is not None:
-        cfg.limits.check_count(len(indices), "features", cfg.limits.max_features_per_export)
-    got = ws.features(list(indices))
+    got = ws.features_for_export(list(indices))  # hosted: within the export limit
     return render_features_html(
         [got[i] for i in indices], _run_meta(ws, f"{len(indices)} features")
     )

@@ -82,13 +82,9 @@ def start_job(
 ) -> Job:
     """Start computing ``indices`` in passes of ``per_pass`` features (one job per workspace)."""
     ident = _job_key(ws)
-    per_pass = max(1, int(per_pass))
-    cfg = hosted()
-    if cfg is not None:  # features already in the cache do not count
-        todo = ws.missing(indices) if hasattr(ws, "missing") else indices
-        cfg.limits.check_count(len(todo), "features", cfg.limits.max_features_per_job)
-        per_pass = min(per_pass, cfg.limits.max_features_per_job)
-    chunks = [indices[s : s + per_pass] for s in range(0, len(indices), per_pass)]
+    if not ws.live:
+        raise ValueError("a precomputed output computes nothing: open the sources to compute")
+    chunks = ws.job_passes(indices, per_pass)  # hosted: within the job limit
     with _JOBS_LOCK:
         old = _JOBS.get(ident)
         if old is not None and old.running:

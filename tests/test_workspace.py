@@ -121,6 +121,23 @@ def test_job_limit_counts_only_features_to_compute(ws, tmp_path):
         ws.features(list(range(6, 10)))
 
 
+def test_the_workspace_enforces_job_and_export_limits(ws, tmp_path):
+    """Hosted limits are enforced by the workspace (the pages only call it): a job is split
+    into passes no larger than the job limit, cached features are free, exports are capped."""
+    from core.memo import Memo
+
+    ws.memo = Memo(tmp_path / "memo")
+    ws.features([0, 1])
+    assert ws.job_passes(list(range(7)), 3) == [[0, 1, 2], [3, 4, 5], [6]]  # no limits
+    ws.limits = Limits(max_features_per_job=2, max_features_per_export=2)
+    assert ws.job_passes([0, 1, 2, 3], 8) == [[0, 1], [2, 3]]  # 2 to compute: allowed
+    with pytest.raises(AccessError, match="3 features requested; this server allows 2"):
+        ws.job_passes([0, 1, 2, 3, 4], 8)
+    assert sorted(ws.features_for_export([0, 1])) == [0, 1]
+    with pytest.raises(AccessError, match="3 features requested; this server allows 2"):
+        ws.features_for_export([0, 1, 2])
+
+
 def test_token_search_matches_the_full_logit_table(ws):
     """Promoting/suppressing features for one token: the column of the full table."""
     w = ws.dictionary.decoder_directions(None).float()
