@@ -177,6 +177,24 @@ class RunConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
 
+def check_feature_index(i: object, n_features: int, error: type[Exception] = ConfigError) -> int:
+    """``i`` as a feature index of a dictionary of ``n_features``, or ``error`` (a class of
+    ours) saying why not. ``True``, ``3.5`` and ``inf`` are not feature numbers (``int()``
+    would make them 1, 3, or raise); text such as ``" 7 "`` (from a URL) is read."""
+    if isinstance(i, bool) or (isinstance(i, float) and not i.is_integer()):
+        raise error(f"feature index must be a whole number, got {i!r}")
+    try:
+        index = int(i)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise error(f"feature index must be a whole number, got {i!r}") from exc
+    if not 0 <= index < n_features:
+        raise error(
+            f"feature {index} does not exist: this dictionary has {n_features} features "
+            f"(0-{n_features - 1})"
+        )
+    return index
+
+
 #: without the dictionary size, a feature selection may not name more indices than this
 #: (the largest dictionaries in use have a few million features)
 MAX_FEATURES = 1 << 24

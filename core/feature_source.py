@@ -43,6 +43,11 @@ class FeatureSource(Protocol):
         workspace and a precompute output of the same sources share it."""
         ...
 
+    def check_index(self, i: object) -> int:
+        """``i`` as a valid feature index (text from a URL is read), or a
+        ``FeaturescopeError`` (a ``ValueError`` or ``KeyError``) naming the valid range."""
+        ...
+
     def has(self, i: int) -> bool:
         """True when :meth:`feature` can answer for ``i`` (a live source can compute any
         valid index; a precompute output has only the features it stored)."""

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from core.config import Progress, RunConfig
+from core.config import Progress, RunConfig, check_feature_index
 from core.dictionaries.protocol import Dictionary
 from core.effects import compute_effects, steer
 from core.engine.activations import activation_store_for
@@ -217,20 +217,9 @@ class Workspace(SearchMixin):
                 )
 
     # --- features ------------------------------------------------------------------------
-    def check_index(self, i: int) -> int:
-        # True, 3.5 and inf are not feature numbers (int() would make them 1, 3, or raise)
-        if isinstance(i, bool) or (isinstance(i, float) and not i.is_integer()):
-            raise WorkspaceError(f"feature index must be a whole number, got {i!r}")
-        try:
-            i = int(i)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise WorkspaceError(f"feature index must be a whole number, got {i!r}") from exc
-        if not 0 <= i < self.n_features:
-            raise WorkspaceError(
-                f"feature {i} does not exist: this dictionary has {self.n_features} features "
-                f"(0-{self.n_features - 1})"
-            )
-        return i
+    def check_index(self, i: object) -> int:
+        """``i`` as a feature index, or :class:`WorkspaceError` saying why not."""
+        return check_feature_index(i, self.n_features, WorkspaceError)
 
     def features(
         self, indices: list[int], progress: Progress | None = None

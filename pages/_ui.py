@@ -12,6 +12,7 @@ from typing import Any
 import streamlit as st
 
 from core import charts
+from core.errors import FeaturescopeError
 from core.feature_source import FeatureSource
 from pages import _auth as auth
 from pages import _jobs as jobs
@@ -113,25 +114,13 @@ def parse_layout(raw: str | None) -> tuple[list[str], list[str]]:
 def check_index(ws: FeatureSource, raw: Any) -> int:
     """The feature index, or ``ValueError`` whose message names the valid range."""
     n = int(ws.n_features)
-    if hasattr(ws, "check_index"):
-        try:
-            return int(ws.check_index(raw))
-        except ValueError as exc:
-            msg = str(exc)
-            if "does not exist" not in msg:
-                msg += f"; valid features are 0-{n - 1}"
-            raise ValueError(msg) from exc
     try:
-        i = int(str(raw).strip())
-    except ValueError as exc:
-        raise ValueError(
-            f"feature index must be a whole number, got {raw!r}; valid features are 0-{n - 1}"
-        ) from exc
-    if not 0 <= i < n:
-        raise ValueError(
-            f"feature {i} does not exist: this dictionary has {n} features (0-{n - 1})"
-        )
-    return i
+        return ws.check_index(raw)
+    except FeaturescopeError as exc:
+        msg = exc.args[0] if exc.args else str(exc)
+        if "does not exist" not in msg:
+            msg += f"; valid features are 0-{n - 1}"
+        raise ValueError(msg) from exc
 
 
 def get_feature(ws: FeatureSource, i: int) -> tuple[Any, str]:

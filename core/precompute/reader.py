@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.config import MAX_FEATURES
+from core.config import MAX_FEATURES, check_feature_index
 from core.memo import Memo, feature_key, feature_prefix
 from core.precompute.manifest import (
     FORMAT,
@@ -84,6 +84,10 @@ class PrecomputedStore:
     def stored_features(self) -> list[int]:
         """Indices whose dashboards are stored, ascending."""
         return sorted(self.done)
+
+    def check_index(self, i: object) -> int:
+        """``i`` as a feature index of the dictionary, or :class:`PrecomputedError`."""
+        return check_feature_index(i, self.n_features, PrecomputedError)
 
     def has(self, i: int) -> bool:
         """True when feature ``i``'s dashboard is stored (see :meth:`feature`)."""
@@ -163,15 +167,7 @@ class PrecomputedStore:
             PrecomputedError: ``i`` is out of range, was skipped, was not part of the
                 run, is not computed yet, or its stored entry is missing or corrupted.
         """
-        try:
-            i = int(i)
-        except (TypeError, ValueError) as exc:
-            raise PrecomputedError(f"feature index must be a whole number, got {i!r}") from exc
-        n = self.n_features
-        if not 0 <= i < n:
-            raise PrecomputedError(
-                f"feature {i} does not exist: this dictionary has {n} features (0-{n - 1})"
-            )
+        i = self.check_index(i)
         if i in self.skipped:
             thr = self.manifest["config"]["min_density"]
             why = "it never fires"
