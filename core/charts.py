@@ -37,6 +37,19 @@ COMPONENTS = [
 
 
 # ---- Altair charts -------------------------------------------------------------------------------
+def parse_layout(layout: str | list[str] | tuple[str, ...] | None) -> tuple[list[str], list[str]]:
+    """A dashboard layout (``"summary,act_hist"`` or a list) as ``(known, unknown)``: the
+    names of :data:`COMPONENTS` in the given order without repeats, and the other names.
+    ``None`` is every component. The app shows the known ones and says which were
+    unknown; the HTML export and the runner refuse unknown ones."""
+    if layout is None:
+        return list(COMPONENTS), []
+    names = layout.split(",") if isinstance(layout, str) else list(layout)
+    names = [str(n).strip() for n in names if str(n).strip()]
+    known = [n for n in dict.fromkeys(names) if n in COMPONENTS]
+    return known, [n for n in names if n not in COMPONENTS]
+
+
 def _hist_frame(h: Histogram) -> pd.DataFrame:
     lo = h.edges[:-1]
     hi = h.edges[1:]

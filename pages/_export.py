@@ -13,6 +13,7 @@ from urllib.parse import urlencode
 import streamlit as st
 
 from core import settings
+from core.export.html import render_features_html
 from core.feature_source import FeatureSource
 from pages import _auth as auth
 from pages import _sidebar as sidebar
@@ -74,8 +75,6 @@ def _run_meta(ws: FeatureSource, title: str) -> dict[str, Any]:
 
 def export_page(ws: FeatureSource, fd: Any, layout: list[str], params: dict[str, str]) -> str:
     """This dashboard as one standalone HTML page (``core.export.html``), in ``layout``."""
-    from core.export.html import render_features_html  # imported here: it imports torch
-
     return render_features_html([fd], export_meta(ws, fd.index, params), layout=layout)
 
 
@@ -102,8 +101,6 @@ def export_cap() -> int:
 
 def export_many(ws: FeatureSource, indices: list[int]) -> str:
     """Several features as one standalone HTML page (computing those not cached yet)."""
-    from core.export.html import render_features_html  # imported here: it imports torch
-
     got = ws.features_for_export(list(indices))  # hosted: within the export limit
     return render_features_html(
         [got[i] for i in indices], _run_meta(ws, f"{len(indices)} features")

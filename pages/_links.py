@@ -26,6 +26,7 @@ from urllib.parse import urlencode
 
 import streamlit as st
 
+from core.charts import COMPONENTS
 from core.feature_source import FeatureSource
 from core.hosted import check_device
 from core.settings import test_workspace_factory
@@ -285,8 +286,6 @@ def feature_params(ws: FeatureSource, i: int, layout: list[str] | None = None) -
     """Query parameters of the deep link to feature ``i`` (URL parameters are strings).
 
     ``layout`` defaults to the layout this session chose on the feature page."""
-    from core.charts import COMPONENTS  # imported here: core.charts imports torch
-
     params = {"feature": str(i), "ws": identity(ws)}
     src = encode_sources(sources())
     if src:

@@ -102,11 +102,7 @@ def section(name: str) -> None:
 # ---- layout ---------------------------------------------------------------------------------------
 def parse_layout(raw: str | None) -> tuple[list[str], list[str]]:
     """Components named in ``layout=`` (known ones, in order) and the unknown names."""
-    if not raw:
-        return list(charts.COMPONENTS), []
-    names = [n.strip() for n in raw.split(",") if n.strip()]
-    known = [n for n in dict.fromkeys(names) if n in charts.COMPONENTS]
-    unknown = [n for n in names if n not in charts.COMPONENTS]
+    known, unknown = charts.parse_layout(raw or None)
     return (known or list(charts.COMPONENTS)), unknown
 
 

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from core import charts
-from core.charts import COMPONENTS, esc, visible_token
+from core.charts import COMPONENTS, esc, parse_layout, visible_token
 from core.engine.features import Example, FeatureData, Histogram
 from core.export import ExportError
 from core.settings import data_dir
@@ -317,16 +317,9 @@ _PAGE_JS = (_STATIC / "page.js").read_text(encoding="utf-8")
 
 def check_layout(layout: Sequence[str] | None) -> list[str]:
     """Validate a component list (names from :data:`core.charts.COMPONENTS`), drop repeats."""
-    if layout is None:
-        return list(COMPONENTS)
-    if isinstance(layout, str):
-        layout = [p.strip() for p in layout.split(",") if p.strip()]
-    out: list[str] = []
-    for name in layout:
-        if name not in COMPONENTS:
-            raise ExportError(f"unknown dashboard component {name!r}; choose from {COMPONENTS}")
-        if name not in out:
-            out.append(name)
+    out, unknown = parse_layout(layout)
+    if unknown:
+        raise ExportError(f"unknown dashboard component {unknown[0]!r}; choose from {COMPONENTS}")
     if not out:
         raise ExportError(f"the layout is empty; choose components from {COMPONENTS}")
     return out

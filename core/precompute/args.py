@@ -14,6 +14,7 @@ from typing import Any
 
 from core.config import ConfigError, RunConfig
 from core.dictionaries.protocol import DictionaryRole
+from core.export.html import check_layout
 from core.precompute.config import (
     OUTPUTS,
     NeuronpediaOptions,
@@ -216,9 +217,10 @@ def config_from_args(args: Any) -> PrecomputeConfig:
     outputs = args.outputs
     if isinstance(outputs, str):
         outputs = [o.strip() for o in outputs.split(",") if o.strip()]
-    layout = args.layout
-    if isinstance(layout, str):
-        layout = [c.strip() for c in layout.split(",") if c.strip()]
+    try:
+        layout = None if args.layout is None else check_layout(args.layout)
+    except ValueError as exc:
+        raise RunnerError(str(exc)) from exc
     output_dir = args.output_dir
     if not output_dir:
         raise RunnerError("an output directory is needed: --output-dir DIR")
