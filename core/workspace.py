@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -91,6 +92,7 @@ class Workspace(SearchMixin):
         # token set, computing other features needs no forward pass
         self.activation_store = activation_store_for(memo.directory) if memo is not None else None
         self._runs: dict[str, list[Memo]] = {}  # precompute outputs by source key
+        self._keys: dict[str, str] = {}  # source keys by result config
         self._unit_dirs: torch.Tensor | None = None
         self._vocab_index: dict[str, list[int]] | None = None
         self._fits: set[str] = set()  # hooks the dictionary was checked to fit
@@ -144,8 +146,14 @@ class Workspace(SearchMixin):
         return prepare_tokens(self.tokens, config)
 
     def _source_key(self, config: RunConfig) -> str:
-        """The memo key of these sources under ``config`` (shared with the runner)."""
-        return source_key(self.model, self.dictionary, self._prepared(config), config)
+        """The memo key of these sources under ``config`` (shared with the runner); the
+        token hash behind it is computed once per result config."""
+        which = json.dumps(config.result_key_dict(), sort_keys=True, default=str)
+        if which not in self._keys:
+            self._keys[which] = source_key(
+                self.model, self.dictionary, self._prepared(config), config
+            )
+        return self._keys[which]
 
     def _readers(self, config: RunConfig) -> list[Memo]:
         """Memos of the precompute outputs registered for these sources (opened once)."""
