@@ -8,7 +8,7 @@ model-hub download is involved.
 Usage::
 
     .venv/bin/python bench/workload.py bench/.workload [--n-seq 256] [--seq-len 128]
-        [--d-sae 24576] [--density 0.05] [--seed 0] [--force]
+        [--d-sae 24576] [--density 0.05 | --l0 64] [--seed 0] [--force]
 
 prints the workload directory.  From Python: ``prepare(out_dir, ...) -> Path``.
 
@@ -51,7 +51,10 @@ Directory layout (``OUT_DIR/``)
     Encoding is ``relu((x - b_dec) @ W_enc + b_enc)``.  ``b_enc[f]`` is
     ``-quantile_{1-density}((x - b_dec) @ W_enc[:, f])`` over the hook
     activations of the first ``min(32, n_seq)`` sequences, so every feature
-    fires on about ``density`` of tokens.
+    fires on about ``density`` of tokens.  ``--l0 L`` (``prepare(..., l0=L)``) asks
+    for ``density = L / d_sae`` instead, i.e. about ``L`` active features per token
+    (calibrated biases; the realistic dictionaries of ``bench/bench_scale.py`` use
+    L0 64); ``params`` then records that density, so the defaults are unchanged.
 """
 
 from __future__ import annotations
@@ -94,6 +97,13 @@ def model_cfg_dict(seed: int = 0) -> dict:
         normalization_type="LN",
         seed=seed,
     )
+
+
+def density_for_l0(l0: float, d_sae: int) -> float:
+    """The firing share that gives about ``l0`` active features per token."""
+    if not 0 < l0 < d_sae:
+        raise ValueError(f"l0 must be in (0, d_sae={d_sae}), got {l0}")
+    return l0 / d_sae
 
 
 def load_model_state(model: torch.nn.Module, path: Path | str) -> None:
@@ -151,8 +161,12 @@ def prepare(
     density: float = 0.05,
     seed: int = 0,
     force: bool = False,
+    l0: float | None = None,
 ) -> Path:
+    """Write (or reuse) the workload; ``l0`` overrides ``density`` with ``l0 / d_sae``."""
     out_dir = Path(out_dir)
+    if l0 is not None:
+        density = density_for_l0(l0, d_sae)
     params = dict(n_seq=n_seq, seq_len=seq_len, d_sae=d_sae, density=density, seed=seed)
     meta_path = out_dir / "workload.json"
     if not force and _files_ok(out_dir):
@@ -280,10 +294,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--d-sae", type=int, default=24576)
     ap.add_argument("--density", type=float, default=0.05)
+    ap.add_argument(
+        "--l0", type=float, default=None, help="active features per token (sets density)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--force", action="store_true", help="regenerate even if parameters match")
     a = ap.parse_args(argv)
-    path = prepare(a.out_dir, a.n_seq, a.seq_len, a.d_sae, a.density, a.seed, force=a.force)
+    path = prepare(
+        a.out_dir, a.n_seq, a.seq_len, a.d_sae, a.density, a.seed, force=a.force, l0=a.l0
+    )
     print(path)
     return 0
 

@@ -59,3 +59,59 @@ def test_table_says_which_ran():
     assert rows["scenario"].rstrip().endswith("ran")
     assert rows["ours1024_warm"].endswith("warm") and rows["ours1024_cold"].endswith("cold")
     assert rows["peer1024_warm"].endswith("warm") and "ERROR cannot hold" in rows["bad_warm"]
+
+
+# --- bench/bench_scale.py: every phase of the end-to-end benchmark, at a tiny size -------------
+def test_scale_benchmark_writes_every_phase(tmp_path):
+    import json
+
+    from bench.bench_scale import PHASES, main
+
+    out = tmp_path / "scale.json"
+    argv = ["--tiny", "--out", str(out), "--work", str(tmp_path / "work")]
+    assert main(argv + ["--scenarios", "floor,phases,precompute,peer1024_warm"]) == 0
+    got = json.loads(out.read_text())
+    by = {r["scenario"]: r for r in got["results"]}
+    assert not [r for r in got["results"] if "error" in r], got["results"]
+    assert set(by["phases"]["phases"]) == set(PHASES)
+    assert set(by["floor"]["phases"]) == {"forward"}
+    assert set(by["precompute"]["phases"]) == {"precompute"}
+    for name in ("floor", "phases", "precompute"):
+        for phase, p in by[name]["phases"].items():
+            assert p["seconds"] > 0 and p["peak_rss_mb"] > 0 and p["ru_maxrss_mb"] > 0, phase
+    assert by["phases"]["n_features"] == by["precompute"]["n_features"] == 24
+    assert set(by["phases"]["phases"]["sweep"]["split"]) == {"pass1", "pass2", "collect"}
+    assert "skipped" in by["peer1024_warm"]
+    assert got["ratios"]["phases_over_floor"] > 0 and got["ratios"]["precompute_over_floor"] > 0
+    assert not (tmp_path / "work" / "phases").exists()  # scratch outputs are removed
+
+
+def test_scale_peer_is_skipped_without_its_venv(tmp_path, monkeypatch):
+    import bench.bench_scale as scale
+
+    monkeypatch.setattr(scale, "PEER_PY", tmp_path / "no-venv" / "python")
+    got = scale.run_peer(tmp_path, tmp_path / "cache")
+    assert "setup_peer.sh" in got["skipped"] and "seconds" not in got
+
+
+def test_scale_memory_budget_passes_through_only_where_run_config_has_it():
+    from bench.bench_scale import memory_budget_supported, parse_bytes, run_config
+
+    opts = {"features": "0:4", "batch_size": 8, "device": "cpu", "feature_correlation": "all"}
+    cfg = run_config({**opts, "memory_budget": parse_bytes("1.5G")}, 24)
+    assert cfg.features == [0, 1, 2, 3]
+    if memory_budget_supported():
+        assert cfg.memory_budget == 3 * 2**29
+    else:
+        assert not hasattr(cfg, "memory_budget")
+    assert (
+        parse_bytes("512M") == 2**29 and parse_bytes("1000") == 1000 and parse_bytes(None) is None
+    )
+
+
+def test_workload_l0_sets_the_density():
+    from bench.workload import density_for_l0
+
+    assert density_for_l0(64, 24576) == 64 / 24576
+    with pytest.raises(ValueError, match="l0"):
+        density_for_l0(0, 24576)
