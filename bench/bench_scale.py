@@ -3,20 +3,11 @@
 Workload: the gpt2-small-shaped random model of ``bench/workload.py`` with a dictionary of
 ``--d-sae`` features (24,576 or 131,072) whose biases are calibrated to about ``--l0``
 active features per token, over ``--n-seq`` x 128 tokens (256 or 2,048 sequences).
-Scenarios, each in its own process (time and peak RSS per phase):
-
-* ``floor``: the bare forward pass to the hook over the same tokens;
-* ``phases``: what the app's "compute all" and ``compute_features`` into a memo do, split
-  into phases measured from outside the engine: ``sweep`` (``run_sweep``: forward, encode,
-  pass 1, pass 2, correlations; the progress messages split it into pass 1, pass 2 and
-  collecting), then chunk by chunk (512 features) ``assembly`` (``FeatureSet`` building
-  ``FeatureData``), ``serialisation`` (``FeatureData.to_bytes``) and ``writing`` (memo
-  puts and one Neuronpedia batch file per chunk);
-* ``precompute``: ``python -m core precompute --outputs memo,neuronpedia`` in process
-  (``run_precompute`` with a config built by the CLI's own parser), one end-to-end phase;
-* ``peer1024_warm``: SAEDashboard on features 0-1,023 with its activation cache warm
-  (filled untimed first), extrapolated to the whole dictionary (needs
-  ``bash bench/setup_peer.sh``; skipped with a message when ``bench/.peer-venv`` is missing).
+Scenarios, each in its own process, with time and peak RSS per phase: ``floor`` (the bare
+forward to the hook), ``phases`` (the app's "compute all": ``sweep``, then 512 features at a
+time ``assembly``, ``serialisation``, ``writing`` to the memo and Neuronpedia files),
+``precompute`` (``python -m core precompute`` in process) and ``peer1024_warm``
+(SAEDashboard, features 0-1,023, extrapolated). ``bench/README.md`` says what each covers.
 
     .venv/bin/python bench/bench_scale.py                                   # 24,576 x 256 seqs
     .venv/bin/python bench/bench_scale.py --d-sae 131072 --n-seq 2048 --scenarios floor,phases
@@ -411,7 +402,8 @@ def ratios(results: list[dict[str, Any]], n_features: int) -> dict[str, float]:
         if base and name in by:
             out[f"{name}_over_floor"] = by[name]["seconds"] / base
             for phase, p in by[name]["phases"].items():
-                out[f"{name}.{phase}_over_floor"] = p["seconds"] / base
+                if phase != name:  # (precompute is one phase)
+                    out[f"{name}.{phase}_over_floor"] = p["seconds"] / base
     if "peer1024_warm" in by:
         est = by["peer1024_warm"]["seconds"] * n_features / PEER_FEATURES
         out["peer_extrapolated_seconds"] = est
@@ -519,11 +511,7 @@ def main(argv: list[str] | None = None) -> int:
         n_features = len(parse_features(args.features, n_features) or range(n_features))
     summary = {
         "device": args.device,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-        },
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "options": {**opts, "memory_budget_supported": memory_budget_supported()},
         "workload": workload,
         "results": results,
