@@ -178,31 +178,56 @@ class GramStats:
         cross = self.finalize()
         n = self.n_tokens.clamp_min(1).float()
         inv_n = 1.0 / float(n)  # one sync, after the loop over tokens
-
-        def inv_std(mean: Tensor, sumsq: Tensor) -> Tensor:
-            # constant features get NaN, which becomes -inf below: never chosen
-            sd = (sumsq / n - mean * mean).clamp_min(0).sqrt()
-            return torch.where(sd > 0, 1.0 / sd, torch.full_like(sd, float("nan")))
-
-        mc = self.col_sum / n
-        inv_sc = inv_std(mc, self.col_sumsq)
-        col_norm = self.col_sumsq.sqrt()
+        cols = column_terms(self.col_sum, self.col_sumsq, n)
         k = min(k, cross.shape[1])
         outs: list[tuple[Tensor, Tensor, Tensor]] = []
         for i in range(0, cross.shape[0], rows_per_chunk):
             ie = min(i + rows_per_chunk, cross.shape[0])
-            mr = row_sum[i:ie] / n
-            # Pearson = (cross / n - mean_r mean_c) / (std_r std_c), in place on one buffer
-            p = torch.addr(cross[i:ie], mr, mc, beta=inv_n, alpha=-1.0)
-            p.mul_(inv_std(mr, row_sumsq[i:ie])[:, None]).mul_(inv_sc[None, :])
-            p.nan_to_num_(nan=float("-inf"), posinf=float("-inf"), neginf=float("-inf"))
-            if self_col is not None:
-                rows = torch.arange(ie - i, device=p.device)
-                p[rows, self_col[i:ie]] = float("-inf")
-            tv, ti = p.topk(k, dim=1)
-            cos = cross[i:ie].gather(1, ti) / (row_sumsq[i:ie].sqrt()[:, None] * col_norm[ti])
-            outs.append((tv, ti, torch.nan_to_num(cos, nan=0.0)))
-        return tuple(torch.cat(parts) for parts in zip(*outs, strict=True))  # type: ignore[return-value]
+            sc = None if self_col is None else self_col[i:ie]
+            outs.append(
+                pearson_top_k(cross[i:ie], row_sum[i:ie], row_sumsq[i:ie], cols, n, inv_n, k, sc)
+            )
+        return cat_top_k(outs)
+
+
+def _inv_std(mean: Tensor, sumsq: Tensor, n: Tensor) -> Tensor:
+    # constant features get NaN, which becomes -inf below: never chosen
+    sd = (sumsq / n - mean * mean).clamp_min(0).sqrt()
+    return torch.where(sd > 0, 1.0 / sd, torch.full_like(sd, float("nan")))
+
+
+def column_terms(col_sum: Tensor, col_sumsq: Tensor, n: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Each column's mean, inverse standard deviation and norm."""
+    mc = col_sum / n
+    return mc, _inv_std(mc, col_sumsq, n), col_sumsq.sqrt()
+
+
+def pearson_top_k(
+    cross: Float[Tensor, "r c"],
+    row_sum: Float[Tensor, " r"],
+    row_sumsq: Float[Tensor, " r"],
+    cols: tuple[Tensor, Tensor, Tensor],
+    n: Tensor,
+    inv_n: float,
+    k: int,
+    self_col: Int[Tensor, " r"] | None,
+) -> tuple[Float[Tensor, "r k"], Int[Tensor, "r k"], Float[Tensor, "r k"]]:
+    """Top-``k`` columns of complete rows of co-activation sums by Pearson, with their cosine."""
+    mc, inv_sc, col_norm = cols
+    mr = row_sum / n
+    # Pearson = (cross / n - mean_r mean_c) / (std_r std_c), in place on one buffer
+    p = torch.addr(cross, mr, mc, beta=inv_n, alpha=-1.0)
+    p.mul_(_inv_std(mr, row_sumsq, n)[:, None]).mul_(inv_sc[None, :])
+    p.nan_to_num_(nan=float("-inf"), posinf=float("-inf"), neginf=float("-inf"))
+    if self_col is not None:
+        p[torch.arange(cross.shape[0], device=p.device), self_col] = float("-inf")
+    tv, ti = p.topk(k, dim=1)
+    cos = cross.gather(1, ti) / (row_sumsq.sqrt()[:, None] * col_norm[ti])
+    return tv, ti, torch.nan_to_num(cos, nan=0.0)
+
+
+def cat_top_k(outs: list[tuple[Tensor, Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
+    return tuple(torch.cat(parts) for parts in zip(*outs, strict=True))  # type: ignore[return-value]
 
 
 class BufferedInt8Gram(GramStats):
