@@ -192,6 +192,11 @@ def _precompute_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--wandb", "--use-wandb", dest="wandb", action="store_true")
     g.add_argument("--wandb-project", default=None)
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    g.add_argument(
+        "--memory-budget", default=None,
+        help="device memory for the correlated-features table, e.g. 8G, 512M, bytes, or auto "
+        "(half the device); past it the table is computed from sparse activations (default 4G)",
+    )  # fmt: skip
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -28,6 +28,7 @@ EXECUTION_FIELDS = frozenset(
         "device",
         "activation_cache_bytes",
         "gram_strategy",
+        "memory_budget",
     }
 )
 
@@ -80,6 +81,11 @@ class RunConfig:
             ``tests/tolerance.py``; measured up to 1.6e-3, median 4.5e-4, against float64).
         gram_strategy: ``"auto"``, ``"dense"`` or ``"sparse"`` accumulation of the
             feature-by-feature co-activation matrix.
+        memory_budget: bytes the correlated-features table may take on the device
+            (``None``: half of the device's memory). When the dense co-activation sums
+            (requested x compared features, float32) would exceed it, the table is computed
+            exactly from the sweep's stored sparse activations, block by block; when even
+            those do not fit, the sweep stops with an error naming the sizes.
     """
 
     hook: str | None = None
@@ -107,6 +113,7 @@ class RunConfig:
     activation_cache_bytes: int = 2 << 30
     gram_strategy: Literal["auto", "dense", "sparse"] = "auto"
     gram_precision: Literal["auto", "float32", "bfloat16", "int8"] = "auto"
+    memory_budget: int | None = 4 << 30
 
     def __post_init__(self) -> None:
         self.validate()
@@ -152,6 +159,11 @@ class RunConfig:
             raise ConfigError(
                 f"gram_strategy must be auto, dense or sparse, got {self.gram_strategy!r}"
             )
+        budget = self.memory_budget
+        if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool)):
+            raise ConfigError(f"memory_budget must be a number of bytes or None, got {budget!r}")
+        if budget is not None and budget < 1:
+            raise ConfigError(f"memory_budget must be positive, got {budget!r}")
         if self.features is not None:
             bad = [f for f in self.features if not isinstance(f, int) or isinstance(f, bool)]
             if bad:

@@ -28,6 +28,7 @@ from core.effects import compute_effects, steer
 from core.engine.activations import activation_store_for
 from core.engine.cached import compute_features, missing_features, source_key, token_fingerprint
 from core.engine.features import FeatureData
+from core.engine.gram_budget import ASSUMED_L0, correlation_bytes, resolve_budget
 from core.engine.sweep import prepare_tokens
 from core.gate import WorkspaceError, free_accelerator_memory, is_out_of_memory, model_lock
 from core.hosted import Limits
@@ -165,25 +166,32 @@ class Workspace(SearchMixin):
         return self._runs[key]
 
     def memory_estimate(self, n_features: int) -> dict[str, float]:
-        """Rough peak memory (MB) of computing ``n_features`` features, for the load page."""
+        """Rough peak memory (MB) of computing ``n_features`` features, for the load page.
+
+        Correlations follow the sweep's plan: the dense co-activation sums when they fit
+        ``memory_budget``, else the sparse activations kept for them (assuming
+        :data:`ASSUMED_L0` active features per token) and the blocks computed from them.
+        """
         cfg = self.config
         n_tok = self.tokens.numel()
         chunk = min(n_features, cfg.feature_chunk_size)
         batch_tok = cfg.batch_size * self.tokens.shape[1]
         acts = batch_tok * chunk * 4 * 3
         hook_cache = n_tok * self.dictionary.d_in * 4
-        gram = (
-            n_features * self.n_features * 4
-            if cfg.feature_correlation == "all"
-            else n_features**2 * 4
-        )
+        n_cols = self.n_features if cfg.feature_correlation == "all" else n_features
+        store = gram = 0
+        if cfg.feature_correlation != "none":
+            l0 = min(ASSUMED_L0, self.n_features) * n_cols / self.n_features
+            budget = resolve_budget(cfg.memory_budget, torch.device(self.model.device))
+            store, gram = correlation_bytes(n_features, n_cols, n_tok, l0, budget)
         per_feature = n_features * (self.dictionary.d_in * 4 + 4096)
         return {
             "activations_mb": acts / 2**20,
             "hook_cache_mb": hook_cache / 2**20,
-            "correlations_mb": gram / 2**20,
+            "correlations_mb": (store + gram) / 2**20,
+            "sparse_store_mb": store / 2**20,
             "per_feature_mb": per_feature / 2**20,
-            "total_mb": (acts + hook_cache + gram + per_feature) / 2**20,
+            "total_mb": (acts + hook_cache + store + gram + per_feature) / 2**20,
         }
 
     # --- compute gate ---------------------------------------------------------------------

@@ -27,6 +27,7 @@ from core.dictionaries.protocol import Dictionary, DictionaryError
 from core.engine.activations import ActivationStore
 from core.engine.features import SweepInfo
 from core.engine.gram import BufferedInt8Gram, GramStats
+from core.engine.gram_budget import SparseStoreGram, dense_gram_bytes, resolve_budget
 from core.engine.keys import token_fingerprint
 from core.engine.result import FeatureSet
 from core.engine.stats import (
@@ -250,8 +251,15 @@ def run_sweep(
     top = TopExamples(n_req, config.n_top_examples, offsets, whole, device)
     # Feature-by-feature sums: in pass 1 when the columns span the whole dictionary
     # (unrequested features' maxima are never known), else in pass 2 (see _pass2_gram).
-    gram: GramStats | None = None
-    if need_all_cols:
+    # Over the memory budget, pass 1 keeps the sparse activations instead (gram_budget).
+    gram: GramStats | SparseStoreGram | None = None
+    sparse: SparseStoreGram | None = None
+    n_cols = dictionary.n_features if need_all_cols else n_req
+    budget = resolve_budget(config.memory_budget, device)
+    if corr != "none" and dense_gram_bytes(n_req, n_cols) > budget:
+        row_cols = feats if need_all_cols else None
+        gram = sparse = SparseStoreGram(n_req, n_cols, device, budget, row_cols, valid.numel())
+    elif need_all_cols:
         gram = GramStats(
             n_req,
             dictionary.n_features,
@@ -317,9 +325,15 @@ def run_sweep(
             a = encoder(x, feats[sl]) * mf[:, None]
             moments.update(a, x32, sl)
             top.update(a.view(b, length, -1), seq_ids, sl)
-            if gram is not None:
+            if sparse is not None and not need_all_cols:
+                sparse.stage(a, sl)
+            elif gram is not None:
                 req_blocks.append(a)
-        if gram is not None:
+        if sparse is not None:
+            for s in all_chunks if need_all_cols else []:
+                sparse.stage(encoder(x, all_feats[s]) * mf[:, None], s)
+            sparse.commit(x.shape[0], n_valid)
+        elif gram is not None:
             rows = torch.cat(req_blocks, 1) if len(req_blocks) > 1 else req_blocks[0]
             cols = torch.cat([encoder(x, all_feats[s]) * mf[:, None] for s in all_chunks], 1)
             gram.update(rows, cols, n_valid)
@@ -347,7 +361,7 @@ def run_sweep(
         feats, config.n_intervals, config.n_interval_examples, offsets, whole, config.seed, device
     )
     staged: GramStats | None = None  # correlations among the requested features
-    if corr != "none" and not need_all_cols:
+    if corr != "none" and not need_all_cols and sparse is None:
         gram = staged = _pass2_gram(config, moments, dtype, device, config.batch_size * length)
     for bi, bsl in enumerate(batches):
         if keep_cache:
@@ -479,7 +493,7 @@ def finalize_columns(
     config: RunConfig,
     moments: MomentStats,
     top: TopExamples,
-    gram: GramStats | None,
+    gram: GramStats | SparseStoreGram | None,
     hist: BinCounts,
     icounts: BinCounts,
     sampler: IntervalSampler,

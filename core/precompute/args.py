@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,29 @@ def apply_config_file(
     args = parser.parse_args(argv)
     args.file_extra = extra
     return args
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(?:i?b)?", re.IGNORECASE)
+
+
+def parse_byte_size(value: Any) -> int | None:
+    """``8G``, ``512M``, ``1.5GiB``, ``123`` (bytes; suffixes are powers of 1024) or ``auto``
+    (``None``: half the device's memory) as a number of bytes."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    match = _SIZE.fullmatch(value.strip()) if isinstance(value, str) else None
+    size = 0
+    if match:
+        power = "kmgt".find(match.group(2).lower()) + 1 if match.group(2) else 0
+        size = int(float(match.group(1)) * 1024**power)
+    if size < 1:
+        raise RunnerError(
+            f"--memory-budget must be a positive size like 8G, 512M or a number of bytes "
+            f"(or auto), got {value!r}"
+        )
+    return size
 
 
 def _first(*values: Any) -> Any:
@@ -203,6 +227,8 @@ def config_from_args(args: Any) -> PrecomputeConfig:
             run_fields[name] = value
     if args.whole_sequence:
         run_fields["whole_sequence"] = True
+    if args.memory_budget is not None:
+        run_fields["memory_budget"] = parse_byte_size(args.memory_budget)
     run_fields.update(extra.get("run_config", {}))
     try:
         run = RunConfig.from_dict(run_fields)

@@ -1,0 +1,281 @@
+"""Correlated features under a memory budget: exact co-activation top-k computed in blocks of
+rows from the sweep's stored sparse activations, for dictionaries whose dense co-activation
+sums (:class:`~core.engine.gram.GramStats`) would not fit.
+
+Shapes: ``r`` rows (requested features), ``c`` columns (features compared), ``n`` tokens.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from core.engine.gram import cat_top_k, column_terms, pearson_top_k
+from core.errors import FeaturescopeError
+
+#: bytes a stored non-zero takes (an int32 feature index and a float32 value)
+ENTRY_BYTES = 8
+#: working bytes per (row entry, column entry) pair joined in a block (int64 positions,
+#: offsets, flat indices and the repeat index; the float32 product)
+PAIR_BYTES = 44
+#: active features per token assumed by estimates made before a sweep (typical of the
+#: dictionaries in use: L0 of about 20-150)
+ASSUMED_L0 = 64
+#: bytes per stored entry scanned while picking a block's row entries
+SCAN_BYTES = 24
+
+
+class MemoryBudgetError(FeaturescopeError, ValueError):
+    """The correlated-features table does not fit the memory budget even from sparse data."""
+
+
+def resolve_budget(budget: int | None, device: torch.device) -> int:
+    """``budget`` bytes, or (``None``) half of the device's memory."""
+    if budget is not None:
+        return budget
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory // 2
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+
+
+def dense_gram_bytes(n_rows: int, n_cols: int) -> int:
+    """Bytes of the dense co-activation sums of ``n_rows`` features with ``n_cols``."""
+    return n_rows * n_cols * 4
+
+
+def min_work_bytes(n_cols: int) -> int:
+    """The least working memory of the blocked computation: one row and its Pearson buffer,
+    one token's pairs, a small scan."""
+    return n_cols * (8 + PAIR_BYTES) + (64 << 10)
+
+
+def correlation_bytes(
+    n_rows: int, n_cols: int, n_tokens: int, l0: float, budget: int
+) -> tuple[int, int]:
+    """(stored activations, working memory) of the correlated-features table: ``(0, dense)``
+    when the dense sums fit ``budget``, else the sparse store of ``n_tokens x l0`` non-zeros
+    (``l0``: non-zeros per token among the columns) and the blocks (the rest of the budget)."""
+    dense = dense_gram_bytes(n_rows, n_cols)
+    if dense <= budget:
+        return 0, dense
+    store = int(n_tokens * l0 * ENTRY_BYTES + n_tokens * 8)
+    work = min(max(budget - store, min_work_bytes(n_cols)), 2 * dense)
+    return store, work
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1024
+    raise AssertionError  # unreachable
+
+
+class SparseStoreGram:
+    """Exact co-activation top-k under a memory budget, from the sweep's sparse activations.
+
+    Used instead of :class:`GramStats` when the dense sums (rows x columns floats) would
+    exceed ``budget`` bytes. Each batch's non-zero (column, value) pairs are kept token by
+    token (CSR: int32 columns, float32 values and row pointers, on the device, in segments
+    of about ``segment_entries``); at the end the co-activation sums are rebuilt in blocks
+    of complete rows, each sized to what the store leaves of the budget, and turned into
+    Pearson values and each row's top-k exactly as :meth:`GramStats.top_correlated` does.
+    A block joins every stored row entry with the entries of its token (vectorised:
+    ``repeat_interleave`` and one ``index_add_`` per chunk of pairs).
+
+    ``row_cols`` gives each row's column (rows are requested features, columns all
+    features); ``None`` when rows are the columns. Fed like the pass-2 Gram:
+    ``stage(acts, sl)`` per feature chunk of a batch, then ``commit(n, n_valid)``.
+    """
+
+    def __init__(
+        self,
+        n_rows: int,
+        n_cols: int,
+        device: torch.device,
+        budget: int,
+        row_cols: Int[Tensor, " r"] | None = None,
+        total_tokens: int | None = None,
+        segment_entries: int = 1 << 24,
+    ):
+        self.n_rows, self.n_cols, self.device = n_rows, n_cols, device
+        self.budget = budget
+        self.row_cols = row_cols
+        self.total_tokens = total_tokens
+        self.segment_entries = segment_entries
+        self.col_sum = torch.zeros(n_cols, device=device, dtype=torch.float32)
+        self.col_sumsq = torch.zeros(n_cols, device=device, dtype=torch.float32)
+        self.n_tokens = torch.zeros((), device=device, dtype=torch.float64)
+        #: sealed segments: (columns int32, values float32, row pointers int64)
+        self.segments: list[tuple[Tensor, Tensor, Tensor]] = []
+        self._pending: list[tuple[Tensor, Tensor, Tensor]] = []  # (columns, values, counts)
+        self._staged: list[tuple[Tensor, Tensor, Tensor]] = []  # (token, column, value)
+        self.nnz = 0
+        self.token_rows = 0  # tokens with at least one non-zero
+        self.tokens_seen = 0
+        self._check()
+
+    @property
+    def nbytes(self) -> int:
+        return self.nnz * ENTRY_BYTES + self.token_rows * 8
+
+    def stage(self, acts: Float[Tensor, "n c"], sl: slice) -> None:
+        """One chunk (columns ``sl``) of the current batch."""
+        self.col_sum[sl] += acts.sum(0)
+        self.col_sumsq[sl] += (acts * acts).sum(0)
+        tok, col = acts.nonzero(as_tuple=True)
+        self._staged.append((tok, col + sl.start, acts[tok, col]))
+
+    def commit(self, n: int, n_valid: Tensor) -> None:
+        """Close a batch of ``n`` tokens: its entries, token by token."""
+        staged, self._staged = self._staged, []
+        self.n_tokens += n_valid
+        self.tokens_seen += n
+        tok, col, val = (torch.cat(p) for p in zip(*staged, strict=True))
+        if len(staged) > 1:  # chunks come column-block by column-block: token-major order
+            order = torch.sort(tok, stable=True).indices
+            tok, col, val = tok[order], col[order], val[order]
+        counts = torch.bincount(tok, minlength=n)
+        counts = counts[counts > 0]
+        self._pending.append((col.to(torch.int32), val.float(), counts))
+        self.nnz += col.numel()
+        self.token_rows += counts.numel()
+        if sum(p[0].numel() for p in self._pending) >= self.segment_entries:
+            self._seal()
+        self._check()
+
+    def update(self, rows: Tensor, cols: Float[Tensor, "n c"], n_valid: Tensor) -> None:
+        """One batch at once (``rows`` are columns too: only ``cols`` is read)."""
+        self.stage(cols, slice(0, cols.shape[1]))
+        self.commit(cols.shape[0], n_valid)
+
+    def merge(self, other: SparseStoreGram) -> SparseStoreGram:
+        self._seal()
+        other._seal()
+        self.segments += other.segments
+        self.col_sum += other.col_sum
+        self.col_sumsq += other.col_sumsq
+        self.n_tokens += other.n_tokens
+        self.nnz += other.nnz
+        self.token_rows += other.token_rows
+        self.tokens_seen += other.tokens_seen
+        self._check()
+        return self
+
+    def _seal(self) -> None:
+        if not self._pending:
+            return
+        cols, vals, counts = (torch.cat(p) for p in zip(*self._pending, strict=True))
+        self._pending = []
+        ptr = torch.zeros(counts.numel() + 1, device=self.device, dtype=torch.long)
+        torch.cumsum(counts, 0, out=ptr[1:])
+        self.segments.append((cols, vals, ptr))
+
+    def _check(self) -> None:
+        need = self.nbytes + min_work_bytes(self.n_cols)
+        if need <= self.budget:
+            return
+        seen = f"{self.tokens_seen:,}" + (f" of {self.total_tokens:,}" if self.total_tokens else "")
+        projected = ""
+        if self.total_tokens and 0 < self.tokens_seen < self.total_tokens:
+            full = self.nbytes * self.total_tokens / self.tokens_seen
+            projected = f", about {format_bytes(full)} for all of them"
+        raise MemoryBudgetError(
+            f"the correlated-features table of {self.n_rows:,} features with {self.n_cols:,} "
+            f"needs {format_bytes(dense_gram_bytes(self.n_rows, self.n_cols))} as a dense "
+            f"matrix, and the sparse activations it is computed from instead take "
+            f"{format_bytes(self.nbytes)} ({self.nnz:,} non-zeros) after {seen} tokens"
+            f"{projected}: more than the memory budget of {format_bytes(self.budget)} "
+            f"(with {format_bytes(min_work_bytes(self.n_cols))} to work in). Raise it "
+            "(--memory-budget, RunConfig.memory_budget), sweep fewer tokens, or compare "
+            "fewer features (feature_correlation='requested', --correlation requested, or 'none')"
+        )
+
+    def plan(self) -> tuple[int, int, int]:
+        """Rows per block, stored entries per scan, pairs per join: what the store leaves of
+        the budget, half for a block and its Pearson buffer, half for scanning and joining."""
+        avail = max(self.budget - self.nbytes, min_work_bytes(self.n_cols))
+        block = max(1, min(self.n_rows, avail // 2 // (8 * self.n_cols)))
+        return block, max(1, avail // 4 // SCAN_BYTES), max(1, avail // 4 // PAIR_BYTES)
+
+    def top_correlated(
+        self,
+        row_sum: Tensor,
+        row_sumsq: Tensor,
+        k: int,
+        self_col: Int[Tensor, " r"] | None,
+    ) -> tuple[Float[Tensor, "r k"], Int[Tensor, "r k"], Float[Tensor, "r k"]]:
+        """As :meth:`GramStats.top_correlated`, block of rows by block of rows."""
+        self._seal()
+        n = self.n_tokens.clamp_min(1).float()
+        inv_n = 1.0 / float(n)
+        cols = column_terms(self.col_sum, self.col_sumsq, n)
+        k = min(k, self.n_cols)
+        block, scan, pairs = self.plan()
+        row_of_col: Tensor | None = None
+        if self.row_cols is not None:
+            row_of_col = torch.full((self.n_cols,), -1, device=self.device, dtype=torch.long)
+            row_of_col[self.row_cols] = torch.arange(self.n_rows, device=self.device)
+        outs: list[tuple[Tensor, Tensor, Tensor]] = []
+        for b0 in range(0, self.n_rows, block):
+            b1 = min(b0 + block, self.n_rows)
+            cross = torch.zeros(b1 - b0, self.n_cols, device=self.device, dtype=torch.float32)
+            for seg in self.segments:
+                for p0 in range(0, seg[0].numel(), scan):
+                    self._join(cross, seg, slice(p0, p0 + scan), b0, b1, row_of_col, pairs)
+            sc = None if self_col is None else self_col[b0:b1]
+            outs.append(
+                pearson_top_k(cross, row_sum[b0:b1], row_sumsq[b0:b1], cols, n, inv_n, k, sc)
+            )
+            del cross
+        return cat_top_k(outs)
+
+    def _join(
+        self,
+        cross: Float[Tensor, "b c"],
+        seg: tuple[Tensor, Tensor, Tensor],
+        part: slice,
+        b0: int,
+        b1: int,
+        row_of_col: Tensor | None,
+        max_pairs: int,
+    ) -> None:
+        """Add to ``cross`` the products of rows ``b0:b1``'s entries in ``part`` of ``seg``
+        with every entry of the same token."""
+        cols, vals, ptr = seg
+        c = cols[part].long()
+        r = c if row_of_col is None else row_of_col[c]
+        pos = ((r >= b0) & (r < b1)).nonzero().squeeze(1)
+        if pos.numel() == 0:
+            return
+        r = r[pos] - b0
+        pos += part.start
+        tok = torch.searchsorted(ptr, pos, right=True) - 1
+        start = ptr[tok]
+        length = ptr[tok + 1] - start
+        v = vals[pos]
+        ends = length.cumsum(0)
+        total = int(ends[-1])
+        # chunks of row entries whose pairs fit max_pairs (one entry's pairs at least)
+        edges = [0, pos.numel()]
+        if total > max_pairs:
+            cuts = torch.arange(max_pairs, total, max_pairs, device=ends.device)
+            edges = sorted({*edges, *torch.searchsorted(ends, cuts, right=True).tolist()})
+        bounds = torch.tensor([e - 1 for e in edges[1:]], device=ends.device)
+        ends_at = [0, *ends[bounds].tolist()]
+        flat_cross = cross.view(-1)
+        for i, (e0, e1) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
+            n_pairs = ends_at[i + 1] - ends_at[i]
+            if n_pairs == 0:
+                continue
+            ln = length[e0:e1]
+            rep = torch.repeat_interleave(
+                torch.arange(e1 - e0, device=ln.device), ln, output_size=n_pairs
+            )
+            first = ends[e0:e1] - ln - ends_at[i]  # each entry's first pair in this chunk
+            at = torch.arange(n_pairs, device=ln.device) - first[rep] + start[e0:e1][rep]
+            idx = r[e0:e1][rep] * self.n_cols + cols[at].long()
+            flat_cross.index_add_(0, idx, v[e0:e1][rep] * vals[at])
