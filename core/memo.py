@@ -34,6 +34,7 @@ import logging
 import os
 import sqlite3
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +80,7 @@ def feature_key(prefix: str, feature: int) -> str:
     return f"{prefix}:{feature}"
 
 
+_FILENAME = "SELECT filename FROM Cache WHERE key = ? AND raw = 1"
 _SELECT = (
     "SELECT mode, filename, value, size FROM Cache WHERE key = ? AND raw = 1 "
     "AND (expire_time IS NULL OR expire_time > ?)"
@@ -228,17 +230,20 @@ class Memo:
             return True
         except (OSError, sqlite3.DatabaseError) as exc:
             self.write_errors += 1
-            # a warning when writes start failing, not for every feature of a full disk
-            log.log(
-                logging.DEBUG if self._write_failing else logging.WARNING,
-                "cannot write to the cache directory %s (%s): results are still returned but "
-                "not kept. Free space there, or set FEATURESCOPE_CACHE_DIR to a writable "
-                "directory",
-                self.directory,
-                exc,
-            )
-            self._write_failing = True
+            self._write_failed(exc)
             return False
+
+    def _write_failed(self, exc: BaseException) -> None:
+        # a warning when writes start failing, not for every feature of a full disk
+        log.log(
+            logging.DEBUG if self._write_failing else logging.WARNING,
+            "cannot write to the cache directory %s (%s): results are still returned but "
+            "not kept. Free space there, or set FEATURESCOPE_CACHE_DIR to a writable "
+            "directory",
+            self.directory,
+            exc,
+        )
+        self._write_failing = True
 
     @property
     def writes_failing(self) -> bool:
@@ -269,6 +274,46 @@ class Memo:
 
     def put_feature(self, key: str, feature: FeatureData) -> bool:
         return self.put_bytes(key, feature.to_bytes())
+
+    def put_features(self, items: Iterable[tuple[str, FeatureData]]) -> int:
+        """Store many ``(key, feature)`` pairs, each by :meth:`put_feature`, in one
+        transaction: one commit for all of them instead of one per feature.
+
+        Once a write fails (a full disk) what was written is committed and the rest are
+        stored one by one, as :meth:`put_feature` would. A commit that fails is rolled back
+        (the value files it wrote are removed) and warned about like any failing write;
+        then every item is tried one by one. Returns how many of the keys are stored
+        afterwards (counted, not assumed); the others count as :attr:`write_errors`.
+        """
+        items = list(items)
+        if self._cache is None:
+            self.write_errors += len(items)
+            return 0
+        errors_before = self.write_errors
+        files: list[str] = []  # value files written in the transaction
+        done = 0
+        try:
+            with self._cache.transact():
+                for key, feature in items:
+                    done += 1
+                    if not self.put_feature(key, feature):
+                        break  # commit what is there, go on one by one
+                    files += [f for (f,) in self._rows(_FILENAME, (key,)) if f]
+        except (OSError, sqlite3.DatabaseError) as exc:
+            # a commit that failed can leave the transaction open: close it, keep going
+            with contextlib.suppress(sqlite3.Error):
+                self._cache._sql("ROLLBACK")
+            for name in files:  # their rows are gone: the files would only fill the disk
+                self._cache._disk.remove(name)
+            self._write_failed(exc)
+            done = 0
+        for key, feature in items[done:]:
+            self.put_feature(key, feature)
+        if not self._write_failing and self.write_errors == errors_before:
+            return len(items)
+        stored = sum(1 for key, _ in items if key in self)
+        self.write_errors = errors_before + len(items) - stored
+        return stored
 
     def get_json(self, key: str) -> Any | None:
         payload = self.get_bytes(key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -367,3 +368,95 @@ def test_a_feature_read_back_is_shown_the_same(parts, tmp_path):
         assert json.dumps(stored[f].to_dict()) == json.dumps(fresh[f].to_dict())
     assert list(fresh[3].neuron_alignment.columns) != sorted(fresh[3].neuron_alignment.columns)
     memo.close()
+
+
+# --- many features in one transaction ---------------------------------------------------------
+@pytest.fixture()
+def six_features(parts):
+    from core.engine.sweep import run_sweep
+
+    model, d, toks = parts
+    return list(run_sweep(model, d, toks, RunConfig(features=list(range(6)))).features.items())
+
+
+def test_put_features_stores_a_batch(six_features, tmp_path):
+    memo = Memo(tmp_path / "memo")
+    items = [(f"k:{f}", data) for f, data in six_features]
+    assert memo.put_features(iter(items)) == 6
+    for key, data in items:
+        assert memo.get_bytes(key) == data.to_bytes()
+        assert memo.get_feature(key) == data
+    assert memo.put_features([]) == 0 and not memo.writes_failing
+    memo.close()
+
+
+def test_put_features_is_one_transaction(six_features, tmp_path, monkeypatch):
+    """A failure half-way through keeps none of the batch: it was one transaction."""
+    memo = Memo(tmp_path / "memo")
+    put = memo.put_feature
+    calls = []
+
+    def failing_third(key, data):
+        calls.append(key)
+        if len(calls) == 3:
+            raise RuntimeError("boom")
+        return put(key, data)
+
+    monkeypatch.setattr(memo, "put_feature", failing_third)
+    with pytest.raises(RuntimeError, match="boom"):
+        memo.put_features((f"k:{f}", data) for f, data in six_features)
+    assert len(calls) == 3 and len(memo) == 0
+    monkeypatch.setattr(memo, "put_feature", put)
+    assert memo.put_features((f"k:{f}", data) for f, data in six_features) == 6
+    assert len(memo) == 6
+    memo.close()
+
+
+def test_put_features_whose_commit_fails(six_features, tmp_path, monkeypatch, caplog):
+    """A commit that fails is rolled back without leaving its value files behind, said,
+    and the features are then stored one by one."""
+    directory = tmp_path / "memo"
+    memo = Memo(directory)
+    real = memo._cache.transact
+    failed = []
+
+    @contextlib.contextmanager
+    def commit_fails_once():
+        with real():
+            yield
+            if not failed:
+                failed.append(True)
+                raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(memo._cache, "transact", commit_fails_once)
+    items = [(f"k:{f}", data) for f, data in six_features]
+    with caplog.at_level("WARNING", logger="core.memo"):
+        assert memo.put_features(items) == 6  # not raised
+    assert failed and memo.write_errors == 0 and not memo.writes_failing
+    assert "FEATURESCOPE_CACHE_DIR" in " ".join(r.getMessage() for r in caplog.records)
+    assert all(memo.get_feature(k) == data for k, data in items)
+    # the files the rolled-back rows named are gone: every value file left has its row
+    (in_files,) = memo._rows("SELECT COUNT(*) FROM Cache WHERE filename IS NOT NULL")[0]
+    assert 0 < in_files == len(list(directory.rglob("*.val")))
+    memo.close()
+
+
+def test_put_features_on_a_read_only_directory(read_only_memo_dir, six_features):
+    memo = Memo(read_only_memo_dir)
+    assert memo.put_features((f"k:{f}", data) for f, data in six_features) == 0
+    assert memo.write_errors == 6 and len(memo) == 2
+    memo.close()
+
+
+def test_put_features_on_a_disk_that_fills_up(six_features, tmp_path):
+    """What fits is kept (and readable), the rest is counted as failed writes."""
+    with tmpfs(tmp_path / "full", size="600k") as mnt:
+        memo = Memo(mnt / "memo")
+        items = [(f"k:{f}", data) for f, data in six_features] * 30
+        items = [(f"{key}:{n}", data) for n, (key, data) in enumerate(items)]
+        stored = memo.put_features(items)
+        kept = [k for k, _ in items if k in memo]
+        assert 0 < stored == len(kept) < len(items)
+        assert memo.writes_failing and memo.write_errors == len(items) - stored
+        assert all(memo.get_feature(k) is not None for k in kept)
+        memo.close()
