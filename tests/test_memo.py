@@ -460,3 +460,28 @@ def test_put_features_on_a_disk_that_fills_up(six_features, tmp_path):
         assert memo.writes_failing and memo.write_errors == len(items) - stored
         assert all(memo.get_feature(k) is not None for k in kept)
         memo.close()
+
+
+def test_compute_features_saves_in_batches(tiny_tokens, tmp_path):
+    """300 features: saved in 100 transactions of 3 (about a hundred progress updates)."""
+    model = ModelAdapter(make_model(), bos_token_id=0)
+    d = SAELensDictionary(make_sae("standard", 32, 300, HOOK, density=0.3))
+    memo = Memo(tmp_path / "memo")
+    batches: list[int] = []
+    put_features = memo.put_features
+
+    def recording(items):
+        items = list(items)
+        batches.append(len(items))
+        return put_features(items)
+
+    memo.put_features = recording
+    fracs: list[float] = []
+    cfg = RunConfig(features=list(range(300)), batch_size=8)
+    got = compute_features(model, d, tiny_tokens, cfg, memo, progress=lambda f, m: fracs.append(f))
+    assert batches == [3] * 100
+    assert len([f for f in fracs if 0.8 < f <= 1.0]) == 100 and fracs[-1] == 1.0
+    assert len(memo) == 300
+    stored = compute_features(model, d, tiny_tokens, cfg, memo)  # from the memo
+    assert all(stored[f].to_bytes() == got[f].to_bytes() for f in range(300))
+    memo.close()

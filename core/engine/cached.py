@@ -11,7 +11,7 @@ from torch import Tensor
 from core.config import Progress, RunConfig
 from core.dictionaries.protocol import Dictionary
 from core.engine.activations import ActivationStore
-from core.engine.features import FeatureData
+from core.engine.features import FeatureData, gc_paused
 from core.engine.keys import memo_key, token_fingerprint
 from core.engine.sweep import prepare_tokens, run_sweep, validate_features
 from core.memo import Memo, feature_key, feature_prefix
@@ -128,12 +128,15 @@ def compute_features(
         )
         n = len(missing)
         step = max(1, n // 100)  # about a hundred updates, whatever the count
-        for k, (f, data) in enumerate(result.features.items()):
-            memo.put_feature(feature_key(prefix, f), data)
-            found[f] = data
-            if (k + 1) % step == 0 or k + 1 == n:
-                done = SWEEP_SHARE + (1 - SWEEP_SHARE) * (k + 1) / n
-                report(done, f"building and saving feature data: {k + 1:,}/{n:,}")
+        k = 0
+        # built ``step`` at a time from the columns, stored in one transaction per batch
+        for batch in result.features.batches(step):
+            with gc_paused():
+                memo.put_features((feature_key(prefix, f), data) for f, data in batch)
+            found.update(batch)
+            k += len(batch)
+            done = SWEEP_SHARE + (1 - SWEEP_SHARE) * k / n
+            report(done, f"building and saving feature data: {k:,}/{n:,}")
     elif progress is not None:
         progress(1.0, "all features came from the cache")
     return {f: found[f] for f in features}
