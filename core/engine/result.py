@@ -55,7 +55,6 @@ class FeatureSet(Mapping[int, FeatureData]):
         self.window = window
         self.extras = extras or {}
         self._built: dict[int, FeatureData] = {}
-        self._strs: dict[int, list[str]] = {}
 
     # --- Mapping -------------------------------------------------------------------------
     def __getitem__(self, f: int) -> FeatureData:
@@ -105,12 +104,11 @@ class FeatureSet(Mapping[int, FeatureData]):
     def _token_str(self, i: int) -> str:
         return self.vocab[i] if 0 <= i < len(self.vocab) else f"<{i}>"
 
-    def _sequence_strs(self, seq: int) -> list[str]:
-        """The strings of sequence ``seq``'s tokens, decoded once."""
-        got = self._strs.get(seq)
-        if got is None:
-            got = self._strs[seq] = [self._token_str(i) for i in self.tokens[seq]]
-        return got
+    def _token_strs(self, ids: list[int]) -> list[str]:
+        """The strings of ``ids`` (one lookup each when all are in the vocabulary)."""
+        if ids and min(ids) >= 0 and max(ids) < len(self.vocab):
+            return list(map(self.vocab.__getitem__, ids))
+        return [self._token_str(i) for i in ids]
 
     def _example(self, seq: int, pos: int, acts: list[float]) -> Example:
         length = self.length
@@ -122,13 +120,14 @@ class FeatureSet(Mapping[int, FeatureData]):
             end = min(length, pos + after + 1)
             lo = start - (pos - before)
             a = acts[lo : lo + (end - start)]
+        ids = self.tokens[seq][start:end]
         return Example(
             seq=seq,
             pos=pos,
             value=a[pos - start],
             start=start,
-            token_ids=self.tokens[seq][start:end],
-            tokens=self._sequence_strs(seq)[start:end],
+            token_ids=ids,
+            tokens=self._token_strs(ids),
             acts=a,
         )
 
@@ -184,8 +183,8 @@ class FeatureSet(Mapping[int, FeatureData]):
                 edges=[lo + (hi - lo) * i / nlb for i in range(nlb + 1)], counts=lcounts
             )
             pi, ni = c["pos_i"][j], c["neg_i"][j]
-            top_l = LogitTable(pi, [self._token_str(i) for i in pi], c["pos_v"][j])
-            bot_l = LogitTable(ni, [self._token_str(i) for i in ni], c["neg_v"][j])
+            top_l = LogitTable(pi, self._token_strs(pi), c["pos_v"][j])
+            bot_l = LogitTable(ni, self._token_strs(ni), c["neg_v"][j])
         else:
             logit_hist = Histogram(edges=[], counts=[])
             top_l = LogitTable([], [], [])
