@@ -133,23 +133,30 @@ def _cli_specs(monkeypatch, argv: list[str]):
     return got
 
 
-@pytest.mark.parametrize(
-    "model, dictionary, dataset",
-    [
-        ("demo", "demo", "demo"),
-        ("gpt2-small", "gpt2-small-res-jb/blocks.8.hook_resid_pre", "NeelNanda/pile-10k"),
-        ("hub:gpt2-small", "saelens:rel/id", "hub:NeelNanda/pile-10k"),
-        ("localmodel", "localsae", "text.txt"),
-    ],
-)
-def test_compute_and_precompute_read_strings_alike(
-    tmp_path, monkeypatch, model, dictionary, dataset
-):
-    """Before: compute took an unknown dataset for a local file, precompute for a hub one."""
+#: (model, dictionary, dataset) strings: the demo, hub names, explicit prefixes, local paths
+STRINGS = [
+    ("demo", "demo", "demo"),
+    ("gpt2-small", "gpt2-small-res-jb/blocks.8.hook_resid_pre", "NeelNanda/pile-10k"),
+    ("hub:gpt2-small", "saelens:rel/id", "hub:NeelNanda/pile-10k"),
+    ("localmodel", "localsae", "text.txt"),
+]
+
+
+@pytest.fixture()
+def local_sources(tmp_path, monkeypatch):
+    """A working directory holding the local paths of :data:`STRINGS`."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "localmodel").mkdir()
     (tmp_path / "localsae").mkdir()
     (tmp_path / "text.txt").write_text("hello", encoding="utf-8")
+    return tmp_path
+
+
+@pytest.mark.parametrize("model, dictionary, dataset", STRINGS)
+def test_compute_and_precompute_read_strings_alike(
+    local_sources, tmp_path, monkeypatch, model, dictionary, dataset
+):
+    """Before: compute took an unknown dataset for a local file, precompute for a hub one."""
     common = ["--model", model, "--dictionary", dictionary, "--dataset", dataset]
     sizes = ["--n-tokens", "4096", "--context-length", "64", "--device", "cpu"]
     cli = _cli_specs(monkeypatch, common + sizes)
@@ -163,24 +170,13 @@ def test_compute_and_precompute_read_strings_alike(
     assert pre.dataset == cli["dataset"] == parse_dataset(dataset, 4096, 64)
 
 
-@pytest.mark.parametrize(
-    "model, dictionary, dataset",
-    [
-        ("demo", "demo", "demo"),
-        ("gpt2-small", "gpt2-small-res-jb/blocks.8.hook_resid_pre", "NeelNanda/pile-10k"),
-        ("localmodel", "localsae", "text.txt"),
-    ],
-)
+@pytest.mark.parametrize("model, dictionary, dataset", STRINGS)
 def test_links_and_the_allowlist_read_strings_like_the_command_line(
-    tmp_path, monkeypatch, model, dictionary, dataset
+    local_sources, monkeypatch, model, dictionary, dataset
 ):
     from core.hosted import HostedConfig
     from pages._links import sources_from_params
 
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "localmodel").mkdir()
-    (tmp_path / "localsae").mkdir()
-    (tmp_path / "text.txt").write_text("hello", encoding="utf-8")
     cli = _cli_specs(
         monkeypatch,
         ["--model", model, "--dictionary", dictionary, "--dataset", dataset, "--n-tokens", "4096"],
