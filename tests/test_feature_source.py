@@ -154,3 +154,25 @@ def test_requested_correlation_keys_follow_the_requested_set(assets, tmp_path, m
     assert ws.missing([0, 1]) == [0, 1]
     with open_precomputed(tmp_path / "run") as store:
         assert store.feature(6).index == 6  # (5 is dead: skipped)
+
+
+@pytest.mark.parametrize("correlation, sweeps", [("all", 1), ("requested", 6), ("none", 6)])
+def test_the_runner_sweeps_whole_dictionary_correlations_once(
+    assets, tmp_path, monkeypatch, correlation, sweeps
+):
+    """With whole-dictionary correlations every chunk's own sweep would encode the whole
+    dictionary again for its columns: the runner sweeps all chunks together (6 chunks of
+    4 here) and writes them one by one; otherwise each chunk is swept alone."""
+    calls: list[int] = []
+    sweep = cached.run_sweep
+
+    def counting(model, dictionary, tokens, config, **kwargs):
+        calls.append(len(config.features))
+        return sweep(model, dictionary, tokens, config, **kwargs)
+
+    monkeypatch.setattr(cached, "run_sweep", counting)
+    app = Memo(tmp_path / "app" / "memo")
+    _precompute(assets, tmp_path / "run", app, f"0:{N_FEATURES}", feature_correlation=correlation)
+    assert len(calls) == sweeps and sum(calls) == N_FEATURES
+    with open_precomputed(tmp_path / "run") as store:
+        assert store.complete and len(store.summary()["feature"]) == N_FEATURES

@@ -99,8 +99,10 @@ def test_killed_run_resumes_to_identical_output(assets, reference, tmp_path):
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 300
         while _completed(out) < 1 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(random.uniform(0.0, 0.3))  # kill at an arbitrary point of a later chunk
+            time.sleep(0.002)
+        # kill at an arbitrary point of a later chunk (chunks swept together are written
+        # within milliseconds of each other)
+        time.sleep(random.uniform(0.0, 0.01))
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, log.read_text()[-3000:]

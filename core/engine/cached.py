@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from torch import Tensor
@@ -79,6 +79,50 @@ def missing_features(
     return features if missing and config.feature_correlation == "requested" else missing
 
 
+def stream_features(
+    model: ModelAdapter,
+    dictionary: Dictionary,
+    tokens: Tensor,
+    config: RunConfig,
+    memo: Memo | None,
+    batch: int,
+    dataset: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+    activation_store: ActivationStore | None = None,
+) -> Iterator[dict[int, FeatureData]]:
+    """Sweep every feature of ``config.features`` (whatever the memo holds) and yield their
+    data ``batch`` features at a time, in the requested order, each batch stored in the memo
+    (under the shared keys) before it is yielded. Only one batch is built at a time, so a
+    whole dictionary never sits in memory as :class:`FeatureData`. ``tokens`` are prepared.
+    """
+    features = validate_features(config.features, dictionary.n_features)
+    report = progress or (lambda frac, msg: None)
+    result = run_sweep(
+        model,
+        dictionary,
+        tokens,
+        config,
+        dataset=dataset,
+        progress=lambda frac, msg: report(frac * SWEEP_SHARE, msg),
+        activation_store=activation_store,
+    )
+    prefix = ""
+    if memo is not None:
+        prefix = feature_prefix(
+            source_key(model, dictionary, tokens, config), config.feature_correlation, features
+        )
+    n, k = len(features), 0
+    # built ``batch`` at a time from the columns, stored in one transaction per batch
+    for part in result.features.batches(batch, keep=False):
+        if memo is not None:
+            with gc_paused():
+                memo.put_features((feature_key(prefix, f), data) for f, data in part)
+        k += len(part)
+        done = SWEEP_SHARE + (1 - SWEEP_SHARE) * k / n
+        report(done, f"building and saving feature data: {k:,}/{n:,}")
+        yield dict(part)
+
+
 def compute_features(
     model: ModelAdapter,
     dictionary: Dictionary,
@@ -116,27 +160,11 @@ def compute_features(
         missing = features
     if missing:
         sub = dataclasses.replace(config, features=missing)
-        report = progress or (lambda frac, msg: None)
-        result = run_sweep(
-            model,
-            dictionary,
-            tokens,
-            sub,
-            dataset=dataset,
-            progress=lambda frac, msg: report(frac * SWEEP_SHARE, msg),
-            activation_store=activation_store,
-        )
-        n = len(missing)
-        step = max(1, n // 100)  # about a hundred updates, whatever the count
-        k = 0
-        # built ``step`` at a time from the columns, stored in one transaction per batch
-        for batch in result.features.batches(step):
-            with gc_paused():
-                memo.put_features((feature_key(prefix, f), data) for f, data in batch)
+        step = max(1, len(missing) // 100)  # about a hundred updates, whatever the count
+        for batch in stream_features(
+            model, dictionary, tokens, sub, memo, step, dataset, progress, activation_store
+        ):
             found.update(batch)
-            k += len(batch)
-            done = SWEEP_SHARE + (1 - SWEEP_SHARE) * k / n
-            report(done, f"building and saving feature data: {k:,}/{n:,}")
     elif progress is not None:
         progress(1.0, "all features came from the cache")
     return {f: found[f] for f in features}

@@ -73,17 +73,24 @@ class FeatureSet(Mapping[int, FeatureData]):
     def __len__(self) -> int:
         return len(self.order)
 
-    def batches(self, size: int = 256) -> Iterator[list[tuple[int, FeatureData]]]:
+    def batches(
+        self, size: int = 256, keep: bool = True
+    ) -> Iterator[list[tuple[int, FeatureData]]]:
         """Every feature as ``(index, data)``, in order, built ``size`` rows at a time
-        (one slice of every column per batch: much cheaper than one feature at a time)."""
+        (one slice of every column per batch: much cheaper than one feature at a time).
+        ``keep=False`` does not keep what it builds (a whole dictionary streamed through)."""
         for r0 in range(0, len(self.order), max(1, size)):
             r1 = min(r0 + max(1, size), len(self.order))
             todo = [r for r in range(r0, r1) if self.order[r] not in self._built]
+            made: dict[int, FeatureData] = {}
             if todo:
                 lo, hi = todo[0], todo[-1] + 1
                 for r, data in zip(range(lo, hi), self._build_rows(lo, hi), strict=True):
-                    self._built.setdefault(self.order[r], data)
-            yield [(f, self._built[f]) for f in self.order[r0:r1]]
+                    made.setdefault(self.order[r], data)
+                if keep:
+                    for f, data in made.items():
+                        self._built.setdefault(f, data)
+            yield [(f, self._built.get(f) or made[f]) for f in self.order[r0:r1]]
 
     # --- whole-set tables ------------------------------------------------------------------
     def summary(self) -> dict[str, list]:

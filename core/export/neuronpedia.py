@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from core.engine.features import Example, FeatureData, Histogram
 from core.export import ExportError
 from core.storage import atomic_write
@@ -103,7 +105,12 @@ def _r(v: float) -> float:
 
 
 def _rl(values: Sequence[float]) -> list[float]:
-    return [_r(v) for v in values]
+    """:func:`_r` of every value (the same floats, one finiteness check for the list)."""
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size and not bool(np.isfinite(arr).all()):
+        bad = float(arr[~np.isfinite(arr)][0])
+        raise ExportError(f"non-finite value {bad!r} cannot go into a Neuronpedia file")
+    return [round(v, DECIMALS) + 0.0 for v in arr.tolist()]
 
 
 def _centres(h: Histogram) -> tuple[list[float], list[int]]:

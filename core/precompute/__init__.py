@@ -34,8 +34,12 @@ Output directory::
     neuronpedia/batch-K.json       Neuronpedia batch files (one per chunk)
     neuronpedia/skipped_indexes.json  features listed as dead / below the density threshold
 
-Features are computed by :func:`core.engine.cached.compute_features`, the app's own
-path. Features whose density is below ``min_density`` (and features that never fire) are
+Features are computed through the app's own path (:func:`core.engine.cached.stream_features`,
+the sweep behind ``compute_features``). With whole-dictionary correlations (the default) all
+chunks are swept together once, since each chunk's own sweep would encode the whole
+dictionary again for its correlation columns, and the chunks are then built and written one
+by one; otherwise each chunk is swept alone. A run killed during the sweep starts that sweep
+again. Features whose density is below ``min_density`` (and features that never fire) are
 stored but listed as skipped rather than rendered. :func:`core.precomputed.open_precomputed` reads
 such a directory back so the app can browse it without a model.
 """

@@ -48,11 +48,13 @@ class Progress:
                 reinit="finish_previous",
             )
 
-    def within(self, chunk_size: int) -> Callable[[float, str], None]:
-        """Engine progress callback for a chunk of ``chunk_size`` features."""
+    def within(self, n_features: int) -> Callable[[float, str], None]:
+        """Engine progress callback for a sweep of ``n_features`` features starting now
+        (one chunk, or several swept together); the bar never goes back."""
+        start = self.base
 
         def report(frac: float, msg: str) -> None:
-            target = self.base + frac * chunk_size * 0.98
+            target = start + frac * n_features * 0.98
             if target > self.bar.n:
                 self.bar.update(target - self.bar.n)
             self.bar.set_postfix_str(msg, refresh=False)
@@ -61,7 +63,8 @@ class Progress:
 
     def chunk_done(self, k: int, n_chunk: int, done: int, skipped: int) -> None:
         self.base += n_chunk
-        self.bar.update(self.base - self.bar.n)
+        if self.base > self.bar.n:  # a group's sweep may have reported beyond this chunk
+            self.bar.update(self.base - self.bar.n)
         if self.run is not None:
             elapsed = time.perf_counter() - self.start
             new = self.base - self.initial

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ from core import sources as loaders
 from core.charts import esc
 from core.config import ConfigError, parse_features
 from core.engine.activations import activation_store_for
-from core.engine.cached import compute_features, source_key, token_fingerprint
+from core.engine.cached import source_key, stream_features, token_fingerprint
 from core.engine.sweep import EngineError, prepare_tokens, validate_features
 from core.export.html import save_html
 from core.export.neuronpedia import (
@@ -244,28 +245,46 @@ class PrecomputeRunner:
             "run id": self.run_id[:12],
         }
 
-    def _write_chunk(
-        self, src: Sources, memo: Memo, k: int, chunk: list[int], progress: Progress
-    ) -> tuple[list[int], list[int]]:
-        cfg = self.cfg
-        sub = dataclasses.replace(self.rc, features=chunk)
+    def _groups(self) -> list[list[int]]:
+        """Chunks swept together. With whole-dictionary correlations every chunk's sweep
+        would encode the whole dictionary again for its correlation columns, so all chunks
+        are swept at once (memory is bounded by ``run.memory_budget``); otherwise each
+        chunk alone. Fixed by the plan, so a resumed run sweeps exactly what an
+        uninterrupted one would and writes identical files."""
+        if self.rc.feature_correlation == "all":
+            return [list(range(len(self.chunks)))]
+        return [[k] for k in range(len(self.chunks))]
 
-        # the one compute path of the app and the API: features are stored under the same
-        # keys (so this output warms them), and hook activations are stored after the first
-        # chunk, so later chunks (and resumed runs) skip the model entirely
-        keep = "memo" in cfg.outputs
-        found = compute_features(
+    def _sweep_group(
+        self, src: Sources, memo: Memo, group: list[int], progress: Progress
+    ) -> Iterator[tuple[int, list[FeatureData]]]:
+        """Sweep the features of ``group``'s chunks together (through the app's path, so
+        features are stored under the shared keys; hook activations are stored after the
+        first sweep, so later ones and resumed runs skip the model) and yield each chunk's
+        features as they are built, ``(chunk index, features)``."""
+        feats = [f for k in group for f in self.chunks[k]]
+        sub = dataclasses.replace(self.rc, features=feats)
+        keep = "memo" in self.cfg.outputs
+        parts = stream_features(
             src.model,
             src.dictionary,
             self.tokens,
             sub,
             memo if keep else None,
+            self.cfg.features_per_chunk,  # chunks are contiguous runs of this many features
             dataset=src.dataset,
-            progress=progress.within(len(chunk)),
+            progress=progress.within(len(feats)),
             activation_store=activation_store_for(self._app_memo_dir()),
         )
-        fds = [found[f] for f in chunk]
-        if keep and not all(key in memo for key in self._stored(chunk)):
+        for k, part in zip(group, parts, strict=True):
+            yield k, [part[f] for f in self.chunks[k]]
+
+    def _write_chunk(
+        self, src: Sources, memo: Memo, k: int, fds: list[FeatureData]
+    ) -> tuple[list[int], list[int]]:
+        cfg = self.cfg
+        chunk = self.chunks[k]
+        if "memo" in cfg.outputs and not all(key in memo for key in self._stored(chunk)):
             raise RunnerError(f"could not write to {memo.directory}: is the disk full?")
         rendered = [fd for fd in fds if not is_skipped(fd, cfg.min_density)]
         skipped = [fd.index for fd in fds if is_skipped(fd, cfg.min_density)]
@@ -375,15 +394,18 @@ class PrecomputeRunner:
                 ok = False
                 try:
                     with self.dir.writing():
-                        for k in pending:
-                            new_done, new_skipped = self._write_chunk(
-                                src, memo, k, self.chunks[k], progress
-                            )
-                            done.update(new_done)
-                            skipped.update(new_skipped)
-                            completed.add(k)
-                            self._write_manifest(completed, done, skipped)
-                            progress.chunk_done(k, len(self.chunks[k]), len(done), len(skipped))
+                        for group in self._groups():
+                            if not any(k in pending for k in group):
+                                continue
+                            for k, fds in self._sweep_group(src, memo, group, progress):
+                                if k not in pending:  # done before a restart: same data
+                                    continue
+                                new_done, new_skipped = self._write_chunk(src, memo, k, fds)
+                                done.update(new_done)
+                                skipped.update(new_skipped)
+                                completed.add(k)
+                                self._write_manifest(completed, done, skipped)
+                                progress.chunk_done(k, len(fds), len(done), len(skipped))
                         self._finish(done, skipped)
                         self._write_manifest(completed, done, skipped, finished=True)
                     ok = True
