@@ -26,7 +26,13 @@ from core.config import Progress, RunConfig, check_feature_index
 from core.dictionaries.protocol import Dictionary
 from core.effects import compute_effects, steer
 from core.engine.activations import activation_store_for
-from core.engine.cached import compute_features, missing_features, source_key, token_fingerprint
+from core.engine.cached import (
+    compute_features,
+    missing_features,
+    source_key,
+    stream_features,
+    token_fingerprint,
+)
 from core.engine.features import FeatureData
 from core.engine.gram_budget import ASSUMED_L0, correlation_bytes, resolve_budget
 from core.engine.sweep import prepare_tokens
@@ -305,7 +311,13 @@ class Workspace(SearchMixin):
         i = self.check_index(i)
         cfg = dataclasses.replace(self.config, features=[i])
         prefix = feature_prefix(self._source_key(cfg), cfg.feature_correlation, [i])
-        for memo in (self.memo, *self._readers(cfg)):
+        return self._stored(prefix, i, cfg)
+
+    def _stored(self, prefix: str, i: int, config: RunConfig) -> FeatureData | None:
+        """Feature ``i`` under key ``prefix`` in the memo or a registered output."""
+        if self.memo is None:
+            return None
+        for memo in (self.memo, *self._readers(config)):
             got = memo.get_feature(feature_key(prefix, i))
             if got is not None:
                 return got
@@ -335,10 +347,54 @@ class Workspace(SearchMixin):
             got = self.memo.get_json(key)
             if got is not None:
                 return got
-        data = self.features(list(range(self.n_features)), progress)
-        out = summary_table(data.values())
+        out = self._summary_of(list(range(self.n_features)), progress)
         if self.memo is not None:
             self.memo.put_json(key, out)
+        return out
+
+    def _summary_of(self, indices: list[int], progress: Progress | None) -> dict[str, list]:
+        """:func:`~core.previews.summary_table` of ``indices`` (ascending) without holding
+        their feature data: stored features are read one at a time, missing ones swept
+        together and turned into rows batch by batch (a whole dictionary never sits in
+        memory as FeatureData)."""
+        missing = self.missing(indices)
+        if self.limits is not None:  # the limit is on computing: cached features are free
+            self.limits.check_count(len(missing), "features", self.limits.max_features_per_job)
+        rows: dict[int, dict[str, list]] = {}
+
+        def run(config: RunConfig) -> None:
+            todo = indices if config.feature_correlation == "requested" else missing
+            sub = dataclasses.replace(config, features=todo)
+            step = max(1, len(todo) // 100)  # about a hundred progress updates
+            for part in stream_features(
+                self.model,
+                self.dictionary,
+                self._prepared(sub),
+                sub,
+                self.memo,
+                step,
+                dataset=self.dataset,
+                progress=progress,
+                activation_store=self.activation_store,
+            ):
+                rows.update((f, summary_table([fd])) for f, fd in part.items())
+
+        if missing:
+            self._retrying(run, f"the summary of {len(missing):,} features")
+        elif progress is not None:
+            progress(1.0, "all features came from the cache")
+        cfg = dataclasses.replace(self.config, features=indices)
+        prefix = feature_prefix(self._source_key(cfg), cfg.feature_correlation, indices)
+        out: dict[str, list] = {}
+        for i in indices:
+            row = rows.pop(i, None)
+            if row is None:
+                fd = self._stored(prefix, i, cfg)
+                if fd is None:  # evicted from a full memo meanwhile: computed again
+                    fd = self.features(indices)[i]
+                row = summary_table([fd])
+            for column, values in row.items():
+                out.setdefault(column, []).extend(values)
         return out
 
     # --- effects and steering -------------------------------------------------------------

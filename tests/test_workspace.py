@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
@@ -168,6 +169,36 @@ def test_summary_lists_the_tokens_each_feature_fires_on(ws, tmp_path):
         assert top == fd.top_logits.tokens[:3]
     alive = [f for f in table["feature"] if table["n_active"][f] > 0]
     assert alive and all(table["fires_on"][f] for f in alive)
+
+
+@pytest.mark.parametrize("correlation", ["all", "requested"])
+def test_summary_streams_and_equals_the_table_of_all_features(ws, tmp_path, correlation):
+    """The whole-dictionary summary is built batch by batch (stored features read one at a
+    time, missing ones swept together), never through one dict of every feature's data;
+    it equals the table of all features, cold, partly stored and from a second workspace."""
+    import core.workspace as workspace_mod
+    from core.memo import Memo
+    from core.previews import summary_table
+
+    ws.config = dataclasses.replace(ws.config, feature_correlation=correlation)
+    ws.memo = Memo(tmp_path / "memo")
+    if correlation == "all":
+        ws.features([3, 10, 11])  # partly stored: only the others are swept
+    real = workspace_mod.compute_features
+
+    def no_dict_of_everything(model, dictionary, tokens, config, *args, **kwargs):
+        assert len(config.features) < ws.n_features, "the summary built every feature at once"
+        return real(model, dictionary, tokens, config, *args, **kwargs)
+
+    workspace_mod.compute_features = no_dict_of_everything
+    try:
+        table = ws.summary()
+    finally:
+        workspace_mod.compute_features = real
+    reference = summary_table(ws.features(list(range(ws.n_features))).values())
+    assert table == reference
+    other = Workspace(ws.model, ws.dictionary, ws.tokens, ws.dataset, ws.memo, ws.config)
+    assert other._summary_of(list(range(ws.n_features)), None) == reference  # all stored
 
 
 def test_previews_read_computed_features_only(ws, tmp_path):
