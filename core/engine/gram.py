@@ -14,6 +14,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from core.config import RunConfig
+from core.engine.stats import MomentStats
+
 
 # --- feature-by-feature co-activation -------------------------------------------------------
 class GramStats:
@@ -323,3 +326,38 @@ class BufferedInt8Gram(GramStats):
     def finalize(self) -> Float[Tensor, "r c"]:
         self.flush()
         return super().finalize()
+
+
+def gram_dtype(config: RunConfig, dtype: torch.dtype) -> torch.dtype:
+    """The precision of the co-activation products for a sweep in ``dtype``."""
+    if config.gram_precision == "auto":
+        return torch.float32 if dtype == torch.float16 else dtype
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.int8}[
+        config.gram_precision
+    ]
+
+
+def requested_gram(
+    config: RunConfig, moments: MomentStats, dtype: torch.dtype, device: torch.device, batch: int
+) -> GramStats:
+    """The requested features' co-activation accumulator, built once their maxima are known.
+
+    int8 (dense) uses one scale per feature for the whole sweep, which lets many
+    batches share one GEMM (:class:`BufferedInt8Gram`); other precisions and the
+    sparse kernel accumulate batch by batch.
+    """
+    n = moments.max.numel()
+    strategy = config.gram_strategy
+    if strategy == "auto":
+        density = float(moments.count.sum()) / max(float(moments.n_tokens) * n, 1.0)
+        strategy = GramStats.strategy_for(density)
+    precision = gram_dtype(config, dtype)
+    if precision == torch.int8 and strategy == "dense":
+        return BufferedInt8Gram(
+            moments.max,
+            device,
+            max_batch_tokens=batch,
+            col_sum=moments.sum,
+            col_sumsq=moments.sumsq,
+        )
+    return GramStats(n, n, device, symmetric=True, strategy=strategy, dtype=precision)

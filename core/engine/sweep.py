@@ -26,7 +26,7 @@ from core.config import ConfigError, Progress, RunConfig
 from core.dictionaries.protocol import Dictionary, DictionaryError
 from core.engine.activations import ActivationStore
 from core.engine.features import SweepInfo
-from core.engine.gram import BufferedInt8Gram, GramStats
+from core.engine.gram import GramStats, gram_dtype, requested_gram
 from core.engine.gram_budget import SparseStoreGram, dense_gram_bytes, resolve_budget
 from core.engine.keys import token_fingerprint
 from core.engine.result import FeatureSet
@@ -158,14 +158,6 @@ def _non_finite_error(what: str, feats: Tensor, hook: str) -> EngineError:
     )
 
 
-def _gram_dtype(config: RunConfig, dtype: torch.dtype) -> torch.dtype:
-    if config.gram_precision == "auto":
-        return torch.float32 if dtype == torch.float16 else dtype
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.int8}[
-        config.gram_precision
-    ]
-
-
 def _chunks(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
@@ -250,7 +242,7 @@ def run_sweep(
     moments = MomentStats(n_req, d_in, device)
     top = TopExamples(n_req, config.n_top_examples, offsets, whole, device)
     # Feature-by-feature sums: in pass 1 when the columns span the whole dictionary
-    # (unrequested features' maxima are never known), else in pass 2 (see _pass2_gram).
+    # (unrequested features' maxima are never known), else in pass 2 (requested_gram).
     # Over the memory budget, pass 1 keeps the sparse activations instead (gram_budget).
     gram: GramStats | SparseStoreGram | None = None
     sparse: SparseStoreGram | None = None
@@ -266,7 +258,7 @@ def run_sweep(
             device,
             symmetric=False,
             strategy=config.gram_strategy,
-            dtype=_gram_dtype(config, dtype),
+            dtype=gram_dtype(config, dtype),
         )
     encoder = _Encoder(dictionary, dtype)
     chunks = _chunks(n_req, config.feature_chunk_size)
@@ -362,7 +354,7 @@ def run_sweep(
     )
     staged: GramStats | None = None  # correlations among the requested features
     if corr != "none" and not need_all_cols and sparse is None:
-        gram = staged = _pass2_gram(config, moments, dtype, device, config.batch_size * length)
+        gram = staged = requested_gram(config, moments, dtype, device, config.batch_size * length)
     for bi, bsl in enumerate(batches):
         if keep_cache:
             x = cache[bi]
@@ -415,32 +407,6 @@ def run_sweep(
         seconds=time.perf_counter() - t_start,
     )
     return SweepResult(features=features, info=info)
-
-
-def _pass2_gram(
-    config: RunConfig, moments: MomentStats, dtype: torch.dtype, device: torch.device, batch: int
-) -> GramStats:
-    """The requested features' co-activation accumulator, built once their maxima are known.
-
-    int8 (dense) uses one scale per feature for the whole sweep, which lets many
-    batches share one GEMM (:class:`BufferedInt8Gram`); other precisions and the
-    sparse kernel accumulate batch by batch.
-    """
-    n = moments.max.numel()
-    strategy = config.gram_strategy
-    if strategy == "auto":
-        density = float(moments.count.sum()) / max(float(moments.n_tokens) * n, 1.0)
-        strategy = GramStats.strategy_for(density)
-    gram_dtype = _gram_dtype(config, dtype)
-    if gram_dtype == torch.int8 and strategy == "dense":
-        return BufferedInt8Gram(
-            moments.max,
-            device,
-            max_batch_tokens=batch,
-            col_sum=moments.sum,
-            col_sumsq=moments.sumsq,
-        )
-    return GramStats(n, n, device, symmetric=True, strategy=strategy, dtype=gram_dtype)
 
 
 # ---- finalisation: accumulators -> columns --------------------------------------------------
