@@ -248,9 +248,7 @@ class Workspace(SearchMixin):
     ) -> dict[int, FeatureData]:
         """Feature data (from the memo when present); one sweep computes all missing."""
         idx = [self.check_index(i) for i in indices]
-        if self.limits is not None:  # the limit is on computing: cached features are free
-            todo = self.missing(idx)
-            self.limits.check_count(len(todo), "features", self.limits.max_features_per_job)
+        self._check_job_limit(idx)
 
         def run(config: RunConfig) -> dict[int, FeatureData]:
             return compute_features(
@@ -272,11 +270,19 @@ class Workspace(SearchMixin):
         Hosted: refused (:class:`~core.hosted.AccessError`) when the features still to compute
         exceed the job limit (cached ones are free), and passes are no larger than it."""
         per_pass = max(1, int(per_pass))
+        self._check_job_limit(indices)
         if self.limits is not None:
-            todo = self.missing(indices)
-            self.limits.check_count(len(todo), "features", self.limits.max_features_per_job)
             per_pass = min(per_pass, self.limits.max_features_per_job)
         return [indices[s : s + per_pass] for s in range(0, len(indices), per_pass)]
+
+    def _check_job_limit(self, indices: list[int], missing: list[int] | None = None) -> None:
+        """Hosted: :class:`~core.hosted.AccessError` when more of ``indices`` are still to
+        compute than the job limit allows (stored features are free). ``missing``: those
+        features, when the caller has them already."""
+        if self.limits is None:
+            return
+        todo = self.missing(indices) if missing is None else missing
+        self.limits.check_count(len(todo), "features", self.limits.max_features_per_job)
 
     def features_for_export(self, indices: list[int]) -> dict[int, FeatureData]:
         """:meth:`features` for an export; hosted: at most ``max_features_per_export``."""
@@ -358,8 +364,7 @@ class Workspace(SearchMixin):
         together and turned into rows batch by batch (a whole dictionary never sits in
         memory as FeatureData)."""
         missing = self.missing(indices)
-        if self.limits is not None:  # the limit is on computing: cached features are free
-            self.limits.check_count(len(missing), "features", self.limits.max_features_per_job)
+        self._check_job_limit(indices, missing)
         rows: dict[int, dict[str, list]] = {}
 
         def run(config: RunConfig) -> None:
