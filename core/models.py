@@ -38,6 +38,16 @@ def hook_layer(hook: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+_ATTN_Z_RE = re.compile(r"^blocks\.(\d+)\.attn\.hook_z$")
+
+
+def attention_z_layer(hook: str) -> int | None:
+    """The block of an attention-output hook (``blocks.3.attn.hook_z`` -> 3: activations
+    ``[batch, pos, heads, d_head]``, read flat as ``heads * d_head``), else ``None``."""
+    m = _ATTN_Z_RE.match(hook)
+    return int(m.group(1)) if m else None
+
+
 class ModelAdapter:
     """A TransformerLens model plus the identity the memo layer needs.
 
@@ -205,6 +215,19 @@ class ModelAdapter:
         if missing:
             raise ModelError(f"hooks {sorted(missing)} were never reached in the forward pass")
         return store
+
+    def residual_directions(
+        self, hook: str, directions: Float[Tensor, "f width"]
+    ) -> Float[Tensor, "f d_model"] | None:
+        """What directions written at ``hook`` add to the residual stream: flat ``hook_z``
+        directions go through that layer's ``W_O`` (summed over heads); directions as wide
+        as the residual stream are returned as they are; ``None`` for any other width."""
+        layer = attention_z_layer(hook)
+        if layer is not None:
+            w_o = self.model.blocks[layer].attn.W_O  # [heads, d_head, d_model]
+            d = directions.to(w_o.dtype).reshape(directions.shape[0], *w_o.shape[:2])
+            return torch.einsum("fhd,hdm->fm", d, w_o)
+        return directions if directions.shape[-1] == self.d_model else None
 
     @torch.no_grad()
     def logit_directions(

@@ -156,7 +156,8 @@ class SearchMixin:
     @torch.no_grad()
     def token_search(self, token: str, k: int = 20) -> dict[str, Any]:
         """Features whose decoder direction most promotes / suppresses ``token``'s logit."""
-        if self.dictionary.d_out != self.model.d_model:
+        hook_out = self.dictionary.hook_out
+        if self.model.residual_directions(hook_out, torch.empty(0, self.dictionary.d_out)) is None:
             raise WorkspaceError(
                 "this dictionary does not write to the residual stream: no logit effects"
             )
@@ -167,6 +168,7 @@ class SearchMixin:
         for s in range(0, self.n_features, 8192):
             idx = torch.arange(s, min(s + 8192, self.n_features), device=device)
             w = self.dictionary.decoder_directions(idx).to(self.model.dtype)
+            w = self.model.residual_directions(hook_out, w)
             effects.append(self.model.logit_directions(w, [tid])[:, 0].float().cpu())
         eff = torch.cat(effects)
         k = min(k, eff.numel())

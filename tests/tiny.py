@@ -161,6 +161,21 @@ def sae_at(model: Any, tokens: torch.Tensor, hook: str, d_sae: int = 16) -> Any:
     return make_sae("standard", d, d_sae, hook, sample=cache[hook].reshape(-1, d), density=0.3)
 
 
+def z_sae_at(
+    model: Any, tokens: torch.Tensor, layer: int = 1, d_sae: int = 16, kind: str = "standard"
+) -> Any:
+    """A SAELens SAE on ``blocks.{layer}.attn.hook_z`` of ``model`` (flat ``heads * d_head``
+    inputs, ``reshape_activations="hook_z"`` as SAELens's attention SAEs are configured),
+    calibrated on ``tokens`` to fire on about 30% of positions (seed 0)."""
+    hook = f"blocks.{layer}.attn.hook_z"
+    _, cache = model.run_with_cache(tokens, names_filter=hook)
+    z = cache[hook].flatten(2).reshape(-1, model.cfg.n_heads * model.cfg.d_head)
+    sae = make_sae(kind, z.shape[1], d_sae, hook, sample=z, density=0.3)
+    sae.cfg.reshape_activations = "hook_z"
+    sae.turn_on_forward_pass_hook_z_reshaping()
+    return sae
+
+
 def transcoder_at(
     model: Any, tokens: torch.Tensor, hook_in: str, hook_out: str, d_sae: int = 16
 ) -> Any:

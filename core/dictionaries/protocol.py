@@ -152,6 +152,12 @@ class Dictionary(ABC):
         """
         return {}
 
+    def encoder_affine(self, features: Int[Tensor, " f"]) -> tuple[Tensor, Tensor, Tensor] | None:
+        """``(W [d_in, f], b [f], shift [d_in])`` when each feature's pre-activation is the
+        affine ``(x - shift) @ W + b`` of the flat input (what direct feature attribution
+        pulls back through attention); ``None`` when it is not (the base's answer)."""
+        return None
+
     def fingerprint(self) -> str:
         """sha256 over identity-free content: every state tensor's name, shape and bytes."""
         cached = getattr(self, "_fingerprint_cache", None)

@@ -82,6 +82,11 @@ class SAELensDictionary(Dictionary):
         check_hook_name(self._hook_in, "the SAE's cfg.metadata.hook_name")
         check_hook_name(self._hook_out, "the SAE's cfg.metadata.hook_name_out")
         check_finite(dict(sae.state_dict()), "the SAE's weights")
+        if getattr(sae, "hook_z_reshaping_mode", False):
+            # hook_z SAEs (reshape_activations="hook_z") flatten [..., heads, d_head] inside
+            # encode; the engine hands every dictionary flat [tokens, heads * d_head] rows
+            # already, which SAELens would flatten once more into one long vector
+            sae.turn_off_forward_pass_hook_z_reshaping()
         if isinstance(sae, _JUMPRELU):
             self._activation = "jumprelu"
         elif isinstance(sae, _GATED):
@@ -156,6 +161,19 @@ class SAELensDictionary(Dictionary):
         if getattr(self.sae.cfg, "rescale_acts_by_decoder_norm", False):
             w = w / w.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         return w
+
+    @torch.no_grad()
+    def encoder_affine(self, features: Int[Tensor, " f"]) -> tuple[Tensor, Tensor, Tensor] | None:
+        sae = self.sae
+        if self._activation == "gated" or sae.cfg.normalize_activations != "none":
+            return None  # no single linear pre-activation per feature
+        w = sae.W_enc[:, features]
+        b = sae.b_enc[features]
+        if getattr(sae.cfg, "rescale_acts_by_decoder_norm", False):
+            scale = sae.W_dec[features].norm(dim=-1)
+            w, b = w * scale, b * scale
+        shift = sae.b_dec * float(sae.cfg.apply_b_dec_to_input)
+        return w, b, shift
 
     def state_tensors(self) -> dict[str, Tensor]:
         return dict(self.sae.state_dict())

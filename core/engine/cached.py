@@ -11,6 +11,7 @@ from torch import Tensor
 from core.config import Progress, RunConfig
 from core.dictionaries.protocol import Dictionary
 from core.engine.activations import ActivationStore
+from core.engine.dfa import attach_dfa
 from core.engine.features import FeatureData, gc_paused
 from core.engine.keys import memo_key, token_fingerprint
 from core.engine.sweep import prepare_tokens, run_sweep, validate_features
@@ -106,6 +107,7 @@ def stream_features(
         progress=lambda frac, msg: report(frac * SWEEP_SHARE, msg),
         activation_store=activation_store,
     )
+    attach_dfa(model, dictionary, tokens, config, result.features)
     prefix = ""
     if memo is not None:
         prefix = feature_prefix(
@@ -144,9 +146,9 @@ def compute_features(
     tokens = prepare_tokens(tokens, config)
     features = validate_features(config.features, dictionary.n_features)
     if memo is None:
-        return run_sweep(
-            model, dictionary, tokens, config, dataset=dataset, progress=progress
-        ).features
+        result = run_sweep(model, dictionary, tokens, config, dataset=dataset, progress=progress)
+        attach_dfa(model, dictionary, tokens, config, result.features)
+        return result.features
     prefix = feature_prefix(
         source_key(model, dictionary, tokens, config), config.feature_correlation, features
     )

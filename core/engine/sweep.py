@@ -33,6 +33,7 @@ from core.engine.result import FeatureSet
 from core.engine.stats import (
     BinCounts,
     IntervalSampler,
+    KeptActs,
     MomentStats,
     SparseActs,
     TopExamples,
@@ -290,6 +291,9 @@ def run_sweep(
         return x, valid[bsl].to(device).reshape(-1)
 
     n_units = len(batches) * 2
+    # pass 1's non-zeros, so pass 2 reads them instead of encoding again (a quarter of the
+    # memory budget; past it pass 2 encodes, with the same result)
+    kept = KeptActs(budget // 4)
     # ---- pass 1 -------------------------------------------------------------------
     raw: list[Tensor] = []
     for bi, bsl in enumerate(batches):
@@ -313,8 +317,9 @@ def run_sweep(
         moments.update_tokens(x32, n_valid)
         encoder.reset()
         req_blocks: list[Tensor] = []
-        for sl in chunks:
+        for ci, sl in enumerate(chunks):
             a = encoder(x, feats[sl]) * mf[:, None]
+            kept.add(bi, ci, SparseActs(a))
             moments.update(a, x32, sl)
             top.update(a.view(b, length, -1), seq_ids, sl)
             if sparse is not None and not need_all_cols:
@@ -355,22 +360,30 @@ def run_sweep(
     staged: GramStats | None = None  # correlations among the requested features
     if corr != "none" and not need_all_cols and sparse is None:
         gram = staged = requested_gram(config, moments, dtype, device, config.batch_size * length)
+    if kept.ok:
+        cache.clear()
     for bi, bsl in enumerate(batches):
-        if keep_cache:
+        b = bsl.stop - bsl.start
+        n_tok = b * length
+        if kept.ok:
+            m = valid[bsl].to(device).reshape(-1)
+        elif keep_cache:
             x = cache[bi]
             m = valid[bsl].to(device).reshape(-1)
         else:
             x, m = hook_acts(bsl)
             x = x * m[:, None].to(dtype)
-        b = bsl.stop - bsl.start
         seq_ids = torch.arange(bsl.start, bsl.stop, device=device)
         mf = m.to(torch.float32)
         encoder.reset()
         if staged is not None:
-            staged.reserve(x.shape[0])
-        for sl in chunks:
-            a = encoder(x, feats[sl]) * mf[:, None]
-            sp = SparseActs(a)
+            staged.reserve(n_tok)
+        for ci, sl in enumerate(chunks):
+            if kept.ok:
+                a, sp = kept.take(bi, ci, n_tok, sl.stop - sl.start)
+            else:
+                a = encoder(x, feats[sl]) * mf[:, None]
+                sp = SparseActs(a)
             hist.update(sp, sparse_bins(sp, max_act[sl], config.n_hist_bins), sl)
             ibins = sparse_bins(sp, max_act[sl], config.n_intervals)
             icounts.update(sp, ibins, sl)
@@ -378,7 +391,7 @@ def run_sweep(
             if staged is not None:
                 staged.stage(a, sl)
         if staged is not None:
-            staged.commit(x.shape[0], m.sum())
+            staged.commit(n_tok, m.sum())
         report((len(batches) + bi + 1) / n_units, f"pass 2: batch {bi + 1}/{len(batches)}")
     cache.clear()
 
@@ -416,7 +429,8 @@ def decoder_tables(
     """Logit effects and neuron alignment from the decoder, chunked over features."""
     keys = ["pos_v", "pos_i", "neg_v", "neg_i", "logit_counts", "logit_lo", "logit_hi"]
     out: dict[str, list[Tensor]] = {k: [] for k in [*keys, "al_i", "al_v", "al_s", "dec_norm"]}
-    has_logits = dictionary.d_out == model.d_model
+    width = torch.empty(0, dictionary.d_out)
+    has_logits = model.residual_directions(dictionary.hook_out, width) is not None
     nb = config.n_logit_bins
     chunk = max(1, min(config.feature_chunk_size, (1 << 26) // max(model.d_vocab, 1)))
     for sl in _chunks(feats.numel(), chunk):
@@ -429,7 +443,8 @@ def decoder_tables(
         out["al_v"].append(w.gather(1, i))
         out["al_s"].append(v / l1)
         if has_logits:
-            logits = model.logit_directions(w).float()
+            resid = model.residual_directions(dictionary.hook_out, w)
+            logits = model.logit_directions(resid).float()
             finite = torch.isfinite(logits).all(dim=1)
             if not bool(finite.all()):  # finite decoders (checked first): W_U or an overflow
                 raise EngineError(
