@@ -238,6 +238,52 @@ class SparseActs:
         self.value = acts[self.token, self.feature]
         self.n_features = acts.shape[1]
 
+    @classmethod
+    def of(cls, token: Tensor, feature: Tensor, value: Tensor, n_features: int) -> SparseActs:
+        """Non-zeros given directly (in token-major order, as :meth:`__init__` finds them)."""
+        sp = cls.__new__(cls)
+        sp.token, sp.feature, sp.value, sp.n_features = token, feature, value, n_features
+        return sp
+
+
+class KeptActs:
+    """Pass 1's non-zero activations, batch by chunk, so pass 2 needs no second encode.
+
+    Each entry takes 12 bytes (int32 token, int32 column within its chunk, float32
+    value). Past ``limit`` bytes the store is dropped (``ok`` turns false) and pass 2
+    encodes again; either way pass 2 sees the same activations.
+    """
+
+    ENTRY_BYTES = 12
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.nbytes = 0
+        self.ok = limit > 0
+        self._parts: dict[tuple[int, int], tuple[Tensor, Tensor, Tensor]] = {}
+
+    def add(self, batch: int, chunk: int, sp: SparseActs) -> None:
+        if not self.ok:
+            return
+        self.nbytes += sp.value.numel() * self.ENTRY_BYTES
+        if self.nbytes > self.limit:
+            self.ok = False
+            self._parts.clear()
+            return
+        self._parts[batch, chunk] = (
+            sp.token.to(torch.int32),
+            sp.feature.to(torch.int32),
+            sp.value.float(),
+        )
+
+    def take(self, batch: int, chunk: int, n_tokens: int, n_cols: int) -> tuple[Tensor, SparseActs]:
+        """The dense activations of one (batch, chunk) and their non-zeros; forgets them."""
+        tok32, feat32, value = self._parts.pop((batch, chunk))
+        sp = SparseActs.of(tok32.long(), feat32.long(), value, n_cols)
+        dense = torch.zeros(n_tokens, n_cols, device=value.device, dtype=value.dtype)
+        dense[sp.token, sp.feature] = value
+        return dense, sp
+
 
 class BinCounts:
     """Counts of non-zero activations per equal-width bin of ``(0, max]``."""

@@ -391,3 +391,28 @@ def test_low_precision_feature_correlations_match_numpy(setup, precision):
         assert_top_k(cf.indices, cf.columns["pearson"], full, 3, tol)
         # the bound is not vacuous: it stays well below the values compared
         assert tol[cf.indices].max() < 0.05
+
+
+@pytest.mark.parametrize("kind", ["standard", "topk"])
+def test_second_pass_reads_kept_non_zeros_exactly(setup, kind):
+    """Pass 2 reads pass 1's non-zeros (no second encode, no second forward even when the hook
+    activations are not cached); when they exceed a quarter of the memory budget it encodes
+    again. Both give byte-identical features."""
+    model, tokens, x = setup
+    sae = make_sae(kind, 32, 64, HOOK, sample=x.reshape(-1, 32), density=0.15)
+    ma, d = ModelAdapter(model, bos_token_id=BOS), SAELensDictionary(sae)
+    base = dict(
+        features=list(range(64)),
+        batch_size=7,
+        feature_chunk_size=24,
+        feature_correlation="requested",
+        activation_cache_bytes=0,
+    )
+    kept = run_sweep(ma, d, tokens, RunConfig(**base))
+    # 40 x 16 tokens x 64 features at density 0.15: ~6k non-zeros, ~74 KB kept; the dense
+    # co-activation sums of 64 x 64 features take 16 KB
+    again = run_sweep(ma, d, tokens, RunConfig(**base, memory_budget=64 << 10))
+    assert kept.info.forward_passes == 6  # one pass: pass 2 needs no hook activations
+    assert again.info.forward_passes == 12  # pass 2 ran the model and encoded again
+    for f in range(64):
+        assert kept.features[f].to_bytes() == again.features[f].to_bytes()
