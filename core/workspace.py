@@ -244,18 +244,28 @@ class Workspace(SearchMixin):
         return check_feature_index(i, self.n_features, WorkspaceError)
 
     def features(
-        self, indices: list[int], progress: Progress | None = None
+        self,
+        indices: list[int],
+        progress: Progress | None = None,
+        correlation: str | None = None,
     ) -> dict[int, FeatureData]:
-        """Feature data (from the memo when present); one sweep computes all missing."""
+        """Feature data (from the memo when present); one sweep computes all missing.
+        ``correlation`` overrides the config's ``feature_correlation``; ``"requested"`` also
+        makes the tables long enough to hold every pair of ``indices``."""
         idx = [self.check_index(i) for i in indices]
         self._check_job_limit(idx)
+        scope: dict[str, Any] = {}
+        if correlation is not None:
+            scope["feature_correlation"] = correlation
+        if correlation == "requested":
+            scope["n_table_rows"] = max(self.config.n_table_rows, len(set(idx)) - 1)
 
         def run(config: RunConfig) -> dict[int, FeatureData]:
             return compute_features(
                 self.model,
                 self.dictionary,
                 self.tokens,
-                dataclasses.replace(config, features=idx),
+                dataclasses.replace(config, features=idx, **scope),
                 self.memo,
                 dataset=self.dataset,
                 progress=progress,
