@@ -445,7 +445,8 @@ def decoder_tables(
         if has_logits:
             resid = model.residual_directions(dictionary.hook_out, w)
             logits = model.logit_directions(resid).float()
-            finite = torch.isfinite(logits).all(dim=1)
+            lo, hi = torch.aminmax(logits, dim=1)  # NaN propagates: a NaN or inf row shows here
+            finite = torch.isfinite(lo) & torch.isfinite(hi)
             if not bool(finite.all()):  # finite decoders (checked first): W_U or an overflow
                 raise EngineError(
                     f"the logit effects of feature(s) {_feature_list(feats[sl][~finite])} are NaN "
@@ -454,7 +455,6 @@ def decoder_tables(
             k = min(config.n_top_logits, logits.shape[1])
             pv, pi = logits.topk(k, dim=1)
             nv, ni = logits.topk(k, dim=1, largest=False)
-            lo, hi = torch.aminmax(logits, dim=1)
             scale = torch.where(hi > lo, nb / (hi - lo), torch.zeros_like(hi))
             # bins [lo, lo + step), ..., the last one closed: floor((v - lo) * nb / (hi - lo))
             rows = torch.arange(logits.shape[0], device=logits.device, dtype=torch.int32)[:, None]

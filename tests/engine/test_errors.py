@@ -143,3 +143,15 @@ def test_non_finite_weights_in_the_sweep(pair, tiny_tokens, damage, message):
     # the other features still compute
     out = run_sweep(model, d, tiny_tokens, RunConfig(features=[1, 5])).features
     assert all(torch.isfinite(torch.tensor(out[f].max_act)) for f in (1, 5))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_unembedding_names_the_features(pair, tiny_tokens, value):
+    """A NaN or infinite unembedding entry makes those logit effects non-finite: the sweep names
+    the features whose logit effects it reaches and points at W_U."""
+    _, d = pair
+    model = make_model()
+    with torch.no_grad():
+        model.W_U[:, 5] = value
+    with pytest.raises(EngineError, match=r"logit effects of feature\(s\) 1, 3 are NaN .*W_U"):
+        run_sweep(ModelAdapter(model, bos_token_id=0), d, tiny_tokens, RunConfig(features=[1, 3]))
