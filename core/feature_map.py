@@ -186,22 +186,35 @@ def compute_map(dictionary: Dictionary, method: str = "pca", **params: Any) -> F
     return FeatureMap(x, y, method, params)
 
 
+def stored_map(
+    dictionary: Dictionary, method: str, memo: Memo | None, **params: Any
+) -> FeatureMap | None:
+    """The map :func:`feature_map` would return if it is in ``memo`` already, else ``None``
+    (nothing is computed: a page can tell "shown now" from "compute on demand")."""
+    params = _check_method(method, params)
+    if memo is None:
+        return None
+    payload = memo.get_bytes(map_key(dictionary.fingerprint(), method, params))
+    if payload is None:
+        return None
+    try:
+        got = FeatureMap.from_bytes(payload)
+    except (ValueError, KeyError, struct.error):
+        return None
+    return got if got.n_features == dictionary.n_features else None
+
+
 def feature_map(
     dictionary: Dictionary, method: str = "pca", memo: Memo | None = None, **params: Any
 ) -> FeatureMap:
     """:func:`compute_map`, stored once per dictionary, method and parameters in ``memo``."""
     params = _check_method(method, params)
     key = map_key(dictionary.fingerprint(), method, params)
+    got = stored_map(dictionary, method, memo, **params)
+    if got is not None:
+        return got
     if memo is not None:
-        payload = memo.get_bytes(key)
-        if payload is not None:
-            try:
-                got = FeatureMap.from_bytes(payload)
-                if got.n_features == dictionary.n_features:
-                    return got
-            except (ValueError, KeyError, struct.error):
-                pass
-            memo.delete(key)  # undecodable: computed again
+        memo.delete(key)  # absent, or undecodable: computed again
     fmap = compute_map(dictionary, method, **params)
     if memo is not None:
         memo.put_bytes(key, fmap.to_bytes())

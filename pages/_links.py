@@ -52,6 +52,8 @@ DEMO_SOURCES["dataset"] = {"kind": "demo"}
 FEATURE_PAGE = "pages/feature.py"
 SEARCH_PAGE = "pages/search.py"
 LOAD_PAGE = "pages/load.py"
+MAP_PAGE = "pages/map.py"
+COMPARE_PAGE = "pages/compare.py"
 
 
 # ---- sources in specs and in URLs ------------------------------------------------------------
@@ -310,3 +312,23 @@ def feature_link_template(ws: FeatureSource, layout: list[str] | None = None) ->
 def open_feature(ws: FeatureSource, i: int, layout: list[str] | None = None) -> None:
     """Go to feature ``i``'s page in this session."""
     st.switch_page(FEATURE_PAGE, query_params=feature_params(ws, i, layout))
+
+
+# ---- links to the side-by-side comparison ---------------------------------------------------
+def compare_params(ws: FeatureSource, indices: list[int]) -> dict[str, str]:
+    """Query parameters of the Compare page for ``indices`` (``?features=1,2,3``)."""
+    params = {"features": ",".join(str(int(i)) for i in indices), "ws": identity(ws)}
+    src = encode_sources(sources())
+    if src:
+        params["src"] = src
+    return params
+
+
+def compare_href(ws: FeatureSource, indices: list[int]) -> str:
+    """Relative URL of the Compare page for ``indices``."""
+    return "compare?" + urlencode(compare_params(ws, indices))
+
+
+def open_compare(ws: FeatureSource, indices: list[int]) -> None:
+    """Go to the Compare page for ``indices`` in this session."""
+    st.switch_page(COMPARE_PAGE, query_params=compare_params(ws, indices))

@@ -36,6 +36,11 @@ class Registry:
         with self._lock:
             return len(self._items)
 
+    def values(self) -> list[Any]:
+        """The objects built so far, least recently used first."""
+        with self._lock:
+            return list(self._items.values())
+
     def get(self, key: str, build: Callable[[], Any]) -> Any:
         """The object for ``key``, built with ``build()`` the first time."""
         with self._lock:
