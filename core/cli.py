@@ -11,6 +11,8 @@ Commands:
                    settings from the command line and/or --config FILE (JSON or TOML)
     inspect        summarise a precompute output directory (what, features, tokens, when,
                    sizes); --json for the full description
+    explain        explain features with a language model (OpenAI-compatible endpoint or a
+                   local Hugging Face model) and score the explanations; resumable
 """
 
 from __future__ import annotations
@@ -287,6 +289,50 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explain_args(p: argparse.ArgumentParser) -> None:
+    """Options of ``explain``: the source options of ``precompute`` plus the explainer's."""
+    _spec_args(p)
+    p.add_argument("--features", default="all", help="'all', '0:4096', '1,5,9'")
+    g = p.add_argument_group("explainer")
+    g.add_argument("--backend", choices=["openai", "local"], default="local")
+    g.add_argument(
+        "--base-url", default=None, help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1"
+    )
+    g.add_argument(
+        "--llm", default=None,
+        help="explainer model: the endpoint's model name, or a local HF directory ('demo': "
+        "the demo's SmolLM2-135M-Instruct, the default for --backend local)",
+    )  # fmt: skip
+    g.add_argument("--llm-device", default="cpu", help="device of a local explainer model")
+    g.add_argument(
+        "--n-negatives", type=int, default=10, help="non-activating excerpts per feature"
+    )
+    g.add_argument(
+        "--out",
+        default=None,
+        help="JSON-lines file of explanations (default cache/explanations.jsonl)",
+    )
+    g.add_argument(
+        "--author",
+        default=None,
+        help="stored as the author (default: FEATURESCOPE_AUTHOR or the OS user)",
+    )
+    g.add_argument(
+        "--dry-run", action="store_true", help="print the requests and tokens, send nothing"
+    )
+    g.add_argument("--no-memo", action="store_true", help="compute features without the memo")
+    g.add_argument("--no-progress", action="store_true")
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from core.explain.command import run_explain
+    from core.workspace import Workspace
+
+    model, dictionary, tokens, identity = load_sources(args)
+    memo = None if args.no_memo else Memo()
+    return run_explain(args, Workspace(model, dictionary, tokens, identity, memo))
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     """The command line: ``(parser, its precompute sub-parser)``."""
     ap = argparse.ArgumentParser(
@@ -317,6 +363,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     p.add_argument("path")
     p.add_argument("--json", action="store_true", help="print the full description as JSON")
     p.set_defaults(func=cmd_inspect)
+    p = sub.add_parser("explain", help="explain and score features with a language model")
+    _explain_args(p)
+    p.set_defaults(func=cmd_explain)
     return ap, pre
 
 
