@@ -346,6 +346,7 @@ def extras_html(extras: dict[str, Any]) -> str:
     parts = []
     rest = dict(extras)
     effects = rest.pop("effects", None)
+    rest.pop("dfa", None)  # drawn on its own (core.charts_dfa)
     layers = rest.pop("decoder_layers", None)
     norms = rest.pop("decoder_norms_by_layer", None)
     if layers is not None and norms is not None:

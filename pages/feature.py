@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 
 import streamlit as st
 
-from core import charts
+from core import charts, charts_dfa
 from pages import _export as export
 from pages import _links as links
 from pages import _messages as messages
@@ -227,6 +227,30 @@ st.caption(
 )
 
 ui.render_dashboard(fd, ws, layout)
+
+# --- direct feature attribution (dictionaries on an attention output) ----------------------------
+dfa_pairs = charts_dfa.dfa_pairs(fd) if "top_examples" in layout else []
+if dfa_pairs:
+    st.subheader("Direct feature attribution")
+    st.caption(
+        "Which source tokens the feature's pre-activation at a top example's token came from, "
+        "through the attention pattern and value vectors (exact: the parts add up)."
+    )
+    pick = st.selectbox(
+        "Destination token (top example)",
+        range(len(dfa_pairs)),
+        format_func=lambda k: (
+            f"seq {dfa_pairs[k][0].seq}, position {dfa_pairs[k][0].pos}: "
+            f"{charts.visible_token(dfa_pairs[k][0].tokens[dfa_pairs[k][0].qualifying_index])!r}"
+            f" ({dfa_pairs[k][0].value:.3f})"
+        ),
+        key="fs_dfa_pick",
+    )
+    ex, dfa = dfa_pairs[pick]
+    st.altair_chart(charts_dfa.dfa_chart(ex, dfa), width="stretch")
+    st.html(f"<style>{charts_dfa.DFA_CSS}</style>" + charts_dfa.dfa_example_html(ex, dfa))
+    with st.expander("Strongest sources of every top example"):
+        st.html(f"<style>{charts_dfa.DFA_CSS}</style>" + charts_dfa.dfa_examples_html(fd))
 
 # --- your own text, steering ---------------------------------------------------------------------
 if workspaces.is_live(ws):

@@ -40,7 +40,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from core import charts
+from core import charts, charts_dfa
 from core.charts import COMPONENTS, esc, parse_layout, visible_token
 from core.engine.features import Example, FeatureData, Histogram
 from core.export import ExportError
@@ -235,7 +235,7 @@ def feature_record(fd: FeatureData, toks: _Tokens, layout: Sequence[str]) -> dic
             fd.correlated_features, "feature", link="#feature={}"
         )
     if "extras" in layout:
-        frag["extras"] = _extras_html(fd.extras)
+        frag["extras"] = _extras_html({k: v for k, v in fd.extras.items() if k != "dfa"})
     rec["html"] = frag
     if "act_hist" in layout:
         rec["ah"] = _hist(fd.act_hist)
@@ -244,6 +244,9 @@ def feature_record(fd: FeatureData, toks: _Tokens, layout: Sequence[str]) -> dic
         rec["lh"] = _hist(fd.logit_hist)
     if "top_examples" in layout:
         rec["top"] = [_example(e, toks) for e in fd.top_examples]
+        dfa = charts_dfa.dfa_examples_html(fd)  # attention-output dictionaries only
+        if dfa:
+            frag["dfa"] = dfa
     if "intervals" in layout:
         groups = []
         for g in reversed(fd.intervals):
@@ -430,7 +433,7 @@ def render_features_html(
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{esc(title)}</title><style>{_PAGE_CSS}{charts.CSS}</style></head><body>"
+        f"<title>{esc(title)}</title><style>{_PAGE_CSS}{charts.CSS}{charts_dfa.DFA_CSS}</style></head><body>"
         f"<header><h1>{esc(title)}</h1>{run_block}{picker}</header>"
         '<main id="fs-page"><noscript>This page needs JavaScript to show the dashboards.'
         "</noscript></main>"

@@ -71,3 +71,15 @@ def make_slow_workspace():
 
     ws.dictionary.encode = slow_encode
     return ws
+
+
+def make_z_workspace():
+    """:func:`make_workspace`'s model and tokens with a 16-feature SAE on the attention
+    output ``blocks.1.attn.hook_z`` (direct feature attribution on the Feature page)."""
+    from core.dictionaries.saelens import SAELensDictionary
+    from tests.tiny import z_sae_at
+
+    ws = make_workspace()
+    sae = z_sae_at(ws.model.model, ws.tokens[:16], layer=1)
+    dictionary = SAELensDictionary(sae, source={"kind": "test", "name": "tiny-test-z-sae"})
+    return type(ws)(ws.model, dictionary, ws.tokens, ws.dataset, ws.memo, ws.config)

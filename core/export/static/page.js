@@ -106,7 +106,14 @@
       var box = el("div", "fs-body");
       sec.appendChild(box);
       if (key === "act_hist" || key === "logit_hist") chart(box, key, f);
-      else if (key === "top_examples") examples(f.top, f.mx, box);
+      else if (key === "top_examples") {
+        examples(f.top, f.mx, box);
+        if (f.html.dfa) {  // direct feature attribution, escaped in Python
+          var dfa = el("div", "fs-dfa");
+          dfa.innerHTML = f.html.dfa;
+          box.appendChild(dfa);
+        }
+      }
       else if (key === "intervals") {
         if (!f.iv || !f.iv.length) box.appendChild(el("div", "fs-meta", "no intervals"));
         for (var g = 0; g < (f.iv || []).length; g++) {
