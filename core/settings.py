@@ -11,6 +11,9 @@ Environment variables (each read when asked, so a test or a server can set it la
   hosted mode (see :func:`core.hosted.network_problem`).
 * ``FEATURESCOPE_BASE_URL``: the app's public address, for share links and exports.
 * ``FEATURESCOPE_MAX_WORKSPACES``: loaded workspaces kept per app process; default 2.
+* ``FEATURESCOPE_DB``: the knowledge store (labels, notes, lists, explanations): a file path
+  or any SQLAlchemy URL; default ``knowledge.db`` in the data directory (see :mod:`core.knowledge`).
+* ``FEATURESCOPE_AUTHOR``: the author name of local edits; default the OS user.
 * ``FEATURESCOPE_TEST_WORKSPACE``: for tests only, ``module:function`` building the app's
   workspace (never read from a URL).
 
@@ -42,6 +45,8 @@ NETWORK_ENV = "FEATURESCOPE_ALLOW_NETWORK"
 BASE_URL_ENV = "FEATURESCOPE_BASE_URL"
 MAX_WORKSPACES_ENV = "FEATURESCOPE_MAX_WORKSPACES"
 TEST_WORKSPACE_ENV = "FEATURESCOPE_TEST_WORKSPACE"
+DB_ENV = "FEATURESCOPE_DB"
+AUTHOR_ENV = "FEATURESCOPE_AUTHOR"
 DEFAULT_CACHE_SIZE = 4 << 30
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 _DEVICE_RE = re.compile(r"^(cpu|cuda|mps)(?::(\d{1,3}))?$")
@@ -98,6 +103,21 @@ def max_workspaces() -> int:
             f"{MAX_WORKSPACES_ENV}={text!r}: set it to a whole number of at least 1"
         )
     return n
+
+
+def knowledge_db_url() -> str:
+    """The knowledge store's database as a SQLAlchemy URL: ``$FEATURESCOPE_DB`` (a URL as
+    given, or a file path made absolute as a SQLite URL) or ``<data dir>/knowledge.db``."""
+    text = os.environ.get(DB_ENV, "").strip()
+    if "://" in text:
+        return text
+    path = Path(text).expanduser() if text else data_dir() / "knowledge.db"
+    return f"sqlite:///{path.resolve()}"
+
+
+def knowledge_author() -> str | None:
+    """``$FEATURESCOPE_AUTHOR`` stripped, or None when unset or blank."""
+    return os.environ.get(AUTHOR_ENV, "").strip() or None
 
 
 def test_workspace_factory() -> str | None:

@@ -56,3 +56,17 @@ def test_one_device_resolver_for_sources_and_the_engine():
         validate_device("meta")
     with pytest.raises(ConfigError, match="'meta' is not available on this machine"):
         run_sweep(None, None, torch.zeros(1, 4, dtype=torch.long), RunConfig(device="meta"))  # type: ignore[arg-type]
+
+
+def test_knowledge_db_url_and_author(monkeypatch, tmp_path):
+    monkeypatch.delenv(settings.DB_ENV, raising=False)
+    monkeypatch.setenv(settings.DATA_DIR_ENV, str(tmp_path))
+    assert settings.knowledge_db_url() == f"sqlite:///{tmp_path / 'knowledge.db'}"
+    monkeypatch.setenv(settings.DB_ENV, str(tmp_path / "elsewhere.db"))
+    assert settings.knowledge_db_url() == f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    monkeypatch.setenv(settings.DB_ENV, " postgresql+psycopg://u@host/db ")
+    assert settings.knowledge_db_url() == "postgresql+psycopg://u@host/db"
+    monkeypatch.setenv(settings.AUTHOR_ENV, " ")
+    assert settings.knowledge_author() is None
+    monkeypatch.setenv(settings.AUTHOR_ENV, "Ada")
+    assert settings.knowledge_author() == "Ada"
