@@ -40,13 +40,13 @@ def parse_url(url: str) -> URL:
     except ArgumentError:
         raise KnowledgeError(f"{url!r} is not a database URL: {_URL_HINT}") from None
     backend = parsed.get_backend_name()
-    if backend == "postgresql" and parsed.get_driver_name() != "psycopg":
-        if parsed.drivername != "postgresql":
-            raise KnowledgeError(
-                f"database driver {parsed.drivername!r} is not supported: use "
-                "postgresql+psycopg:// (psycopg 3)"
-            )
+    if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
+    elif backend == "postgresql" and parsed.get_driver_name() != "psycopg":
+        raise KnowledgeError(
+            f"database driver {parsed.drivername!r} is not supported: use "
+            "postgresql+psycopg:// (psycopg 3)"
+        )
     if backend not in ("sqlite", "postgresql"):
         raise KnowledgeError(f"database {backend!r} is not supported: {_URL_HINT}")
     if backend == "sqlite" and parsed.database in (None, "", ":memory:"):
