@@ -26,6 +26,7 @@ _URL_HINT = (
     f"set {settings.DB_ENV} to a file path (SQLite) or a database URL such as "
     "sqlite:////srv/knowledge.db or postgresql+psycopg://user:password@host:5432/featurescope"
 )
+READ_OPTION = "knowledge_read"  # execution option of read-only transactions
 _MIGRATION_LOCK = 0x6B6E6F77  # PostgreSQL advisory lock id: one migrating process at a time
 
 
@@ -89,7 +90,9 @@ def _sqlite_engine(url: URL) -> Engine:
     def _begin(conn: Any) -> None:
         # IMMEDIATE takes the write lock up front: a read-then-write transaction can never
         # find that another writer got in between (SQLite's "database is locked" upgrade).
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Reads (the store's reader engine) begin deferred: under WAL they never wait.
+        read = conn.get_execution_options().get(READ_OPTION)
+        conn.exec_driver_sql("BEGIN" if read else "BEGIN IMMEDIATE")
 
     return engine
 

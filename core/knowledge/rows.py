@@ -3,9 +3,11 @@ recording an edit in its history, adding an explanation, and turning rows into v
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from sqlalchemy import Select, select
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from core.knowledge.errors import KnowledgeError
@@ -24,6 +26,20 @@ from core.knowledge.records import (
 )
 
 FIELDS = ("label", "notes", "tags", "deleted")
+
+
+def slugify(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:120]
+
+
+def retryable(exc: OperationalError | IntegrityError) -> bool:
+    """Lock contention, a deadlock, a serialization failure or a concurrent insert of the
+    same row: worth running the transaction again."""
+    code = getattr(exc.orig, "sqlstate", None)
+    if code in ("40001", "40P01", "55P03", "23505"):
+        return True
+    message = str(exc.orig).lower()
+    return "database is locked" in message or "database is busy" in message
 
 
 def by_key(dictionary_key: str, feature: int) -> Select[tuple[Annotation]]:

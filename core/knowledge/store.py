@@ -11,7 +11,6 @@ concurrent insert of the same row is retried with backoff.
 from __future__ import annotations
 
 import random
-import re
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
@@ -21,6 +20,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from core.knowledge import exchange, search
+from core.knowledge.db import READ_OPTION
 from core.knowledge.errors import KnowledgeError, UnknownListError
 from core.knowledge.models import (
     Annotation,
@@ -53,6 +53,8 @@ from core.knowledge.rows import (
     list_view,
     lock_annotation,
     record_edit,
+    retryable,
+    slugify,
     snapshot,
 )
 
@@ -66,7 +68,7 @@ class KnowledgeStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._reader = engine.execution_options(knowledge_read=True)
+        self._reader = engine.execution_options(**{READ_OPTION: True})
 
     # -- transactions --------------------------------------------------------------------
 
@@ -78,7 +80,7 @@ class KnowledgeStore:
                 with Session(self.engine, expire_on_commit=False) as session, session.begin():
                     return fn(session)
             except (OperationalError, IntegrityError) as exc:
-                if attempt == RETRIES - 1 or not _retryable(exc):
+                if attempt == RETRIES - 1 or not retryable(exc):
                     raise
             time.sleep(delay * (1 + random.random()))
             delay = min(delay * 2, 0.5)
@@ -408,15 +410,3 @@ class KnowledgeStore:
         """This dictionary's explanations in Neuronpedia's export form."""
         check_key(dictionary_key)
         return self.read(lambda s: exchange.export_neuronpedia(s, dictionary_key, model_id, sae_id))
-
-
-def slugify(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:120]
-
-
-def _retryable(exc: OperationalError | IntegrityError) -> bool:
-    code = getattr(exc.orig, "sqlstate", None)
-    if code in ("40001", "40P01", "55P03", "23505"):
-        return True
-    message = str(exc.orig).lower()
-    return "database is locked" in message or "database is busy" in message

@@ -4,6 +4,7 @@ and 8 concurrent writers on one feature losing nothing (SQLite and PostgreSQL)."
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from sqlalchemy import inspect, text
@@ -135,3 +136,15 @@ def test_eight_concurrent_writers_lose_nothing(db_url):
         }
         state.update({k: v for k, v in h.after.items() if k in state})
     store.engine.dispose()
+
+
+def test_sqlite_reads_do_not_wait_for_a_writer(tmp_path):
+    store = open_store(f"sqlite:///{tmp_path / 'k.db'}")
+    store.set_label(DK, 1, "first", author="a")
+    with store.engine.connect() as writer:
+        writer.begin()  # BEGIN IMMEDIATE: holds the write lock
+        writer.execute(text("UPDATE annotations SET label = 'uncommitted'"))
+        started = time.monotonic()
+        assert store.labels(DK, [1]) == {1: "first"}  # WAL snapshot, no waiting
+        assert time.monotonic() - started < 5
+        writer.rollback()
