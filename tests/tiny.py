@@ -234,17 +234,19 @@ def word_tokenizer(
     return tok
 
 
-def save_hf_model(path: Path | str, tokenizer: Any, *, special_ids: bool = True) -> Any:
-    """Save a tiny random GPT-2 (2 layers, width 32, 4 heads, context 64, ``torch.manual_seed(0)``)
-    with ``tokenizer`` as a Hugging Face directory; returns the model. ``special_ids``: the
-    config names id 0 as BOS and EOS (otherwise GPT-2's defaults stay)."""
+def save_hf_model(
+    path: Path | str, tokenizer: Any, *, special_ids: bool = True, n_positions: int = 64
+) -> Any:
+    """Save a tiny random GPT-2 (2 layers, width 32, 4 heads, context ``n_positions``,
+    ``torch.manual_seed(0)``) with ``tokenizer`` as a Hugging Face directory; returns the model.
+    ``special_ids``: the config names id 0 as BOS and EOS (otherwise GPT-2's defaults stay)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     ids = dict(bos_token_id=BOS_ID, eos_token_id=BOS_ID) if special_ids else {}
     cfg = GPT2Config(
         vocab_size=len(tokenizer.get_vocab()),
-        n_positions=64,
-        n_ctx=64,
+        n_positions=n_positions,
+        n_ctx=n_positions,
         n_embd=32,
         n_layer=2,
         n_head=4,

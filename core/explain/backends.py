@@ -219,6 +219,12 @@ class LocalHF:
         )
         if not isinstance(ids, torch.Tensor):  # a BatchEncoding in some versions
             ids = ids["input_ids"]
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        if context is not None and ids.shape[1] + max_tokens > context:
+            raise BackendError(
+                f"the prompt has {ids.shape[1]:,} tokens and {max_tokens} more are asked for, past "
+                f"the model's context of {context:,}: use a model with a longer context"
+            )
         ids = ids.to(self.device)
         pad = self.tokenizer.pad_token_id
         if pad is None:
@@ -228,6 +234,7 @@ class LocalHF:
                 ids,
                 attention_mask=torch.ones_like(ids),
                 max_new_tokens=max_tokens,
+                min_new_tokens=1,  # an answer, not an end-of-text at once
                 do_sample=False,
                 pad_token_id=pad,
                 output_scores=logprobs,
