@@ -381,6 +381,21 @@ class KnowledgeStore:
         )
         return self.read(lambda s: [explanation_view(r) for r in s.scalars(query)])
 
+    def has_explanation(
+        self, dictionary_key: str, feature: int, explainer: str, prompt_version: str
+    ) -> bool:
+        """True when the feature has an explanation by ``explainer`` under ``prompt_version``
+        (a resumed explain batch skips it)."""
+        check_key(dictionary_key)
+        check_feature(feature)
+        query = select(Explanation.id).where(
+            Explanation.dictionary_key == dictionary_key,
+            Explanation.feature == feature,
+            Explanation.explainer == explainer,
+            Explanation.prompt_version == prompt_version,
+        )
+        return self.read(lambda s: s.scalars(query.limit(1)).first() is not None)
+
     # -- search, import, export ----------------------------------------------------------
 
     def search(

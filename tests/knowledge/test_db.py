@@ -7,11 +7,19 @@ import threading
 import time
 
 import pytest
+from alembic import command
 from sqlalchemy import inspect, text
 
 from core import settings
 from core.knowledge import KnowledgeError, default_author, open_store
-from core.knowledge.db import current_revision, downgrade, make_engine, parse_url, upgrade
+from core.knowledge.db import (
+    current_revision,
+    downgrade,
+    make_engine,
+    migrations_config,
+    parse_url,
+    upgrade,
+)
 
 DK = "d" * 64
 TABLES = {
@@ -148,3 +156,15 @@ def test_sqlite_reads_do_not_wait_for_a_writer(tmp_path):
         assert store.labels(DK, [1]) == {1: "first"}  # WAL snapshot, no waiting
         assert time.monotonic() - started < 5
         writer.rollback()
+
+
+def test_alembic_from_the_command_line_config(db_url):
+    """What ``alembic -x ... upgrade head`` runs: env.py opening sqlalchemy.url itself."""
+    config = migrations_config()
+    config.set_main_option("sqlalchemy.url", db_url)
+    command.upgrade(config, "head")
+    engine = make_engine(db_url)
+    assert current_revision(engine) == "0001"
+    command.downgrade(config, "base")
+    assert not TABLES & set(inspect(engine).get_table_names())
+    engine.dispose()

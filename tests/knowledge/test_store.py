@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from core.explain.sink import ExplanationSink
 from core.knowledge import KnowledgeError, UnknownListError
 
 DK = "d" * 64
@@ -158,3 +159,13 @@ def test_explanations(store):
 def test_bad_input_is_a_clear_error(store, call, match):
     with pytest.raises(KnowledgeError, match=match):
         call(store)
+
+
+def test_store_is_an_explanation_sink(store):
+    assert isinstance(store, ExplanationSink)  # what core.explain's batch writes to
+    assert not store.has_explanation(DK, 4, "gpt-x", "v1")
+    store.add_explanation(DK, 4, "returns", explainer="gpt-x", prompt_version="v1", scores={},
+                          method="delphi", author="ann")  # fmt: skip
+    assert store.has_explanation(DK, 4, "gpt-x", "v1")
+    assert not store.has_explanation(DK, 4, "gpt-x", "v2")
+    assert not store.has_explanation(DK, 5, "gpt-x", "v1")
