@@ -76,7 +76,11 @@ search_page = st.Page(
 feature_page = st.Page(
     links.FEATURE_PAGE, title="Feature", icon=":material/insights:", url_path="feature"
 )
-page = st.navigation([load_page, search_page, feature_page, load_alias])
+map_page = st.Page(links.MAP_PAGE, title="Map", icon=":material/scatter_plot:", url_path="map")
+compare_page = st.Page(
+    links.COMPARE_PAGE, title="Compare", icon=":material/compare_arrows:", url_path="compare"
+)
+page = st.navigation([load_page, search_page, feature_page, map_page, compare_page, load_alias])
 links.init_session()  # after the navigation, so the page list shows at once
 if links.link_confirmation():  # a link names sources not loaded here: ask first
     st.stop()

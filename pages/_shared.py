@@ -41,6 +41,11 @@ class Registry:
         with self._lock:
             return list(self._items.values())
 
+    def pop(self, key: str) -> Any | None:
+        """Forget ``key``'s object (``None`` when there is none)."""
+        with self._lock:
+            return self._items.pop(key, None)
+
     def get(self, key: str, build: Callable[[], Any]) -> Any:
         """The object for ``key``, built with ``build()`` the first time."""
         with self._lock:

@@ -202,6 +202,12 @@ def render_component(name: str, fd: Any, ws: FeatureSource, layout: list[str]) -
                 fd.correlated_features, "feature", link=links.feature_link_template(ws, layout)
             )
         )
+        partners = [j for j in fd.correlated_features.indices if j != fd.index][:3]
+        if partners:
+            st.markdown(
+                f"[:material/compare_arrows: Compare side by side]"
+                f"({links.compare_href(ws, [fd.index, *partners])})"
+            )
         similar_pills(ws, fd.index)
     elif name == "top_examples":
         st.html(charts.examples_html(fd.top_examples, fd.max_act))
