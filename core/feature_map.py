@@ -238,7 +238,8 @@ def map_table(
     labels: dict[int, str] | None = None,
 ) -> dict[str, list]:
     """Columns for drawing ``indices``: ``feature``, ``x``, ``y``, and, when given, the
-    summary's ``density``, ``max_act`` and ``top_tokens`` (joined by feature index) and a
+    summary's ``density``, ``max_act``, ``top_tokens`` (promoted) and ``fires_on`` (joined
+    by feature index, lists as comma-separated text) and a
     ``label`` per feature (empty where there is none)."""
     out: dict[str, list] = {
         "feature": list(indices),
@@ -247,12 +248,12 @@ def map_table(
     }
     if summary is not None and summary.get("feature"):
         row = {int(f): r for r, f in enumerate(summary["feature"])}
-        for col in ("density", "max_act", "top_tokens"):
+        for col in ("density", "max_act", "top_tokens", "fires_on"):
             if col not in summary:
                 continue
             values = summary[col]
             got = [values[row[i]] if i in row else None for i in indices]
-            if col == "top_tokens":
+            if col in ("top_tokens", "fires_on"):
                 got = [", ".join(map(str, v)) if v else "" for v in got]
             out[col] = got
     if labels:

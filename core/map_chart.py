@@ -42,7 +42,8 @@ def map_chart(
     tips = [alt.Tooltip("feature:Q", title="feature")]
     for col, title_, fmt in (
         ("label", "label", None),
-        ("top_tokens", "top tokens", None),
+        ("fires_on", "fires on", None),
+        ("top_tokens", "promotes", None),
         ("density", "density", ".2e"),
         ("max_act", "max activation", ".3f"),
     ):

@@ -132,9 +132,11 @@ def test_draw_indices_and_table():
         "density": [0.5, 0.1],
         "max_act": [2.0, 1.0],
         "top_tokens": [["a", "b"], []],
+        "fires_on": [["x"], ["y", "z"]],
     }
     t = fm.map_table(m, [1, 2, 3], summary, labels={3: "cats"})
     assert t["feature"] == [1, 2, 3] and t["x"] == [1.0, 2.0, 3.0]
     assert t["density"] == [0.1, None, 0.5] and t["max_act"] == [1.0, None, 2.0]
     assert t["top_tokens"] == ["", "", "a, b"] and t["label"] == ["", "", "cats"]
+    assert t["fires_on"] == ["y, z", "", "x"]
     assert set(fm.map_table(m, [0], None)) == {"feature", "x", "y"}
