@@ -7,7 +7,9 @@ The options are defined in :mod:`core.cli` (with the same source options as
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
+import json
 import sys
 from pathlib import Path
 
@@ -22,6 +24,11 @@ from core.settings import data_dir, knowledge_author
 
 def default_out() -> Path:
     return data_dir() / "explanations.jsonl"
+
+
+def failures_path(out: Path) -> Path:
+    """Where failed requests are recorded: ``<out>.failures.jsonl`` next to ``out``."""
+    return out.with_name(out.stem + ".failures.jsonl")
 
 
 def make_backend(args: argparse.Namespace) -> Backend:
@@ -78,6 +85,12 @@ def run_explain(args: argparse.Namespace, ws) -> int:
         f"{len(result.explained)} explained, {len(result.failures)} failed requests "
         f"({len(failed)} features) -> {sink.path}"
     )
-    for f in result.failures:
-        print(f"failed: feature {f.feature} {f.stage}: {f.error}", file=sys.stderr)
+    if result.failures:
+        log = failures_path(sink.path)
+        with log.open("a", encoding="utf-8") as fh:
+            for f in result.failures:
+                fh.write(json.dumps(dataclasses.asdict(f), ensure_ascii=False) + "\n")
+        for f in result.failures:
+            print(f"failed: feature {f.feature} {f.stage}: {f.error}", file=sys.stderr)
+        print(f"failures recorded in {log}; run the same command again to retry", file=sys.stderr)
     return 1 if result.failures else 0

@@ -10,6 +10,7 @@ import torch
 
 import core.cli as cli
 from core.config import RunConfig
+from core.explain.command import failures_path
 from core.explain.negatives import silent_windows
 from tests.explain.fake_openai import FakeOpenAI
 from tests.tiny import make_workspace
@@ -74,6 +75,13 @@ def test_failed_requests_are_counted_and_set_the_exit_code(sources, tmp_path, ca
     assert "0 explained, 3 failed requests (3 features)" in captured.out
     assert "failed: feature 0 explain" in captured.err
     assert not out.exists()
+    log = [json.loads(line) for line in failures_path(out).read_text().splitlines()]
+    assert [(r["feature"], r["stage"]) for r in log] == [
+        (0, "explain"),
+        (1, "explain"),
+        (2, "explain"),
+    ]
+    assert "400" in log[0]["error"]
 
 
 def test_openai_backend_needs_a_url(sources, tmp_path, capsys):
