@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from sqlalchemy.engine import make_url
 
 from core.knowledge import KnowledgeStore, open_store
 
@@ -53,6 +54,7 @@ class PostgresServer:
         if self.user is not None:
             os.chown(self.root, self.user.pw_uid, self.user.pw_gid)
         self.data, self.port = self.root / "data", _free_port()
+        self.migrated = "template1"  # a database at the newest schema, once started
 
     def _run(self, *args: str) -> None:
         command = [str(self.bindir / args[0]), *args[1:]]
@@ -75,11 +77,12 @@ class PostgresServer:
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://postgres@/{database}?host={self.root}&port={self.port}"
 
-    def database(self) -> str:
+    def database(self, template: str = "template1") -> str:
+        """A new database (a copy of ``template``); its URL."""
         name = f"t{next(_counter)}"
         with psycopg.connect(f"host={self.root} port={self.port} user=postgres dbname=postgres",
                              autocommit=True) as conn:  # fmt: skip
-            conn.execute(f"CREATE DATABASE {name}")
+            conn.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
         return self.url(name)
 
 
@@ -95,6 +98,9 @@ def postgres() -> Iterator[PostgresServer]:
         detail = getattr(exc, "stderr", b"") or b""
         shutil.rmtree(server.root, ignore_errors=True)
         pytest.fail(f"could not start PostgreSQL: {exc} {detail.decode(errors='replace')}")
+    migrated = server.database()  # copied by the store tests: no migration per test
+    open_store(migrated).engine.dispose()
+    server.migrated = make_url(migrated).database or ""
     yield server
     server.stop()
 
@@ -107,8 +113,14 @@ def db_url(request, tmp_path) -> str:
     return request.getfixturevalue("postgres").database()
 
 
-@pytest.fixture
-def store(db_url) -> Iterator[KnowledgeStore]:
-    opened = open_store(db_url)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path) -> Iterator[KnowledgeStore]:
+    """A store on a fresh database of each backend (already migrated)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'knowledge.db'}"
+    else:
+        server = request.getfixturevalue("postgres")
+        url = server.database(template=server.migrated)
+    opened = open_store(url)
     yield opened
     opened.engine.dispose()
