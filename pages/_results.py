@@ -107,6 +107,12 @@ def feature_table(
         key=key,
         height=height,
     )
+    top = list(dict.fromkeys(int(f) for f in df["feature"]))[:4]
+    if len(top) >= 2:
+        st.markdown(
+            f"[:material/compare_arrows: Compare the first {len(top)} side by side]"
+            f"({links.compare_href(ws, top)})"
+        )
     picked = event.selection.rows if event is not None else []
     if picked:
         links.open_feature(ws, int(df["feature"].iloc[picked[0]]))

@@ -128,3 +128,12 @@ def test_compare_nearest_in_another_loaded_dictionary(tiny_ws):
     page = "\n".join(str(h.value) for h in at.get("html"))
     assert f"{near[0]['cosine']:.3f}" in page or f"{near[0]['cosine']:.2f}" in page
     assert f">{near[0]['feature']}<" in page
+
+
+def test_search_results_link_to_compare(tiny_ws):
+    at = run_app("pages/search.py", mode="similar", of="12")
+    near = [r["feature"] for r in tiny_ws.similar(12, k=10)][:4]
+    links = [m for m in texts(at.markdown).splitlines() if "side by side" in m]
+    assert links, texts(at.markdown)
+    query = urllib.parse.parse_qs(links[0].split("compare?", 1)[1].rstrip(")"))
+    assert query["features"] == [",".join(map(str, near))]
