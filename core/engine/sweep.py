@@ -319,8 +319,9 @@ def run_sweep(
         req_blocks: list[Tensor] = []
         for ci, sl in enumerate(chunks):
             a = encoder(x, feats[sl]) * mf[:, None]
-            kept.add(bi, ci, SparseActs(a))
-            moments.update(a, x32, sl)
+            sp = SparseActs(a)
+            kept.add(bi, ci, sp)
+            moments.update(a, x32, sl, sp)
             top.update(a.view(b, length, -1), seq_ids, sl)
             if sparse is not None and not need_all_cols:
                 sparse.stage(a, sl)

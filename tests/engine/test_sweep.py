@@ -10,6 +10,7 @@ import torch
 
 from core.config import RunConfig
 from core.dictionaries.saelens import SAELensDictionary
+from core.engine.stats import SPARSE_CROSS_DENSITY, SparseActs
 from core.engine.sweep import run_sweep
 from core.models import ModelAdapter
 from tests.tiny import HOOK, make_model, make_sae, random_tokens
@@ -222,11 +223,20 @@ def model_tokens_slice(seq: int, start: int, end: int) -> list[int]:
     return _TOKENS["t"][seq, start:end].tolist()
 
 
-@pytest.mark.parametrize("kind", ["standard", "jumprelu", "topk"])
-def test_sweep_matches_dense_reference(setup, kind):
+@pytest.mark.parametrize(
+    ("kind", "density"),
+    # 0.006: below SPARSE_CROSS_DENSITY, the feature-by-neuron sums come from the non-zeros
+    [("standard", 0.15), ("jumprelu", 0.15), ("topk", 0.15), ("standard", 0.006)],
+)
+def test_sweep_matches_dense_reference(setup, kind, density, monkeypatch):
     model, tokens, x = setup
+    sparse_calls = []
+    product = SparseActs.transposed_matmul
+    monkeypatch.setattr(
+        SparseActs, "transposed_matmul", lambda sp, xs: sparse_calls.append(1) or product(sp, xs)
+    )
     _TOKENS["t"] = tokens.numpy()
-    sae = make_sae(kind, 32, 64, HOOK, sample=x.reshape(-1, 32), density=0.15)
+    sae = make_sae(kind, 32, 64, HOOK, sample=x.reshape(-1, 32), density=density)
     acts, valid, xs = dense_reference(sae, x, tokens)
     bounds = Bounds.of(sae, x, acts, valid)
     cfg = RunConfig(
@@ -240,6 +250,7 @@ def test_sweep_matches_dense_reference(setup, kind):
         check_feature(res.features[f], f, acts, valid, xs, cfg, sae, model, bounds)
         active += res.features[f].n_active > 0
     assert active >= len(CHECK) - 1
+    assert bool(sparse_calls) == (density < SPARSE_CROSS_DENSITY)
 
 
 def test_results_do_not_depend_on_batching_or_request(setup):
