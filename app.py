@@ -1,8 +1,9 @@
 """FeatureScope: feature dashboards for sparse dictionaries on TransformerLens models.
 
-Run with ``streamlit run app.py``. Three pages (``pages/``): Sources (what is loaded,
-precomputing), Search (by prompt, token, statistics, similarity) and Feature (the
-dashboard of one feature). The sidebar always names the loaded model, dictionary,
+Run with ``streamlit run app.py``. Pages (``pages/``): Sources (what is loaded,
+precomputing), Search (by prompt, token, statistics, similarity), Feature (the
+dashboard of one feature), Map (every feature on a 2-D map) and Compare (2-4 features
+side by side). The sidebar always names the loaded model, dictionary,
 dataset and device.
 
 A link such as ``/?feature=12&ws=<id>&src=<sources>`` opens the Feature page directly,
