@@ -16,6 +16,8 @@ The configuration sets:
   Each entry is a source spec (see :mod:`core.sources`) plus a ``label``; a request is
   allowed when it equals an entry, except that a dataset's ``n_tokens`` and
   ``context_length`` may be chosen within the limits. No other hub id or path loads;
+* ``[knowledge] writers``: the accounts (emails, or domains) that may edit labels, notes,
+  lists and explanations; empty: every account allowed in; the others read only;
 * ``[limits]``: prompt length, tokens per request, features per export and per job,
   concurrent computations, generated tokens, and the cache size.
 
@@ -114,6 +116,44 @@ class AuthPolicy:
 
 
 @dataclass
+class KnowledgePolicy:
+    """Who may write to the knowledge store (labels, notes, lists, explanations).
+
+    ``writers`` lists emails and domains (compared as :class:`AuthPolicy` does); empty means
+    every account that may use the server may also write. Others read only."""
+
+    writers: list[str] = field(default_factory=list)
+
+    def refusal(self, email: object) -> str | None:
+        """Why ``email`` may not write (``None``: it may)."""
+        if not self.writers:
+            return None
+        try:
+            local, domain = parse_email(email)
+        except EmailError:
+            return "sign in with an account that may edit (this server's [knowledge] writers)"
+        emails = {parse_email(w) for w in self.writers if _is_email(w)}
+        domains = {normal_domain(w) for w in self.writers if not _is_email(w)}
+        if (local, domain) in emails or domain in domains:
+            return None
+        return "this account may read but not edit here (it is not in [knowledge] writers)"
+
+    def validate(self, source: str) -> None:
+        if not isinstance(self.writers, list):
+            raise HostedConfigError(f"{source}: knowledge.writers must be a list")
+        for entry in self.writers:
+            try:
+                parse_email(entry) if _is_email(entry) else normal_domain(entry)
+            except EmailError as exc:
+                raise HostedConfigError(f"{source}: knowledge.writers: {exc}") from exc
+
+
+def _is_email(entry: object) -> bool:
+    """An address (``a@b.org``) rather than a domain (``b.org`` or ``@b.org``)."""
+    return isinstance(entry, str) and "@" in entry.strip().removeprefix("@")
+
+
+@dataclass
 class Limits:
     """What one request may ask for."""
 
@@ -150,6 +190,7 @@ class HostedConfig:
 
     auth: AuthPolicy = field(default_factory=AuthPolicy)
     limits: Limits = field(default_factory=Limits)
+    knowledge: KnowledgePolicy = field(default_factory=KnowledgePolicy)
     path_roots: list[str] = field(default_factory=list)
     models: list[dict[str, Any]] = field(default_factory=list)
     dictionaries: list[dict[str, Any]] = field(default_factory=list)
@@ -173,9 +214,11 @@ class HostedConfig:
         try:
             auth = AuthPolicy(**dict(data.get("auth") or {}))
             limits = Limits(**dict(data.get("limits") or {}))
+            knowledge = KnowledgePolicy(**dict(data.get("knowledge") or {}))
         except TypeError as exc:
             raise HostedConfigError(f"{source or 'hosted config'}: {exc}") from exc
         auth.validate(source or "hosted config")
+        knowledge.validate(source or "hosted config")
         for name in ("max_prompt_chars", "max_prompt_tokens", "max_dataset_tokens"):
             if getattr(limits, name) < 1:
                 raise HostedConfigError(f"{source}: limits.{name} must be at least 1")
@@ -184,6 +227,7 @@ class HostedConfig:
         cfg = cls(
             auth=auth,
             limits=limits,
+            knowledge=knowledge,
             path_roots=[str(p) for p in data.get("path_roots") or []],
             models=[_entry("model", m, source) for m in data.get("models") or []],
             dictionaries=[_entry("dictionary", d, source) for d in data.get("dictionaries") or []],
