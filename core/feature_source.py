@@ -43,6 +43,11 @@ class FeatureSource(Protocol):
         workspace and a precompute output of the same sources share it."""
         ...
 
+    def dictionary_key(self) -> str:
+        """The dictionary's fingerprint (``Dictionary.fingerprint()``): the knowledge store's
+        key for labels, notes and explanations of its features."""
+        ...
+
     def check_index(self, i: object) -> int:
         """``i`` as a valid feature index (text from a URL is read), or a
         ``FeaturescopeError`` (a ``ValueError`` or ``KeyError``) naming the valid range."""

@@ -8,7 +8,8 @@ then holds its model's lock; every hook is registered for one call only, so sess
 sharing the workspace never see each other's state. A computation that runs out of
 accelerator memory is retried with half the batch (down to one sequence) instead of
 failing (:mod:`core.gate`). ``limits`` (hosted mode, :class:`core.hosted.Limits`) bound
-what one request may ask for. The search methods live in :mod:`core.search`.
+what one request may ask for. The search methods live in :mod:`core.search`, the
+search of the token set and whole rows in :mod:`core.corpus_search`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any, TypeVar
 import torch
 
 from core.config import Progress, RunConfig, check_feature_index
+from core.corpus_search import CorpusMixin
 from core.dictionaries.protocol import Dictionary
 from core.effects import compute_effects, steer
 from core.engine.activations import activation_store_for
@@ -58,7 +60,7 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
-class Workspace(SearchMixin):
+class Workspace(SearchMixin, CorpusMixin):
     """A model, a dictionary and a token set, with the memo layer in front: the live
     :class:`~core.feature_source.FeatureSource`.
 
@@ -148,6 +150,10 @@ class Workspace(SearchMixin):
     def identity_key(self) -> str:
         """Short stable id of (model, dictionary, tokens): goes into deep links."""
         return self._source_key(self.config)[:12]
+
+    def dictionary_key(self) -> str:
+        """The dictionary's fingerprint: what the knowledge store keys labels by."""
+        return self.dictionary.fingerprint()
 
     def _prepared(self, config: RunConfig) -> torch.Tensor:
         return prepare_tokens(self.tokens, config)

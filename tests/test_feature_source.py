@@ -134,6 +134,7 @@ def test_both_are_feature_sources(assets, tmp_path):
             assert src.describe()["n_features"] == N_FEATURES
             assert list(src.features([2, 0])) == [0, 2]
         assert ws.live and not store.live
+        assert ws.dictionary_key() == store.dictionary_key() == ws.dictionary.fingerprint()
         assert store.has(3) and not store.has(4) and not store.has(N_FEATURES)
         assert ws.has(4) and not ws.has(N_FEATURES) and not ws.has(-1)
 

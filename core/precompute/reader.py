@@ -126,6 +126,16 @@ class PrecomputedStore:
         """Short id of (model, dictionary, tokens, result config), as ``Workspace.identity_key``."""
         return self._source_key()[:12]
 
+    def dictionary_key(self) -> str:
+        """The dictionary's fingerprint (the manifest's identity), as ``Workspace.dictionary_key``."""
+        fingerprint = self.manifest["identity"].get("dictionary_fingerprint")
+        if not fingerprint:
+            raise PrecomputedError(
+                f"{self.path}: this output's manifest does not record its dictionary's "
+                "fingerprint (an old format): precompute it again to label its features"
+            )
+        return str(fingerprint)
+
     def _source_key(self) -> str:
         ident = self.manifest["identity"]
         return str(ident["key"] if self.version == 1 else ident["source_key"])
