@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -18,6 +19,9 @@ from core.errors import FeaturescopeError
 CorrelationScope = Literal["all", "requested", "none"]
 #: a progress callback: ``progress(fraction done in [0, 1], message)``
 Progress = Callable[[float, str], None]
+
+#: sequences whose activation norms give the median of ``max_norm_ratio``
+NORM_REFERENCE_SEQUENCES = 64
 
 #: execution-only fields: not part of the memo key
 EXECUTION_FIELDS = frozenset(
@@ -31,6 +35,11 @@ EXECUTION_FIELDS = frozenset(
         "memory_budget",
     }
 )
+
+
+#: result fields added after memo entries existed: left out of the key while at their default
+#: (``None`` or empty), so entries computed before they existed keep their keys
+LATER_RESULT_FIELDS = frozenset({"max_norm_ratio", "ignore_positions"})
 
 
 class ConfigError(FeaturescopeError, ValueError):
@@ -60,6 +69,17 @@ class RunConfig:
         seed: seed for interval sampling; results are reproducible from it.
         ignore_bos: positions holding the BOS token are not examples and not counted.
         ignore_padding: positions holding the pad token (when distinct from BOS) likewise.
+        ignore_positions: positions (0-based, within each sequence) that are not examples and
+            not counted, e.g. ``[0]`` or ``[0, 1, 2]``; positions past the context are
+            allowed and ignore nothing.
+        max_norm_ratio: ignore tokens whose hook activation L2 norm exceeds this multiple
+            of the reference median (attention sinks); ``None`` keeps every token. The
+            reference median is the lower median (``torch.median``: the smaller middle value)
+            of the L2 norms, in float32 of the activations in the sweep's dtype, over the
+            tokens of the first :data:`NORM_REFERENCE_SEQUENCES` sequences that are not
+            already ignored (BOS, padding, ``ignore_positions``). It does not depend on
+            batching; it costs one extra forward pass over those sequences (none when the
+            hook activations are stored).
         n_top_examples: top-activating examples per feature (one per sequence).
         n_intervals: equal-width activation bins between 0 (exclusive) and the max.
         n_interval_examples: sampled examples per interval bin (distinct sequences).
@@ -99,6 +119,8 @@ class RunConfig:
     seed: int = 0
     ignore_bos: bool = True
     ignore_padding: bool = True
+    ignore_positions: list[int] | None = None
+    max_norm_ratio: float | None = None
     n_top_examples: int = 20
     n_intervals: int = 10
     n_interval_examples: int = 5
@@ -164,6 +186,31 @@ class RunConfig:
             raise ConfigError(f"memory_budget must be a number of bytes or None, got {budget!r}")
         if budget is not None and budget < 1:
             raise ConfigError(f"memory_budget must be positive, got {budget!r}")
+        ratio = self.max_norm_ratio
+        if ratio is not None and (
+            isinstance(ratio, bool)
+            or not isinstance(ratio, int | float)
+            or not math.isfinite(ratio)
+            or ratio <= 0
+        ):
+            raise ConfigError(
+                f"max_norm_ratio must be a positive number (e.g. 10: ignore tokens whose "
+                f"activation norm is over 10x the median) or None, got {ratio!r}"
+            )
+        if ratio is not None:
+            self.max_norm_ratio = float(ratio)  # 10 and 10.0 give one memo key
+        if self.ignore_positions is not None:
+            pos = self.ignore_positions
+            if isinstance(pos, int) and not isinstance(pos, bool):
+                pos = self.ignore_positions = [pos]
+            if not isinstance(pos, list | tuple) or any(
+                isinstance(p, bool) or not isinstance(p, int) or p < 0 for p in pos
+            ):
+                raise ConfigError(
+                    "ignore_positions must be a list of non-negative positions (e.g. [0] or "
+                    f"[0, 1]), got {self.ignore_positions!r}"
+                )
+            self.ignore_positions = sorted(set(pos)) or None
         if self.features is not None:
             bad = [f for f in self.features if not isinstance(f, int) or isinstance(f, bool)]
             if bad:
@@ -183,7 +230,11 @@ class RunConfig:
 
     def result_key_dict(self) -> dict[str, Any]:
         """The fields that change results (for the memo key)."""
-        return {k: v for k, v in self.to_dict().items() if k not in EXECUTION_FIELDS}
+        return {
+            k: v
+            for k, v in self.to_dict().items()
+            if k not in EXECUTION_FIELDS and not (k in LATER_RESULT_FIELDS and v is None)
+        }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

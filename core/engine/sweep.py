@@ -22,7 +22,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from core.config import ConfigError, Progress, RunConfig
+from core.config import NORM_REFERENCE_SEQUENCES, ConfigError, Progress, RunConfig
 from core.dictionaries.protocol import Dictionary, DictionaryError
 from core.engine.activations import ActivationStore
 from core.engine.features import SweepInfo
@@ -159,6 +159,23 @@ def _non_finite_error(what: str, feats: Tensor, hook: str) -> EngineError:
     )
 
 
+def reference_norm(hook_acts, n_seq: int, batch_size: int) -> Tensor:
+    """The lower median of the activation L2 norms over the tokens of the first
+    :data:`~core.config.NORM_REFERENCE_SEQUENCES` sequences that are not ignored (the
+    reference of ``max_norm_ratio``; independent of ``batch_size``)."""
+    norms = []
+    for sl in _chunks(min(n_seq, NORM_REFERENCE_SEQUENCES), batch_size):
+        x, m = hook_acts(sl)
+        norms.append(x.float().norm(dim=1)[m])
+    found = torch.cat(norms)
+    if found.numel() == 0:
+        raise EngineError(
+            "max_norm_ratio needs tokens to take the median norm from, but every token of the "
+            f"first {NORM_REFERENCE_SEQUENCES} sequences is ignored: ignore fewer positions"
+        )
+    return found.median()
+
+
 def _chunks(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
@@ -234,6 +251,8 @@ def run_sweep(
         valid &= tokens != bos
     if config.ignore_padding and pad is not None and pad != bos:
         valid &= tokens != pad
+    if config.ignore_positions:
+        valid[:, [p for p in config.ignore_positions if p < length]] = False
 
     offsets, _ = window_offsets(
         config.window_before, config.window_after, length if config.whole_sequence else None, device
@@ -290,6 +309,10 @@ def run_sweep(
         x = x.reshape(x.shape[0] * x.shape[1], -1).to(dtype)
         return x, valid[bsl].to(device).reshape(-1)
 
+    norm_limit = None
+    if config.max_norm_ratio is not None:
+        norm_limit = config.max_norm_ratio * reference_norm(hook_acts, n_seq, config.batch_size)
+
     n_units = len(batches) * 2
     # pass 1's non-zeros, so pass 2 reads them instead of encoding again (a quarter of the
     # memory budget; past it pass 2 encodes, with the same result)
@@ -300,6 +323,9 @@ def run_sweep(
         x, m = hook_acts(bsl)
         if activation_store is not None and stored is None and keep_cache:
             raw.append(x.view(bsl.stop - bsl.start, length, -1))
+        if norm_limit is not None:  # pass 2 reads the narrowed mask from ``valid``
+            m = m & (x.float().norm(dim=1) <= norm_limit)
+            valid[bsl] = m.view(bsl.stop - bsl.start, length).cpu()
         x = x * m[:, None].to(dtype)
         if bi == 0 and not bool(torch.isfinite(x).all()):
             raise EngineError(
