@@ -63,6 +63,16 @@ class SearchMixin:
             raise WorkspaceError(
                 f"the prompt has {ids.shape[1]:,} tokens; the limit is {max_tokens:,}: shorten it"
             )
+        return self.model.token_strings(ids[0]), self.activations_on_ids(ids[0], features)
+
+    @torch.no_grad()
+    def activations_on_ids(
+        self, ids: torch.Tensor, features: list[int] | None = None
+    ) -> torch.Tensor:
+        """Feature activations ``[positions, features]`` on one row of token ids (BOS
+        positions are 0): the per-token encoding of search by prompt, also used on stored
+        rows of the token set (:mod:`core.corpus_search`)."""
+        ids = ids.reshape(1, -1)
         hook = self.config.hook or self.dictionary.hook_in
 
         def run(config: RunConfig) -> torch.Tensor:
@@ -76,7 +86,7 @@ class SearchMixin:
         bos = self.model.bos_token_id
         if bos is not None:
             acts[ids[0].cpu() == bos] = 0.0
-        return self.model.token_strings(ids[0]), acts
+        return acts
 
     def _check_prompt(self, text: str) -> None:
         """Text a user typed: not empty, valid UTF-8, within the hosted limits."""
