@@ -243,6 +243,13 @@ def _validate_dataset(spec: DatasetSpec) -> None:
         raise SourceError(
             f"context_length must be between 2 and 65536, got {spec.context_length!r}"
         )
+    for name in ("prefix", "suffix"):
+        value = getattr(spec, name)
+        if not isinstance(value, str) or len(value) > 10_000:
+            raise SourceError(
+                f"the dataset {name} must be text of at most 10,000 characters, "
+                f"got {type(value).__name__} {str(value)[:40]!r}"
+            )
 
 
 def _rows_from_stream(
@@ -384,7 +391,8 @@ def load_tokens(spec: DatasetSpec, model: ModelAdapter) -> tuple[Tensor, dict[st
 
     Text is tokenised without special tokens, documents are joined with the BOS
     token as separator and cut into rows of ``context_length`` with BOS first (the
-    SAELens convention). Pre-tokenised data (``input_ids``/``tokens`` columns) is
+    SAELens convention); ``spec.prefix`` and ``spec.suffix`` are put around every
+    document, before the separator. Pre-tokenised data (``input_ids``/``tokens`` columns) is
     used as is (rows longer than the context are cut, shorter ones dropped).
     The result is cached under ``cache/tokens`` keyed by the spec and the tokenizer.
     """
@@ -406,11 +414,23 @@ def load_tokens(spec: DatasetSpec, model: ModelAdapter) -> tuple[Tensor, dict[st
 
     ready: list[list[int]] = []
     sep = [] if bos is None else [bos]
+    if (spec.prefix or spec.suffix) and tok is None:
+        raise SourceError("a dataset prefix or suffix needs the model's tokenizer: this has none")
+    pre, suf = (
+        tok(text, add_special_tokens=False)["input_ids"] if text else []
+        for text in (spec.prefix, spec.suffix)
+    )
 
     def ids() -> Iterator[list[int]]:
         """Token ids piece by piece, ``sep`` after each document; consumed only until the
         budget is full, so a file is read no further than that."""
+        starts_doc = True
         for row, column, value, ends_doc in _segments(spec):
+            if column in ("input_ids", "tokens") and (pre or suf):
+                raise SourceError(
+                    f"this dataset is already tokenised (column {column!r}): a prefix or suffix "
+                    "applies to text; add it to the token ids before, or drop it"
+                )
             if column in ("input_ids", "tokens"):
                 ids_ = token_row(value, column, row, model.d_vocab)
                 if len(ids_) >= spec.context_length:  # already a row: keep it as it is
@@ -422,13 +442,16 @@ def load_tokens(spec: DatasetSpec, model: ModelAdapter) -> tuple[Tensor, dict[st
                 continue
             if tok is None:
                 raise SourceError("this model has no tokenizer: use a pre-tokenised dataset")
+            if starts_doc and pre:
+                yield pre
+            starts_doc = ends_doc
             for piece in text_pieces(str(value)):
                 # a lone surrogate (possible in JSON text) has no UTF-8 form: "?" stands in,
                 # as a .txt file's undecodable bytes do
                 text = piece.encode("utf-8", "replace").decode("utf-8")
                 yield tok(text, add_special_tokens=False)["input_ids"]
             if ends_doc:
-                yield sep
+                yield suf + sep
 
     streamed = _rows_from_stream(ids(), spec, bos, None, allow_empty=True)
     parts = [

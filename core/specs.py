@@ -139,6 +139,10 @@ class DatasetSpec(_Spec):
             ``input_ids`` or ``tokens`` holding ids is used as already tokenised.
         n_tokens: token budget (rows are added until it is reached).
         context_length: tokens per row, BOS included.
+        prefix, suffix: text put before and after every document (a chat template's
+            turn markers, an instruction), tokenised on its own (without special tokens)
+            so its tokens are the same in every document. Part of the token set's identity:
+            left out of :meth:`to_dict` while empty, so earlier keys and links stay valid.
     """
 
     kind: Literal["demo", "hub", "local"] = "demo"
@@ -148,6 +152,15 @@ class DatasetSpec(_Spec):
     text_column: str | None = None
     n_tokens: int = 65_536
     context_length: int = 128
+    prefix: str = ""
+    suffix: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        for name in ("prefix", "suffix"):
+            if not data[name]:
+                del data[name]
+        return data
 
     def label(self) -> str:
         return "Python stdlib docs (demo)" if self.kind == "demo" else str(self.path)

@@ -556,3 +556,58 @@ def test_token_id_columns_are_validated(tiny_local, tmp_path, bad, shown):
     (tmp_path / "t.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     with pytest.raises(SourceError, match=f"row 1 of column 'input_ids' {shown}"):
         _tokens(tiny_local, tmp_path / "t.jsonl", n_tokens=16)
+
+
+def test_prefix_and_suffix_around_every_document(tiny_local, tmp_path):
+    """Both strings appear in the token rows around each document, in the token set's
+    identity and its fingerprint (so in the memo key); pre-tokenised data refuses them."""
+    from core.engine.keys import token_fingerprint
+
+    path = tmp_path / "docs.jsonl"
+    path.write_text('{"text": "cat sat"}\n{"text": "dog ran far"}\n{"text": "mat"}\n')
+    spec = DatasetSpec(kind="local", path=str(path), n_tokens=16, context_length=4)
+    plain, plain_id = load_tokens(spec, tiny_local)
+    dressed_spec = DatasetSpec(**{**spec.to_dict(), "prefix": "the", "suffix": "back home"})
+    dressed, dressed_id = load_tokens(dressed_spec, tiny_local)
+    ids = tiny_local.tokenizer.get_vocab()
+    # independent reference: documents wrapped, joined by BOS, rows of 3 after a leading BOS
+    words = [
+        "the",
+        "cat",
+        "sat",
+        "back",
+        "home",
+        "|",
+        "the",
+        "dog",
+        "ran",
+        "far",
+        "back",
+        "home",
+        "|",
+        "the",
+        "mat",
+        "back",
+        "home",
+        "|",
+    ]
+    stream = [0 if w == "|" else ids[w] for w in words]
+    want = [[0, *stream[i : i + 3]] for i in range(0, 12, 3)]
+    assert dressed.tolist() == want
+    assert plain[0].tolist() == [0, ids["cat"], ids["sat"], 0]
+    assert "prefix" not in plain_id and "prefix" not in spec.to_dict()
+    assert dressed_id["prefix"] == "the" and dressed_id["suffix"] == "back home"
+    assert dressed_spec.key() != spec.key()
+    assert token_fingerprint(dressed) != token_fingerprint(plain)
+    assert DatasetSpec.from_dict(dressed_spec.to_dict()) == dressed_spec
+    tokenised = tmp_path / "ids.jsonl"
+    tokenised.write_text('{"input_ids": [1, 2, 3, 4, 5]}\n')
+    with pytest.raises(SourceError, match="already tokenised.*prefix or suffix"):
+        load_tokens(
+            DatasetSpec(
+                kind="local", path=str(tokenised), n_tokens=8, context_length=4, prefix="the"
+            ),
+            tiny_local,
+        )
+    with pytest.raises(SourceError, match="prefix must be text"):
+        load_tokens(DatasetSpec(kind="local", path=str(path), prefix=3), tiny_local)
