@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from core import sources as loaders
@@ -298,18 +299,18 @@ class PrecomputeRunner:
             )
         if "neuronpedia" in cfg.outputs:
             idx = [fd.index for fd in rendered]
-            vectors: dict[int, list[float]] = {}
+            vectors: dict[int, np.ndarray] = {}
             dists: dict[int, list[float]] = {}
             if idx:
                 with torch.no_grad():
                     w = src.dictionary.decoder_directions(
                         torch.tensor(idx, device=src.model.device)
                     )
-                rows = w.float().cpu().tolist()
+                rows = w.float().cpu().numpy()  # rounded as arrays, not lists of floats
                 vectors = dict(zip(idx, rows, strict=True))
                 n_heads = src.model.n_heads
-                if src.dictionary.hook_out.endswith("hook_z") and len(rows[0]) % n_heads == 0:
-                    dists = {f: head_distribution(r, n_heads) for f, r in vectors.items()}
+                if src.dictionary.hook_out.endswith("hook_z") and rows.shape[1] % n_heads == 0:
+                    dists = {f: head_distribution(r.tolist(), n_heads) for f, r in vectors.items()}
             assert self.np_meta is not None
             batch = batch_to_neuronpedia(rendered, self.np_meta, vectors, dists)
             write_batch(self.out / "neuronpedia" / f"batch-{k}.json", batch, validate=2)

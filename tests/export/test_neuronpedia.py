@@ -7,15 +7,20 @@ import json
 import math
 
 import jsonschema
+import numpy as np
 import pytest
 
 from core.export import ExportError
 from core.export.neuronpedia import (
+    DECIMALS,
     QUALIFYING_INDEX_OFFSET,
+    VECTOR_MIN,
     NeuronpediaMeta,
+    _rl,
     batch_to_neuronpedia,
     head_distribution,
     load_schema,
+    round_values,
     skipped_indexes,
     validate_batch,
     write_batch,
@@ -154,3 +159,31 @@ def test_head_distribution_and_skipped_file():
         "log_sparsity": -6.0,
         "skipped_indexes": [2, 9],
     }
+
+
+def test_vectorised_rounding_is_pythons_round_bit_for_bit():
+    """round_values gives exactly ``round(v, 5) + 0.0`` (half-to-even on the exact binary
+    value, -0.0 turned to 0.0), including values whose 5th-decimal remainder is one half or
+    within an ulp of it, huge and tiny values; long lists use it, short ones ``round``."""
+    rng = np.random.default_rng(0)
+    halves = (rng.integers(-(10**9), 10**9, 20_000) * 2 + 1) / (2 * 10**5)  # k + 1/2 at 1e-5
+    exact_halves = np.array([0.015625, -0.015625, 0.5 / 2**10, 3 * 2**-6])  # binary halves
+    values = np.concatenate(
+        [
+            rng.standard_normal(50_000),
+            rng.standard_normal(20_000) * 1e-5,
+            rng.standard_normal(5_000) * 1e12,
+            halves,
+            np.nextafter(halves, np.inf),
+            np.nextafter(halves, -np.inf),
+            exact_halves,
+            rng.standard_normal(20_000).astype(np.float32).astype(np.float64),
+            [0.0, -0.0, -1e-9, 5e-324, -5e-324, 1e300, -1e300, 2.0**52 / 1e5, 2.0**53 / 1e5],
+        ]
+    )
+    got = round_values(values)
+    want = np.array([round(v, DECIMALS) + 0.0 for v in values.tolist()])
+    assert np.array_equal(got.view(np.int64), want.view(np.int64))
+    assert _rl(values) == want.tolist() and len(values) >= VECTOR_MIN
+    short = values[: VECTOR_MIN - 1]
+    assert _rl(short) == [round(v, DECIMALS) + 0.0 for v in short.tolist()]
