@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from core.config import RunConfig, parse_features
+from core.config import RunConfig, parse_features, parse_positions
 from core.memo import Memo, MemoError
 from core.precompute.manifest import MANIFEST
 from core.precomputed import open_precomputed
@@ -48,6 +48,16 @@ def _spec_args(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--context-length", type=int, default=128)
     g.add_argument("--dtype", default="float32")
     g.add_argument("--device", default="auto")
+    g = ap.add_argument_group("cleaner activations (part of the result's identity)")
+    g.add_argument("--prompt-prefix", default=None, help="text put before every document")
+    g.add_argument("--prompt-suffix", default=None, help="text put after every document")
+    g.add_argument(
+        "--ignore-positions", default=None, help="positions not counted: '0', '0,1', '0:4'"
+    )
+    g.add_argument(
+        "--max-norm-ratio", type=float, default=None,
+        help="ignore tokens whose activation norm is over this multiple of the median",
+    )  # fmt: skip
 
 
 def load_sources(args: argparse.Namespace):
@@ -63,7 +73,13 @@ def load_sources(args: argparse.Namespace):
     else:
         dspec = parse_dictionary(args.dictionary)
     mspec = parse_model(args.model, dtype=args.dtype, device=args.device)
-    data = parse_dataset(args.dataset, args.n_tokens, args.context_length)
+    data = parse_dataset(
+        args.dataset,
+        args.n_tokens,
+        args.context_length,
+        prefix=args.prompt_prefix or "",
+        suffix=args.prompt_suffix or "",
+    )
     return load_sources(mspec, dspec, data)
 
 
@@ -90,6 +106,8 @@ def cmd_compute(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         dtype=args.dtype,
         device=args.device,
+        ignore_positions=parse_positions(args.ignore_positions),
+        max_norm_ratio=args.max_norm_ratio,
     )
     memo = None if args.no_memo else Memo()
     t = time.perf_counter()

@@ -348,6 +348,29 @@ def _check_runs(
     return runs
 
 
+def parse_positions(spec: str | int | list[int] | None) -> list[int] | None:
+    """Positions to ignore: ``"0"``, ``"0,1,2"``, ``"0:4"`` (half-open), a list, or
+    ``None``/``""`` for none (what ``--ignore-positions`` and config files give)."""
+    if spec is None or isinstance(spec, list | int):
+        return RunConfig(ignore_positions=spec).ignore_positions
+    text = str(spec).strip()
+    if not text:
+        return None
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            if ":" in part:
+                lo, hi = part.split(":", 1)
+                out.extend(range(int(lo or 0), int(hi)))
+            elif part.strip():
+                out.append(int(part))
+    except ValueError:
+        raise ConfigError(
+            f"cannot read positions {text!r}: use e.g. '0' or '0,1,2' or '0:4'"
+        ) from None
+    return RunConfig(ignore_positions=out).ignore_positions
+
+
 def parse_features(
     spec: str | list[int] | range | None, n_features: int | None = None
 ) -> list[int] | None:

@@ -4,6 +4,7 @@ command line (compute and precompute), the app's links, the hosted allowlist and
 from __future__ import annotations
 
 import argparse
+import json
 
 import pytest
 
@@ -217,3 +218,38 @@ def test_a_bad_allowlist_string_is_an_operator_error(tmp_path):
         HostedConfig.from_dict({"dictionaries": ["nothing"]}, source="hosted.toml")
     with pytest.raises(HostedConfigError, match="no such file"):
         HostedConfig.from_dict({"datasets": [str(tmp_path / "gone.jsonl")]}, source="h")
+
+
+def test_cleaner_activation_options_reach_compute_and_precompute(monkeypatch, tmp_path):
+    """--prompt-prefix/--prompt-suffix go into the dataset spec, --ignore-positions and
+    --max-norm-ratio into the run config, from the command line and from a config file."""
+    from core.cli import build_parser
+    from core.config import ConfigError, parse_positions
+    from core.precompute.args import apply_config_file
+    from core.precompute.manifest import RunnerError
+
+    opts = ["--prompt-prefix", "<user>", "--prompt-suffix", "</user>"]
+    opts += ["--ignore-positions", "0,2:4", "--max-norm-ratio", "20"]
+    cli = _cli_specs(monkeypatch, opts)
+    want = parse_dataset("demo", prefix="<user>", suffix="</user>")
+    assert cli["dataset"] == want
+    ap, sub = build_parser()
+    pre = config_from_args(ap.parse_args(["precompute", "--output-dir", str(tmp_path), *opts]))
+    assert pre.dataset == want
+    assert pre.run.ignore_positions == [0, 2, 3] and pre.run.max_norm_ratio == 20.0
+    conf = tmp_path / "run.json"
+    conf.write_text(
+        json.dumps({"prompt_prefix": "A:", "ignore_positions": "1", "max_norm_ratio": 5})
+    )
+    args = apply_config_file(
+        ap, sub, ["precompute", "--output-dir", str(tmp_path), "--config", str(conf)]
+    )
+    pre = config_from_args(args)
+    assert pre.dataset.prefix == "A:" and pre.run.ignore_positions == [1]
+    assert pre.run.max_norm_ratio == 5.0
+    assert parse_positions("") is None and parse_positions([3, 1, 3]) == [1, 3]
+    with pytest.raises(ConfigError, match="cannot read positions 'x'"):
+        parse_positions("x")
+    bad = ["precompute", "--output-dir", str(tmp_path), "--ignore-positions", "-1"]
+    with pytest.raises(RunnerError, match="--ignore-positions: ignore_positions must be"):
+        config_from_args(ap.parse_args(bad))

@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from core.config import ConfigError, RunConfig
+from core.config import ConfigError, RunConfig, parse_positions
 from core.dictionaries.protocol import DictionaryRole
 from core.export.html import check_layout
 from core.precompute.config import (
@@ -206,7 +206,13 @@ def config_from_args(args: Any) -> PrecomputeConfig:
     if "dataset_spec" in extra:
         dsspec = DatasetSpec.from_dict(extra["dataset_spec"])
     else:
-        dsspec = parse_dataset(data, n_tokens, ctx)
+        dsspec = parse_dataset(
+            data,
+            n_tokens,
+            ctx,
+            prefix=getattr(args, "prompt_prefix", None) or "",
+            suffix=getattr(args, "prompt_suffix", None) or "",
+        )
 
     # --- engine settings --------------------------------------------------------------------------
     run_fields: dict[str, Any] = {"dtype": dtype, "device": device}
@@ -227,6 +233,13 @@ def config_from_args(args: Any) -> PrecomputeConfig:
             run_fields[name] = value
     if args.whole_sequence:
         run_fields["whole_sequence"] = True
+    if getattr(args, "max_norm_ratio", None) is not None:
+        run_fields["max_norm_ratio"] = args.max_norm_ratio
+    if getattr(args, "ignore_positions", None) is not None:
+        try:
+            run_fields["ignore_positions"] = parse_positions(args.ignore_positions)
+        except ConfigError as exc:
+            raise RunnerError(f"--ignore-positions: {exc}") from exc
     if args.memory_budget is not None:
         run_fields["memory_budget"] = parse_byte_size(args.memory_budget)
     run_fields.update(extra.get("run_config", {}))
