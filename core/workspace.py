@@ -505,6 +505,8 @@ def open_workspace(
     device: str = "auto",
     memo: Memo | None = None,
     config: RunConfig | None = None,
+    prefix: str = "",
+    suffix: str = "",
 ) -> Workspace:
     """A workspace from source strings, read as the command line and the app's links read
     them (:mod:`core.specs`), for notebooks::
@@ -514,11 +516,13 @@ def open_workspace(
         ws.feature(123).top_examples
 
     ``memo`` defaults to the app's memo, so features the app or a precompute of the same
-    sources already has come back without computing."""
+    sources already has come back without computing. ``prefix``/``suffix``: text put
+    around every document (a chat template); ``config=RunConfig(ignore_positions=[0],
+    max_norm_ratio=10)`` ignores tokens (see :class:`~core.config.RunConfig`)."""
     return Workspace.from_specs(
         parse_model(model, dtype=dtype, device=device),
         parse_dictionary(dictionary, clt_layer=clt_layer),
-        parse_dataset(dataset, n_tokens, context_length),
+        parse_dataset(dataset, n_tokens, context_length, prefix=prefix, suffix=suffix),
         memo=memo if memo is not None else Memo(),
         config=config,
     )

@@ -365,6 +365,20 @@ with tab_specs:
             ("fs_t_budget", "fs_t_ctx"),
             "Tokens swept for every feature: more tokens, better statistics, slower passes.",
         )
+        with st.expander("Advanced: text around every document"):
+            dataset["prefix"] = st.text_input(
+                "Prefix",
+                key="fs_t_prefix",
+                placeholder="e.g. <|im_start|>user\n",
+                help="Put before every document (a chat template's turn start); part of the "
+                "token set's identity.",
+            )
+            dataset["suffix"] = st.text_input(
+                "Suffix",
+                key="fs_t_suffix",
+                placeholder="e.g. <|im_end|>",
+                help="Put after every document, before the separator.",
+            )
     new = {"model": model, "dictionary": dictionary, "dataset": dataset}
     b = st.container(horizontal=True)
     if b.button("Load", type="primary", icon=":material/download:", key="fs_load_btn"):
