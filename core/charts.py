@@ -274,9 +274,12 @@ COLUMN_HELP = {
 }
 
 
-def table_html(table: Table, index_name: str, link: str | None = None) -> str:
-    """A ranked table; ``link`` (e.g. ``"?feature={}"``) makes indices links. Column
-    names are shown as :data:`COLUMN_TITLES` says, with :data:`COLUMN_HELP` on hover."""
+def table_html(
+    table: Table, index_name: str, link: str | None = None, names: dict[int, str] | None = None
+) -> str:
+    """A ranked table; ``link`` (e.g. ``"?feature={}"``) makes indices links, ``names``
+    (index -> label) are shown next to them, escaped. Column names are shown as
+    :data:`COLUMN_TITLES` says, with :data:`COLUMN_HELP` on hover."""
     if not table.indices:
         return '<div class="fs-meta">none</div>'
     cols = list(table.columns)
@@ -287,6 +290,8 @@ def table_html(table: Table, index_name: str, link: str | None = None) -> str:
     rows = []
     for j, idx in enumerate(table.indices):
         cell = f'<a href="{esc(link.format(idx))}" target="_self">{idx}</a>' if link else str(idx)
+        if names and idx in names:
+            cell += f' <span class="fs-label">{esc(names[idx])}</span>'
         vals = "".join(f"<td>{table.columns[c][j]:+.3f}</td>" for c in cols)
         rows.append(f"<tr><td>{cell}</td>{vals}</tr>")
     return f'<table class="fs-table"><tr>{head}</tr>{"".join(rows)}</table>'

@@ -15,6 +15,7 @@ import streamlit as st
 from core import charts
 from core.feature_source import FeatureSource
 from core.previews import feature_preview
+from pages import _knowledge as knowledge
 from pages import _links as links
 from pages import _workspaces as workspaces
 
@@ -90,10 +91,16 @@ def feature_table(
         rows = with_previews(ws, rows)
     df = pd.DataFrame(rows)
     df.insert(1, "open", [links.feature_href(ws, int(f)) for f in df["feature"]])
+    named = knowledge.labels(ws, {int(f) for f in df["feature"]})  # one batched read
+    if named:
+        df.insert(2, "label", [named.get(int(f), "") for f in df["feature"]])
     config: dict[str, Any] = {
         "feature": st.column_config.NumberColumn("feature", format="%d", width="small"),
         "open": st.column_config.LinkColumn(
             "link", display_text="open ↗", width="small", help="open in a new tab"
+        ),
+        "label": st.column_config.TextColumn(
+            "label", help="What people named the feature (edit it on the feature page)."
         ),
         **PREVIEW_COLUMNS,
         **(columns or {}),

@@ -16,8 +16,10 @@ from core.errors import FeaturescopeError
 from core.feature_source import FeatureSource
 from pages import _auth as auth
 from pages import _jobs as jobs
+from pages import _knowledge as knowledge
 from pages import _links as links
 from pages import _messages as messages
+from pages import _sequence as sequence
 from pages import _workspaces as workspaces
 
 #: features computed in the same pass as a requested one (one pass costs the same),
@@ -199,7 +201,10 @@ def render_component(name: str, fd: Any, ws: FeatureSource, layout: list[str]) -
     elif name == "correlated_features":
         _html(
             charts.table_html(
-                fd.correlated_features, "feature", link=links.feature_link_template(ws, layout)
+                fd.correlated_features,
+                "feature",
+                link=links.feature_link_template(ws, layout),
+                names=knowledge.labels(ws, fd.correlated_features.indices),
             )
         )
         partners = [j for j in fd.correlated_features.indices if j != fd.index][:3]
@@ -210,7 +215,7 @@ def render_component(name: str, fd: Any, ws: FeatureSource, layout: list[str]) -
             )
         similar_pills(ws, fd.index)
     elif name == "top_examples":
-        st.html(charts.examples_html(fd.top_examples, fd.max_act))
+        sequence.top_examples(fd)
     elif name == "intervals":
         if not fd.intervals:
             st.caption("no intervals")
@@ -239,7 +244,9 @@ def similar_pills(ws: FeatureSource, i: int, k: int = 8) -> None:
         return
     if not near:
         return
-    labels = {r["feature"]: f"{r['feature']} · {r['cosine']:.2f}" for r in near}
+    labels = knowledge.with_labels(
+        ws, {r["feature"]: f"{r['feature']} · {r['cosine']:.2f}" for r in near}
+    )
     st.pills(
         "Nearest by decoder cosine",
         list(labels),

@@ -13,9 +13,12 @@ from urllib.parse import urlencode
 import streamlit as st
 
 from core import charts, charts_dfa
+from pages import _annotate as annotate
 from pages import _export as export
+from pages import _knowledge as knowledge
 from pages import _links as links
 from pages import _messages as messages
+from pages import _sequence as sequence
 from pages import _state as state
 from pages import _ui as ui
 from pages import _workspaces as workspaces
@@ -118,6 +121,8 @@ if current >= n:
 head = st.container(horizontal=True, vertical_alignment="bottom", gap="small")
 with head:
     title = f"Feature {index}" if index is not None else "Feature"
+    if index is not None and (named := knowledge.labels(ws, [index]).get(index)):
+        title += f" · {messages.md(named)}"
     st.markdown(f"## {title}", width="content")
     st.button(
         "",
@@ -226,7 +231,12 @@ st.caption(
     f"{messages.md(str(desc.get('hook', '')))} · {n:,} features · {how}" + _loss_note(fd)
 )
 
+with st.container(border=True, key="fs_notes"):
+    annotate.panel(ws, index, fd)
+
 ui.render_dashboard(fd, ws, layout)
+if workspaces.is_live(ws) and ("top_examples" in layout or "intervals" in layout):
+    sequence.whole_sequence_panel(ws, fd)
 
 # --- direct feature attribution (dictionaries on an attention output) ----------------------------
 dfa_pairs = charts_dfa.dfa_pairs(fd) if "top_examples" in layout else []

@@ -17,6 +17,7 @@ import streamlit as st
 from core import feature_map as fm
 from core import map_chart
 from pages import _jobs as jobs
+from pages import _knowledge as knowledge
 from pages import _links as links
 from pages import _messages as messages
 from pages import _state as state
@@ -42,10 +43,9 @@ if dictionary is None:
 memo = getattr(ws, "memo", None)
 
 
-def _labels() -> dict[int, str] | None:
-    """Feature labels when the workspace knows some (``feature_labels()``), else ``None``."""
-    get = getattr(ws, "feature_labels", None)
-    return dict(get()) if callable(get) else None
+def _labels(shown: list[int]) -> dict[int, str] | None:
+    """The knowledge store's labels of the ``shown`` features (one batched read), or ``None``."""
+    return knowledge.labels(ws, shown) or None
 
 
 # --- controls (kept in the URL) ------------------------------------------------------------------
@@ -109,7 +109,7 @@ if fmap is None:  # UMAP, not computed yet
 summary = jobs.summary_if_ready(ws)
 keep = [find] if find is not None else []
 shown = fm.draw_indices(n, MAX_POINTS, keep)
-table = fm.map_table(fmap, shown, summary, _labels())
+table = fm.map_table(fmap, shown, summary, _labels([int(i) for i in shown]))
 options = map_chart.colour_options(table)
 colour = st.query_params.get("colour", "density" if "density" in options else "none")
 if colour not in options:

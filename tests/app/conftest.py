@@ -15,12 +15,14 @@ ARTIFACTS = ROOT / "tests" / "artifacts"
 
 @pytest.fixture(scope="package")
 def app_env(tmp_path_factory):
-    """Point the app at the test workspace and a temporary memo directory (for the tests
-    of this package only: the variables are restored afterwards)."""
+    """Point the app at the test workspace, a temporary memo directory and knowledge store
+    (for the tests of this package only: the variables are restored afterwards)."""
     cache = tmp_path_factory.mktemp("featurescope-cache")
     env = {
         "FEATURESCOPE_TEST_WORKSPACE": FACTORY,
         "FEATURESCOPE_CACHE_DIR": str(cache / "memo"),
+        "FEATURESCOPE_DB": str(cache / "knowledge.db"),  # never the project's cache/
+        "FEATURESCOPE_AUTHOR": "tester",
     }
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
