@@ -15,7 +15,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from core.config import RunConfig
-from core.engine.stats import MomentStats
+from core.engine.stats import MomentStats, SparseActs
 
 
 # --- feature-by-feature co-activation -------------------------------------------------------
@@ -55,6 +55,8 @@ class GramStats:
         self.block = block
         self.dtype = dtype
         self._staged: list[Tensor] = []
+        #: the sparse kernel's staged non-zeros: (token, column, value) per chunk
+        self._staged_nz: list[tuple[Tensor, Tensor, Tensor]] = []
 
     #: below this fraction of non-zero activations ``auto`` picks the sparse kernel
     SPARSE_DENSITY = 0.01
@@ -74,15 +76,36 @@ class GramStats:
     def reserve(self, n: int) -> None:
         """Get ready for a batch of ``n`` tokens."""
 
-    def stage(self, acts: Float[Tensor, "n c"], sl: slice) -> None:
-        """One feature chunk (columns ``sl``) of the current batch."""
-        self._staged.append(acts)
+    def stage(self, acts: Float[Tensor, "n c"], sl: slice, sp: SparseActs | None = None) -> None:
+        """One feature chunk (columns ``sl``) of the current batch; ``sp``: its non-zeros,
+        which the sparse kernel keeps instead of the dense chunk."""
+        if sp is not None and self.strategy == "sparse":
+            self.col_sum[sl] += acts.sum(0)
+            self.col_sumsq[sl] += (acts * acts).sum(0)
+            self._staged_nz.append((sp.token, sp.feature + sl.start, sp.value))
+        else:
+            self._staged.append(acts)
 
     def commit(self, n: int, n_valid: Tensor) -> None:
         """Close the batch: every chunk is staged."""
+        if self._staged_nz:
+            staged_nz, self._staged_nz = self._staged_nz, []
+            tok, col, val = (torch.cat(p) for p in zip(*staged_nz, strict=True))
+            self.n_tokens += n_valid
+            self._sparse_product(
+                self._coo(torch.stack([col, tok]), val, (self.cross.shape[0], n)),
+                self._coo(torch.stack([tok, col]), val, (n, self.cross.shape[1])),
+            )
+            return
         staged, self._staged = self._staged, []
         a = torch.cat(staged, 1) if len(staged) > 1 else staged[0]
         self.update(a, a, n_valid)
+
+    @staticmethod
+    def _coo(indices: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
+        """The coalesced COO tensor ``to_sparse`` makes of the dense matrix with these
+        non-zeros (same indices, same order, same values)."""
+        return torch.sparse_coo_tensor(indices, values, size, check_invariants=False).coalesce()
 
     def update(
         self, rows: Float[Tensor, "n r"], cols: Float[Tensor, "n c"], n_valid: Tensor
@@ -132,8 +155,10 @@ class GramStats:
                     self.cross[i:ie, j:je] += (qt[i:ie] @ q[:, j:je]).float()
 
     def _update_sparse(self, rows: Tensor, cols: Tensor) -> None:
-        r = rows.T.to_sparse()  # COO: torch.sparse.mm of two COO tensors stays sparse
-        c = cols.to_sparse()
+        # COO: torch.sparse.mm of two COO tensors stays sparse
+        self._sparse_product(rows.T.to_sparse(), cols.to_sparse())
+
+    def _sparse_product(self, r: Tensor, c: Tensor) -> None:
         with warnings.catch_warnings():
             # PyTorch's CPU kernel goes through a CSR tensor and says so on every run
             warnings.filterwarnings(
@@ -288,7 +313,7 @@ class BufferedInt8Gram(GramStats):
         if self.used + n > self.capacity:
             self.flush()
 
-    def stage(self, acts: Float[Tensor, "n c"], sl: slice) -> None:
+    def stage(self, acts: Float[Tensor, "n c"], sl: slice, sp: SparseActs | None = None) -> None:
         """Quantise one feature chunk of the current batch into the buffer."""
         if not self.sums_given:
             self.col_sum[sl] += acts.sum(0)

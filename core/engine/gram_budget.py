@@ -14,6 +14,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from core.engine.gram import cat_top_k, column_terms, pearson_top_k
+from core.engine.stats import SparseActs
 from core.errors import FeaturescopeError
 
 #: bytes a stored non-zero takes (an int32 feature index and a float32 value)
@@ -122,12 +123,13 @@ class SparseStoreGram:
     def nbytes(self) -> int:
         return self.nnz * ENTRY_BYTES + self.token_rows * 8
 
-    def stage(self, acts: Float[Tensor, "n c"], sl: slice) -> None:
-        """One chunk (columns ``sl``) of the current batch."""
+    def stage(self, acts: Float[Tensor, "n c"], sl: slice, sp: SparseActs | None = None) -> None:
+        """One chunk (columns ``sl``) of the current batch (``sp``: its non-zeros, when
+        already found)."""
         self.col_sum[sl] += acts.sum(0)
         self.col_sumsq[sl] += (acts * acts).sum(0)
-        tok, col = acts.nonzero(as_tuple=True)
-        self._staged.append((tok, col + sl.start, acts[tok, col]))
+        sp = sp if sp is not None else SparseActs(acts)
+        self._staged.append((sp.token, sp.feature + sl.start, sp.value))
 
     def commit(self, n: int, n_valid: Tensor) -> None:
         """Close a batch of ``n`` tokens: its entries, token by token."""

@@ -350,7 +350,7 @@ def run_sweep(
             moments.update(a, x32, sl, sp)
             top.update(a.view(b, length, -1), seq_ids, sl)
             if sparse is not None and not need_all_cols:
-                sparse.stage(a, sl)
+                sparse.stage(a, sl, sp)
             elif gram is not None:
                 req_blocks.append(a)
         if sparse is not None:
@@ -416,7 +416,7 @@ def run_sweep(
             icounts.update(sp, ibins, sl)
             sampler.update(a.view(b, length, -1), sp, ibins, seq_ids, sl)
             if staged is not None:
-                staged.stage(a, sl)
+                staged.stage(a, sl, sp)
         if staged is not None:
             staged.commit(n_tok, m.sum())
         report((len(batches) + bi + 1) / n_units, f"pass 2: batch {bi + 1}/{len(batches)}")

@@ -100,6 +100,27 @@ def test_sparse_and_dense_gram_agree():
     assert_sums_close(dense.finalize(), rows.T @ a, rows.T @ a, 200)
 
 
+def test_staged_non_zeros_give_the_same_sparse_gram():
+    """The sparse kernel fed each chunk's non-zeros (pass 2's kept activations) gives the
+    same co-activation sums, bit for bit, as fed the dense chunks (concatenated and made
+    sparse); the column sums are summed chunk by chunk (same terms, another order)."""
+    a = torch.relu(torch.randn(300, 40) - 2.0)
+    n, cpu = torch.tensor(300.0), torch.device("cpu")
+    chunks = [slice(0, 16), slice(16, 32), slice(32, 40)]
+    grams = [GramStats(40, 40, cpu, symmetric=True, strategy="sparse") for _ in range(2)]
+    for gram, with_nz in zip(grams, (False, True), strict=True):
+        for half in (a[:150], a[150:]):
+            for sl in chunks:
+                gram.stage(half[:, sl], sl, SparseActs(half[:, sl]) if with_nz else None)
+            gram.commit(150, n / 2)
+    via_dense, via_nz = grams
+    assert not via_dense._staged_nz and not via_nz._staged  # each went its own way
+    assert torch.equal(via_nz.finalize(), via_dense.finalize())
+    assert_sums_close(via_nz.col_sum, via_dense.col_sum, a.sum(0), 300)
+    assert_sums_close(via_nz.col_sumsq, via_dense.col_sumsq, (a * a).sum(0), 300)
+    assert_sums_close(via_nz.finalize(), a.T @ a, a.T @ a, 300)
+
+
 def test_hash_is_deterministic_and_spread():
     x = torch.arange(100_000)
     h = hash31(x)
