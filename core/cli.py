@@ -223,10 +223,12 @@ def _precompute_args(p: argparse.ArgumentParser) -> None:
 def cmd_precompute(args: argparse.Namespace) -> int:
     # imported here: the run needs torch, which --help and inspect must not load
     from core.precompute.args import config_from_args
-    from core.precompute.run import run_precompute
+    from core.precompute.distributed import launch
 
     cfg = config_from_args(args)
-    res = run_precompute(cfg)
+    res = launch(cfg)  # alone, or one rank under torchrun (only rank 0 reports)
+    if res is None:
+        return 0
     print(
         f"{res['features_done']} features rendered, {res['features_skipped']} skipped, "
         f"{res['chunks_run']}/{res['chunks_total']} chunks computed now "

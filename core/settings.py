@@ -125,6 +125,42 @@ def test_workspace_factory() -> str | None:
     return os.environ.get(TEST_WORKSPACE_ENV) or None
 
 
+DIST_TIMEOUT_ENV = "FEATURESCOPE_DIST_TIMEOUT"
+
+
+def distributed_env() -> tuple[int, int, int]:
+    """``(RANK, WORLD_SIZE, LOCAL_RANK)`` as torchrun sets them; ``(0, 1, 0)`` outside it."""
+    try:
+        rank, world, local = (int(os.environ.get(k, d)) for k, d in _DIST_VARS)
+    except ValueError as exc:
+        raise SettingsError(
+            f"RANK, WORLD_SIZE and LOCAL_RANK must be integers ({exc}): launch with torchrun"
+        ) from exc
+    if world < 1 or not 0 <= rank < world or local < 0:
+        raise SettingsError(
+            f"RANK={rank} WORLD_SIZE={world} LOCAL_RANK={local} do not fit together: "
+            "launch with torchrun --nproc-per-node N"
+        )
+    return rank, world, local
+
+
+_DIST_VARS = (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"))
+
+
+def distributed_timeout() -> float:
+    """Seconds a rank waits for the others (``$FEATURESCOPE_DIST_TIMEOUT``, default 1800)."""
+    text = os.environ.get(DIST_TIMEOUT_ENV, "1800")
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise SettingsError(
+            f"{DIST_TIMEOUT_ENV} must be a positive number of seconds, got {text!r}"
+        )
+    return value
+
+
 def torch_dtype(name: str) -> torch.dtype:
     """torch's dtype for a dtype name; ``KeyError`` for other names (callers say which
     setting was wrong)."""

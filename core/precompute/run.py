@@ -23,6 +23,7 @@ from core.charts import esc
 from core.config import ConfigError, parse_features
 from core.engine.activations import activation_store_for
 from core.engine.cached import source_key, stream_features, token_fingerprint
+from core.engine.distributed import current as current_shard
 from core.engine.sweep import EngineError, prepare_tokens, validate_features
 from core.export.html import save_html
 from core.export.neuronpedia import (
@@ -387,6 +388,7 @@ class PrecomputeRunner:
                 )
                 self._write_manifest(completed, done, skipped)
                 pending = [k for k in range(len(self.chunks)) if k not in completed]
+                pending = current_shard().share_pending(pending, len(self.chunks))  # torchrun
                 initial = sum(len(self.chunks[k]) for k in completed)
                 log_cfg = {"run_id": self.run_id, **self._manifest([], [], [])["config"]}
                 log_cfg["source"] = self.source_info

@@ -1,0 +1,219 @@
+"""``torchrun --nproc-per-node 2 -m core precompute`` (gloo on CPU) against one process.
+
+Files (HTML, Neuronpedia, manifest) are byte-identical. Memo entries agree exactly except
+float sums and what is computed from them (mean activation, neuron and feature
+correlations; see :mod:`core.engine.distributed`): the tokens are added in another order,
+so those agree within float32 summation bounds from ``tests/tolerance.py``. A rank killed
+mid-run stops the job; the same command resumes to the uninterrupted 2-rank output.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch.distributed as dist
+
+import core.sources as sources
+from core.cli import main
+from core.engine.distributed import Shard
+from core.engine.features import FeatureData
+from tests.export.tiny_setup import CONTEXT, N_FEATURES, N_PROMPTS, tiny_assets
+from tests.test_runner import _completed, _files, _memo_entries
+from tests.tolerance import gamma
+
+ROOT = Path(__file__).resolve().parent.parent
+TORCHRUN = Path(sys.executable).parent / "torchrun"
+
+pytestmark = pytest.mark.skipif(
+    not (TORCHRUN.exists() and dist.is_available() and dist.is_gloo_available()),
+    reason="needs torchrun and the gloo backend",
+)
+
+
+def args(assets, out: Path) -> list[str]:
+    return [
+        "precompute",
+        *assets.cli_sources(),
+        "--features", f"0:{N_FEATURES}",
+        "--features-at-a-time", "2",
+        "--min-density", "0.01",
+        "--np-set-name", "tiny-res",
+        "--threads", "1",
+        "--no-progress",
+        "--output-dir", str(out),
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def assets():
+    return tiny_assets()
+
+
+def _env(assets) -> dict[str, str]:
+    return {
+        **os.environ,
+        "FEATURESCOPE_DATA_DIR": str(assets.cache_dir),
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "FEATURESCOPE_DIST_TIMEOUT": "60",
+    }
+
+
+def _torchrun(assets, out: Path) -> list[str]:
+    return [
+        str(TORCHRUN),
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "core",
+        *args(assets, out),
+    ]
+
+
+@pytest.fixture(scope="module")
+def runs(assets, tmp_path_factory):
+    """One uninterrupted 1-process run (in this process) and one 2-rank run."""
+    root = tmp_path_factory.mktemp("dist")
+    sources.CACHE_ROOT, old = assets.cache_dir, sources.CACHE_ROOT
+    try:
+        assert main(args(assets, root / "one")) == 0
+    finally:
+        sources.CACHE_ROOT = old
+    two = subprocess.run(
+        _torchrun(assets, root / "two"),
+        cwd=ROOT,
+        env=_env(assets),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert two.returncode == 0, two.stderr[-4000:]
+    assert two.stdout.count("chunks computed now") == 1, two.stdout  # rank 0 reports alone
+    return root / "one", root / "two"
+
+
+# float32 sums over N_PROMPTS * CONTEXT tokens in two orders; a correlation is a ratio of a
+# handful of such sums (each within gamma(n) relatively), all of magnitude at most one
+TOL = 16 * gamma(N_PROMPTS * CONTEXT)
+
+
+def assert_close(got: Any, want: Any, where: str) -> None:
+    """Equal structures; floats within :data:`TOL` (relative, absolute below 1)."""
+    if isinstance(want, float) and isinstance(got, float):
+        if math.isnan(want):
+            assert math.isnan(got), where
+        else:
+            assert abs(got - want) <= TOL * max(1.0, abs(want)), (where, got, want)
+    elif isinstance(want, dict):
+        assert isinstance(got, dict) and sorted(got) == sorted(want), where
+        for k in want:
+            assert_close(got[k], want[k], f"{where}.{k}")
+    elif isinstance(want, list | tuple):
+        assert isinstance(got, list | tuple) and len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            assert_close(g, w, f"{where}[{i}]")
+    else:
+        assert got == want, (where, got, want)
+
+
+def test_two_ranks_equal_one(runs):
+    one, two = runs
+    files_one, files_two = _files(one), _files(two)
+    assert sorted(files_two) == sorted(files_one)
+    assert any(name.startswith("neuronpedia/batch-") for name in files_one)
+    for name, blob in files_one.items():
+        assert files_two[name] == blob, f"{name} differs between 1 and 2 ranks"
+    memo_one, memo_two = _memo_entries(one), _memo_entries(two)
+    assert sorted(memo_two) == sorted(memo_one) and len(memo_one) > N_FEATURES
+    exact = {"n_tokens", "n_active", "density", "max_act", "act_hist", "logit_hist"}
+    exact |= {"top_logits", "bottom_logits", "neuron_alignment", "top_examples", "intervals"}
+    exact |= {"decoder_norm", "extras"}
+    for key, blob in memo_one.items():
+        if key.startswith("chunk:"):  # the summary table, as JSON
+            assert_close(json.loads(memo_two[key]), json.loads(blob), key)
+            continue
+        want = FeatureData.from_bytes(blob).to_dict()
+        got = FeatureData.from_bytes(memo_two[key]).to_dict()
+        assert sorted(got) == sorted(want)
+        for field in sorted(exact & set(want)):
+            assert got[field] == want[field], (key, field)
+        assert_close(got, want, key)  # mean_act, correlated_neurons, correlated_features
+
+
+def _rank_pid(parent: int, rank: int) -> int | None:
+    """The pid of the torchrun worker of ``parent`` with ``RANK=rank``."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            env = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent and f"RANK={rank}".encode() in env:
+            return int(entry.name)
+    return None
+
+
+def test_killed_rank_stops_the_job_and_the_rerun_resumes(assets, runs, tmp_path):
+    out = tmp_path / "killed"
+    cmd, env = _torchrun(assets, out), _env(assets)
+    log = tmp_path / "first.log"
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 240
+        while _completed(out) < 1 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        victim = _rank_pid(proc.pid, 1)
+        assert victim is not None and proc.poll() is None, log.read_text()[-3000:]
+        os.kill(victim, signal.SIGKILL)
+        t = time.monotonic()
+        proc.wait(timeout=120)  # no hang: torchrun and the collectives' failure stop rank 0
+        stopped_in = time.monotonic() - t
+    text = log.read_text(errors="replace")
+    assert proc.returncode != 0, text[-3000:]
+    assert stopped_in < 90, stopped_in
+    assert "Signal 9 (SIGKILL)" in text or "lost contact with the other ranks" in text, text[-3000:]
+    done_at_kill = _completed(out)
+    n_chunks = N_FEATURES // 2
+    assert 1 <= done_at_kill < n_chunks, f"not interrupted mid-way ({done_at_kill}/{n_chunks})"
+
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"{n_chunks - done_at_kill}/{n_chunks} chunks computed now" in again.stdout
+    _, two = runs  # the same ranks sum in the same order: equal to the last bit
+    ref_files, got_files = _files(two), _files(out)
+    assert sorted(got_files) == sorted(ref_files)
+    for name, blob in ref_files.items():
+        assert got_files[name] == blob, f"{name} differs after kill + resume"
+    ref_memo, got_memo = _memo_entries(two), _memo_entries(out)
+    assert sorted(got_memo) == sorted(ref_memo)
+    for key, blob in ref_memo.items():
+        if key.startswith("chunk:"):
+            assert got_memo[key] == blob, key
+        else:
+            want = FeatureData.from_bytes(blob).to_dict()
+            assert FeatureData.from_bytes(got_memo[key]).to_dict() == want, key
+
+
+@pytest.mark.parametrize(
+    ("n_seq", "world"), [(10, 2), (7, 3), (2, 4), (1, 1)], ids=["even", "uneven", "empty", "one"]
+)
+def test_shards_cover_the_sequences_once_in_order(n_seq, world):
+    seen = []
+    for rank in range(world):
+        for sl in Shard(rank, world).batches(n_seq, 3):
+            assert sl.stop - sl.start <= 3
+            seen.extend(range(sl.start, sl.stop))
+    assert seen == list(range(n_seq))
