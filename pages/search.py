@@ -1,4 +1,5 @@
-"""Search page: find features by prompt, by token, by statistics or by similarity.
+"""Search page: find features by prompt, by token, by statistics, by similarity or by
+the words people and models wrote about them.
 
 Every result table opens a feature: click a row to open it here, or its link to open it
 in a new tab.
@@ -12,6 +13,7 @@ import streamlit as st
 from core import charts
 from pages import _export as export
 from pages import _jobs as jobs
+from pages import _knowledge as knowledge
 from pages import _links as links
 from pages import _messages as messages
 from pages import _results as results
@@ -29,9 +31,10 @@ MODES = {
     "token": "By token",
     "stats": "By statistics",
     "similar": "By similarity",
+    "words": "By words",
 }
 #: query parameters that hold a search (so a reload or a shared link runs it again)
-QUERY_PARAMS = ("q", "token", "of", "k")
+QUERY_PARAMS = ("q", "token", "of", "k", "words")
 
 
 def parse_mode(raw: str | None) -> tuple[str, str | None]:
@@ -69,6 +72,15 @@ def url_int(name: str, lo: int, hi: int, default: int, what: str = "a whole numb
         )
         return default
     return value
+
+
+def words_search(ws, words: str) -> list:
+    """Search hits of ``words`` among this dictionary's features (labels, notes,
+    explanations), best first."""
+    key = knowledge.dictionary_key(ws)
+    if key is None:
+        raise ValueError("this output has no dictionary fingerprint, so it has no notes")
+    return knowledge.store().search(words, key)
 
 
 def token_labels(tokens: list[str]) -> list[str]:
@@ -414,4 +426,29 @@ elif mode == "similar":
                     "(not of their activations).",
                 )
             },
+        )
+
+# ---- by words -----------------------------------------------------------------------------------
+elif mode == "words":
+    st.caption(
+        "Features whose label, notes or explanations contain these words (full-text search "
+        "of what people and models wrote), best match first."
+    )
+    if _from_url("words", "fs_words_url"):
+        st.session_state["fs_words"] = st.query_params.get("words")
+    with st.form("fs_words_form", border=False):
+        c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
+        words = c1.text_input("Words", key="fs_words", placeholder="e.g. docstring returns")
+        c2.form_submit_button("Search", type="primary", icon=":material/search:")
+    if words and words.strip():
+        st.query_params.update({"mode": "words", "words": words})
+        st.session_state["fs_words_url"] = (ident, words)
+        hits = []
+        with messages.shown_errors():
+            hits = words_search(ws, words)
+        results.feature_table(
+            ws,
+            [{"feature": h.feature, "matched in": h.matched, "score": h.score} for h in hits],
+            key="fs_words_table",
+            columns={"score": st.column_config.NumberColumn(format="%.3f")},
         )
