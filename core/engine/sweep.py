@@ -25,6 +25,7 @@ from torch import Tensor
 from core.config import NORM_REFERENCE_SEQUENCES, ConfigError, Progress, RunConfig
 from core.dictionaries.protocol import Dictionary, DictionaryError
 from core.engine.activations import ActivationStore
+from core.engine.distributed import current as current_shard
 from core.engine.features import SweepInfo
 from core.engine.gram import GramStats, gram_dtype, requested_gram
 from core.engine.gram_budget import SparseStoreGram, dense_gram_bytes, resolve_budget
@@ -230,6 +231,9 @@ def run_sweep(
     dtype = torch_dtype(config.dtype)
     tokens = prepare_tokens(tokens, config)
     n_seq, length = tokens.shape
+    shard = current_shard()  # under torchrun: this rank's sequences, merged accumulators
+    if shard.active:
+        activation_store = None  # a rank sees only its share of the activations
     feats_list = validate_features(config.features, dictionary.n_features)
     hook = config.hook or dictionary.hook_in
 
@@ -269,6 +273,12 @@ def run_sweep(
     n_cols = dictionary.n_features if need_all_cols else n_req
     budget = resolve_budget(config.memory_budget, device)
     if corr != "none" and dense_gram_bytes(n_req, n_cols) > budget:
+        if shard.active:
+            raise EngineError(
+                "feature correlations over the memory budget (stored sparse activations) are "
+                "not split across ranks yet: raise --memory-budget, use --correlation requested "
+                "or none, or run on one process"
+            )
         row_cols = feats if need_all_cols else None
         gram = sparse = SparseStoreGram(n_req, n_cols, device, budget, row_cols, valid.numel())
     elif need_all_cols:
@@ -284,7 +294,7 @@ def run_sweep(
     chunks = _chunks(n_req, config.feature_chunk_size)
     all_feats = torch.arange(dictionary.n_features, device=device)
     all_chunks = _chunks(dictionary.n_features, config.feature_chunk_size)
-    batches = _chunks(n_seq, config.batch_size)
+    batches = shard.batches(n_seq, config.batch_size)
 
     cache: list[Tensor] = []
     bytes_per_batch = config.batch_size * length * d_in * torch.finfo(dtype).bits // 8
@@ -363,6 +373,10 @@ def run_sweep(
             gram.update(rows, cols, n_valid)
             del rows, cols, req_blocks
         report((bi + 1) / n_units, f"pass 1: batch {bi + 1}/{len(batches)}")
+    if shard.active:  # the global maxima before pass 2 (core.engine.distributed)
+        nan_flag = shard.any(nan_flag)
+        moments, top = shard.merge(moments), shard.merge(top)
+        gram = shard.merge(gram) if gram is not None else None
     if bool(nan_flag):
         raise EngineError(
             f"the model produced NaN or infinite activations at {hook!r}: check the weights; "
@@ -421,6 +435,10 @@ def run_sweep(
             staged.commit(n_tok, m.sum())
         report((len(batches) + bi + 1) / n_units, f"pass 2: batch {bi + 1}/{len(batches)}")
     cache.clear()
+    if shard.active:
+        hist, icounts, sampler = shard.merge(hist), shard.merge(icounts), shard.merge(sampler)
+        gram = staged = shard.merge(staged) if staged is not None else gram
+        forward_passes = shard.total(forward_passes, device)
 
     report(1.0, "collecting the statistics")
     cols = finalize_columns(
