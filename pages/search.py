@@ -11,6 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from core import charts
+from pages import _corpus as corpus
 from pages import _export as export
 from pages import _jobs as jobs
 from pages import _knowledge as knowledge
@@ -32,6 +33,7 @@ MODES = {
     "stats": "By statistics",
     "similar": "By similarity",
     "words": "By words",
+    "corpus": "In the dataset",
 }
 #: query parameters that hold a search (so a reload or a shared link runs it again)
 QUERY_PARAMS = ("q", "token", "of", "k", "words")
@@ -452,3 +454,14 @@ elif mode == "words":
             key="fs_words_table",
             columns={"score": st.column_config.NumberColumn(format="%.3f")},
         )
+
+# ---- in the dataset ---------------------------------------------------------------------------------
+elif mode == "corpus":
+    st.caption(
+        "Find a string or a regular expression in the loaded token set; pick an occurrence "
+        "to see the features most active at its token."
+    )
+    if needs_model:
+        _no_model("in the dataset")
+        st.stop()
+    corpus.corpus_panel(ws, ident)
