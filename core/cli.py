@@ -330,7 +330,8 @@ def _explain_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--out",
         default=None,
-        help="JSON-lines file of explanations (default cache/explanations.jsonl)",
+        help="write explanations to this JSON-lines file instead of the knowledge store "
+        "(default: the store at FEATURESCOPE_DB, where the app shows them)",
     )
     g.add_argument(
         "--author",

@@ -18,7 +18,8 @@ from core.explain.backends import Backend, BackendError, LocalHF, OpenAICompatib
 from core.explain.batch import Failure, Settings, plan_batch, run_batch
 from core.explain.negatives import silent_windows
 from core.explain.prompts import PROMPT_VERSION
-from core.explain.sink import JsonlSink
+from core.explain.sink import ExplanationSink, JsonlSink
+from core.knowledge import open_store
 from core.settings import data_dir, knowledge_author
 
 
@@ -29,6 +30,18 @@ def default_out() -> Path:
 def failures_path(out: Path) -> Path:
     """Where failed requests are recorded: ``<out>.failures.jsonl`` next to ``out``."""
     return out.with_name(out.stem + ".failures.jsonl")
+
+
+def open_sink(out: str | Path | None) -> tuple[ExplanationSink, str, Path]:
+    """Where explanations go: the knowledge store (``FEATURESCOPE_DB``, the default, where
+    the app shows them), or the JSON-lines file ``out``; with what to call it, and the
+    file failed requests are recorded in."""
+    if out:
+        sink = JsonlSink(out)
+        return sink, str(sink.path), failures_path(sink.path)
+    store = open_store()
+    where = "the knowledge store " + store.engine.url.render_as_string(hide_password=True)
+    return store, where, failures_path(default_out())
 
 
 def make_backend(args: argparse.Namespace) -> Backend:
@@ -47,7 +60,7 @@ def run_explain(args: argparse.Namespace, ws) -> int:
     """Plan, print the plan, and (unless ``--dry-run``) run; 1 when a request failed."""
     features = parse_features(args.features, ws.n_features)
     features = list(range(ws.n_features)) if features is None else features
-    sink = JsonlSink(args.out or default_out())
+    sink, where, fail_log = open_sink(args.out)
     key = ws.dictionary.fingerprint()
     try:
         backend = make_backend(args)
@@ -83,10 +96,11 @@ def run_explain(args: argparse.Namespace, ws) -> int:
     failed = result.failed_features
     print(
         f"{len(result.explained)} explained, {len(result.failures)} failed requests "
-        f"({len(failed)} features) -> {sink.path}"
+        f"({len(failed)} features) -> {where}"
     )
     if result.failures:
-        log = failures_path(sink.path)
+        log = fail_log
+        log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("a", encoding="utf-8") as fh:
             for f in result.failures:
                 fh.write(json.dumps(dataclasses.asdict(f), ensure_ascii=False) + "\n")

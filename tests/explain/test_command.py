@@ -12,6 +12,7 @@ import core.cli as cli
 from core.config import RunConfig
 from core.explain.command import failures_path
 from core.explain.negatives import silent_windows
+from core.knowledge import open_store
 from tests.explain.fake_openai import FakeOpenAI
 from tests.tiny import make_workspace
 
@@ -109,3 +110,28 @@ def test_silent_windows_are_silent(tiny_ws):
                 if ws.model.token_strings(ws.tokens[r, s : s + 4]) == tokens
             ]
             assert places and any(bool((acts[r, s : s + 4, f] <= 0).all()) for r, s in places)
+
+
+def test_explanations_go_to_the_knowledge_store_by_default(sources, tmp_path, monkeypatch, capsys):
+    db = tmp_path / "knowledge.db"
+    monkeypatch.setenv("FEATURESCOPE_DB", str(db))
+    monkeypatch.setenv("FEATURESCOPE_DATA_DIR", str(tmp_path / "data"))
+    args = ["explain", "--features", "0:2", "--no-memo", "--no-progress", "--backend", "openai"]
+    with FakeOpenAI(answer) as server:
+        run = [*args, "--base-url", server.base_url, "--llm", "tiny-llm", "--author", "bot"]
+        assert cli.main(run) == 0
+        assert "-> the knowledge store sqlite:///" in capsys.readouterr().out
+        store = open_store(f"sqlite:///{db}")
+        key = sources.dictionary.fingerprint()
+        for f in (0, 1):
+            (got,) = store.explanations(key, f)
+            assert (got.text, got.explainer, got.created_by) == (
+                "Fires on some tokens.",
+                "openai:tiny-llm",
+                "bot",
+            )
+            assert "detection_f1" in got.scores
+        n = len(server.requests)
+        assert cli.main(run) == 0  # resumes from the store: nothing left to ask
+        assert len(server.requests) == n
+    assert not (tmp_path / "data" / "explanations.jsonl").exists()
