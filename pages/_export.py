@@ -16,6 +16,7 @@ from core import settings
 from core.export.html import render_features_html
 from core.feature_source import FeatureSource
 from pages import _auth as auth
+from pages import _knowledge as knowledge
 from pages import _sidebar as sidebar
 from pages import _workspaces as workspaces
 
@@ -61,6 +62,7 @@ def export_meta(ws: FeatureSource, index: int, params: dict[str, str]) -> dict[s
     """What the exported page says about the run (heading and key/value lines)."""
     meta = _run_meta(ws, f"Feature {index}")
     meta["app link"] = "feature?" + urlencode(params)
+    meta["labels"] = knowledge.labels(ws, [index])
     return meta
 
 
@@ -102,9 +104,9 @@ def export_cap() -> int:
 def export_many(ws: FeatureSource, indices: list[int]) -> str:
     """Several features as one standalone HTML page (computing those not cached yet)."""
     got = ws.features_for_export(list(indices))  # hosted: within the export limit
-    return render_features_html(
-        [got[i] for i in indices], _run_meta(ws, f"{len(indices)} features")
-    )
+    meta = _run_meta(ws, f"{len(indices)} features")
+    meta["labels"] = knowledge.labels(ws, indices)  # one batched read
+    return render_features_html([got[i] for i in indices], meta)
 
 
 def export_features_button(ws: FeatureSource, indices: list[int], key: str) -> None:

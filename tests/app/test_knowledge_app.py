@@ -4,6 +4,8 @@ delete and undo; the automatic label shown apart from the label."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from core.knowledge.access import shared_store
@@ -112,3 +114,17 @@ def test_hosted_writer_labels_and_a_reader_only_reads(tmp_path_factory, monkeypa
     assert "Feature 7 · hosted label" in texts(at.markdown)
     assert "Read only" in texts(at.caption)
     assert not [b for b in at.button if b.label in ("Save", "Delete notes")]
+
+
+def test_exported_html_shows_labels_as_text(tiny_ws):
+    from pages import _export as export
+
+    key = tiny_ws.dictionary_key()
+    evil = "<script>alert('pwned')</script> & co"
+    shared_store().annotate(key, 9, label=evil, author="tester")
+    page = export.export_many(tiny_ws, [9, 10])
+    assert "<script>alert('pwned')" not in page  # only as escaped JSON text
+    data = json.loads(page.split('id="fs-data">', 1)[1].split("</script>")[0])
+    assert data["labels"] == {"9": evil}
+    one = export.export_page(tiny_ws, tiny_ws.feature(9), ["summary"], {"feature": "9"})
+    assert "<script>alert('pwned')" not in one and "\\u003cscript" in one
