@@ -27,6 +27,7 @@ from urllib.parse import urlencode
 import streamlit as st
 
 from core.charts import COMPONENTS
+from core.config import RunConfig
 from core.feature_source import FeatureSource
 from core.hosted import check_device
 from core.settings import test_workspace_factory
@@ -63,7 +64,30 @@ def canonical(sources: dict[str, Any]) -> dict[str, Any]:
         return {"factory": str(sources["factory"])}
     if "precomputed" in sources:
         return {"precomputed": str(sources["precomputed"])}
-    return {p: SPEC_CLASSES[p].from_dict(dict(sources.get(p) or {})).to_dict() for p in PARTS}
+    out = {p: SPEC_CLASSES[p].from_dict(dict(sources.get(p) or {})).to_dict() for p in PARTS}
+    run = run_options(sources.get("run"))
+    if run:
+        out["run"] = run
+    return out
+
+
+#: result options of the sweep a user may set with the sources (the rest keep their defaults)
+RUN_OPTIONS = ("n_top_examples",)
+
+
+def run_options(run: Any) -> dict[str, Any]:
+    """The sources' sweep options that differ from the defaults (``SourceError`` naming
+    an unknown or invalid one)."""
+    if not run:
+        return {}
+    if not isinstance(run, dict) or set(run) - set(RUN_OPTIONS):
+        raise SourceError(f"sweep options must be among {', '.join(RUN_OPTIONS)}, got {run!r}")
+    try:
+        cfg = RunConfig(**run)
+    except ValueError as exc:
+        raise SourceError(f"{exc}: change it in the Sources page's options") from exc
+    default = RunConfig()
+    return {k: getattr(cfg, k) for k in RUN_OPTIONS if getattr(cfg, k) != getattr(default, k)}
 
 
 def _whole(params: Mapping[str, str], name: str, default: int) -> int:
@@ -130,6 +154,8 @@ def encode_sources(sources: dict[str, Any]) -> str | None:
             diff = {k: v for k, v in sources[part].items() if default.get(k) != v}
             if diff:
                 minimal[part[:2]] = diff
+        if sources.get("run"):
+            minimal["ru"] = sources["run"]
         if not minimal:
             return "demo"
     raw = json.dumps(minimal, separators=(",", ":"), sort_keys=True).encode()
@@ -172,6 +198,7 @@ def decode_sources(text: str) -> dict[str, Any]:
     if "p" in minimal:
         return {"precomputed": str(minimal["p"])}
     full = {p: minimal.get(p[:2], {}) for p in PARTS}
+    full["run"] = minimal.get("ru", {})
     if not all(isinstance(v, dict) for v in full.values()):
         raise ValueError(_DAMAGED)
     return canonical(full)

@@ -22,6 +22,7 @@ from typing import Any
 
 import streamlit as st
 
+from core.config import RunConfig
 from core.feature_source import FeatureSource
 from core.hosted import check_device
 from core.memo import Memo
@@ -76,6 +77,7 @@ def _build(key: str) -> Any:
         DictionarySpec.from_dict(src["dictionary"]),
         DatasetSpec.from_dict(src["dataset"]),
         memo=shared_memo(),
+        config=RunConfig(**src.get("run", {})),
     )
 
 

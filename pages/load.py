@@ -380,6 +380,19 @@ with tab_specs:
                 help="Put after every document, before the separator.",
             )
     new = {"model": model, "dictionary": dictionary, "dataset": dataset}
+    with st.expander("Advanced: examples per feature"):
+        n_top = st.number_input(
+            "Top examples per feature",
+            1,
+            1000,
+            value=int(src.get("run", {}).get("n_top_examples", 20)),
+            key="fs_run_top",
+            help="How many top-activating examples (one per sequence) each feature keeps; "
+            "the Feature page shows 20 at a time. Part of the results' identity: other "
+            "features computed with another number are computed again.",
+        )
+    if int(n_top) != 20:
+        new["run"] = {"n_top_examples": int(n_top)}
     b = st.container(horizontal=True)
     if b.button("Load", type="primary", icon=":material/download:", key="fs_load_btn"):
         _try_load(new)

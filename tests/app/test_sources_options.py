@@ -1,0 +1,57 @@
+"""The Sources page's sweep option (top examples per feature): kept with the sources, in
+links, and in the loaded workspace's config."""
+
+from __future__ import annotations
+
+import pytest
+import sae_lens as sl
+
+from core.source_guard import SourceError
+from pages import _links as links
+from pages import _workspaces as workspaces
+from tests.app.conftest import run_app, texts
+from tests.app.fixtures import WORDS, make_tokenizer
+from tests.tiny import save_hf_model
+
+
+def test_run_options_round_trip_in_links():
+    src = links.canonical({**links.DEMO_SOURCES, "run": {"n_top_examples": 50}})
+    assert src["run"] == {"n_top_examples": 50}
+    assert links.decode_sources(links.encode_sources(src)) == src
+    plain = links.canonical({**links.DEMO_SOURCES, "run": {"n_top_examples": 20}})
+    assert "run" not in plain and links.encode_sources(plain) == "demo"  # the default
+    with pytest.raises(SourceError, match="n_top_examples must be a positive integer"):
+        links.canonical({**links.DEMO_SOURCES, "run": {"n_top_examples": 0}})
+    with pytest.raises(SourceError, match="must be among n_top_examples"):
+        links.canonical({**links.DEMO_SOURCES, "run": {"batch_size": 4}})
+
+
+def test_sources_page_sets_top_examples(tmp_path, tiny_ws):
+    save_hf_model(tmp_path / "tiny-gpt2", make_tokenizer(), special_ids=False)
+    sae = sl.StandardSAE(sl.StandardSAEConfig(d_in=32, d_sae=24))
+    sae.cfg.metadata.hook_name = "blocks.1.hook_resid_pre"
+    sae.save_model(str(tmp_path / "sae"))
+    (tmp_path / "text.txt").write_text(" ".join(WORDS * 40))
+
+    at = run_app()
+    at.radio(key="fs_m_kind").set_value("local").run()
+    at.text_input(key="fs_m_path").input(str(tmp_path / "tiny-gpt2")).run()
+    at.radio(key="fs_d_kind").set_value("saelens_local").run()
+    at.text_input(key="fs_d_path").input(str(tmp_path / "sae")).run()
+    at.radio(key="fs_t_kind").set_value("local").run()
+    at.text_input(key="fs_t_path_local").input(str(tmp_path / "text.txt")).run()
+    at.number_input(key="fs_t_budget").set_value(512).run()
+    at.number_input(key="fs_t_ctx").set_value(32).run()
+    at.number_input(key="fs_run_top").set_value(30).run()
+    at.button(key="fs_load_btn").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, texts(at.error)
+    src = at.session_state[links.SOURCES_KEY]
+    assert src["run"] == {"n_top_examples": 30}
+    assert workspaces.open_workspace(src).config.n_top_examples == 30
+    # a local text file is one stream of documents: a row's neighbours are its document
+    ws = workspaces.open_workspace(src)
+    doc = ws.document_rows(1)
+    assert doc["before"] == [0] and doc["after"] == [2, 3, 4, 5]  # DOCUMENT_ROWS
+    texts_, starts = ws.decoded_rows()
+    assert doc["before_text"] == texts_[0][starts[0][1] :]
