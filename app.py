@@ -2,8 +2,9 @@
 
 Run with ``streamlit run app.py``. Pages (``pages/``): Sources (what is loaded,
 precomputing), Search (by prompt, token, statistics, similarity), Feature (the
-dashboard of one feature), Map (every feature on a 2-D map) and Compare (2-4 features
-side by side). The sidebar always names the loaded model, dictionary,
+dashboard of one feature), Map (every feature on a 2-D map), Compare (2-4 features
+side by side) and Lists (named lists of features, ``?list=<slug>``). The sidebar
+always names the loaded model, dictionary,
 dataset and device.
 
 A link such as ``/?feature=12&ws=<id>&src=<sources>`` opens the Feature page directly,
@@ -16,6 +17,7 @@ import streamlit as st
 
 from core.queue import COMPUTE_QUEUE
 from pages import _auth as auth
+from pages import _knowledge as knowledge
 from pages import _links as links
 from pages import _sidebar as sidebar
 from pages import _state as state
@@ -81,7 +83,12 @@ map_page = st.Page(links.MAP_PAGE, title="Map", icon=":material/scatter_plot:", 
 compare_page = st.Page(
     links.COMPARE_PAGE, title="Compare", icon=":material/compare_arrows:", url_path="compare"
 )
-page = st.navigation([load_page, search_page, feature_page, map_page, compare_page, load_alias])
+lists_page = st.Page(
+    knowledge.LISTS_PAGE, title="Lists", icon=":material/format_list_bulleted:", url_path="lists"
+)
+page = st.navigation(
+    [load_page, search_page, feature_page, map_page, compare_page, lists_page, load_alias]
+)
 links.init_session()  # after the navigation, so the page list shows at once
 if links.link_confirmation():  # a link names sources not loaded here: ask first
     st.stop()

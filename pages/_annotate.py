@@ -18,6 +18,7 @@ from core.feature_source import FeatureSource
 from core.knowledge.access import Editor
 from pages import _knowledge as knowledge
 from pages import _messages as messages
+from pages import _sidebar as sidebar
 
 
 def _save(ed: Editor, key: str, index: int, widget: str) -> None:
@@ -123,7 +124,33 @@ def panel(ws: FeatureSource, index: int, fd: Any) -> None:
                     f"v{entry.version} · {entry.at:%Y-%m-%d %H:%M} · "
                     f"{messages.md(entry.author)} · {entry.action}: {messages.md(_change(entry))}"
                 )
+    if ed.can_write:
+        add_to_list(ws, ed, key, index)
     explanations(store.explanations(key, index))
+
+
+def _add(ed: Editor, key: str, index: int, name: str) -> None:
+    slug = st.session_state.get("fs_add_list")
+    note = st.session_state.get("fs_add_list_note", "")
+    with messages.shown_errors():
+        ed.describe_dictionary(key, name)
+        ed.add_to_list(slug, key, index, note=note)
+        st.session_state["fs_add_list_note"] = ""
+        st.toast(f"Feature {index} added to the list.", icon=":material/playlist_add_check:")
+
+
+def add_to_list(ws: FeatureSource, ed: Editor, key: str, index: int) -> None:
+    """ "Add to list": pick a list, an optional note, add (again: updates the note)."""
+    lists = {v.slug: v.name for v in ed.store.lists()}
+    with st.popover("Add to list", icon=":material/playlist_add:"):
+        if not lists:
+            st.caption("No lists yet: create one on the Lists page.")
+        else:
+            st.selectbox("List", list(lists), format_func=lists.__getitem__, key="fs_add_list")
+            st.text_input("Note", key="fs_add_list_note")
+            name = dict(sidebar.describe_lines(ws)).get("Dictionary", "")
+            st.button("Add", key="fs_add_list_go", on_click=_add, args=(ed, key, index, name))
+        st.page_link(knowledge.LISTS_PAGE, label="Lists", icon=":material/format_list_bulleted:")
 
 
 def explanations(items: list[Any]) -> None:

@@ -20,6 +20,7 @@ from core.knowledge.access import editor as make_editor
 from pages import _auth as auth
 
 log = logging.getLogger("featurescope.app")
+LISTS_PAGE = "pages/lists.py"
 
 
 def store() -> KnowledgeStore:

@@ -107,6 +107,10 @@ class Editor:
         self.check()
         return self.store.add_to_list(slug, dictionary_key, feature, note=note)
 
+    def describe_dictionary(self, dictionary_key: str, name: str, spec: str = "") -> None:
+        self.check()
+        self.store.describe_dictionary(dictionary_key, name, spec)
+
     def remove_from_list(self, slug: str, dictionary_key: str, feature: int) -> ListView:
         self.check()
         return self.store.remove_from_list(slug, dictionary_key, feature)
