@@ -13,6 +13,7 @@ from urllib.parse import urlencode
 import streamlit as st
 
 from core import settings
+from core.engine.features import Example
 from core.export.html import render_features_html
 from core.feature_source import FeatureSource
 from pages import _auth as auth
@@ -77,7 +78,27 @@ def _run_meta(ws: FeatureSource, title: str) -> dict[str, Any]:
 
 def export_page(ws: FeatureSource, fd: Any, layout: list[str], params: dict[str, str]) -> str:
     """This dashboard as one standalone HTML page (``core.export.html``), in ``layout``."""
-    return render_features_html([fd], export_meta(ws, fd.index, params), layout=layout)
+    return render_features_html(
+        [fd], export_meta(ws, fd.index, params), layout=layout, whole={fd.index: whole_rows(ws, fd)}
+    )
+
+
+#: top examples whose whole rows go into a feature's HTML download
+WHOLE_ROWS = 3
+
+
+def whole_rows(ws: FeatureSource, fd: Any) -> list[Example]:
+    """Whole rows of the first :data:`WHOLE_ROWS` top examples (live workspaces only: a
+    precomputed output has no model to compute them)."""
+    if not workspaces.is_live(ws) or not hasattr(ws, "sequence_activations"):
+        return []
+    out = []
+    for ex in fd.top_examples[:WHOLE_ROWS]:
+        got = ws.sequence_activations(fd.index, ex.seq)
+        out.append(
+            Example(ex.seq, ex.pos, ex.value, 0, got["token_ids"], got["tokens"], got["acts"])
+        )
+    return out
 
 
 def export_button(ws: FeatureSource, fd: Any, layout: list[str], params: dict[str, str]) -> None:

@@ -36,7 +36,7 @@ import hashlib
 import importlib.resources
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -213,8 +213,14 @@ def _short_json(v: Any, limit: int = 400) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def feature_record(fd: FeatureData, toks: _Tokens, layout: Sequence[str]) -> dict[str, Any]:
-    """The compact JSON record the page's script renders one feature from."""
+def feature_record(
+    fd: FeatureData,
+    toks: _Tokens,
+    layout: Sequence[str],
+    whole: Sequence[Example] = (),
+) -> dict[str, Any]:
+    """The compact JSON record the page's script renders one feature from; ``whole``: whole
+    rows of some top examples, shown after them (escaped HTML)."""
     rec: dict[str, Any] = {"i": fd.index, "mx": _num(fd.max_act, 6)}
     frag: dict[str, str] = {}
     if "summary" in layout:
@@ -247,6 +253,8 @@ def feature_record(fd: FeatureData, toks: _Tokens, layout: Sequence[str]) -> dic
         dfa = charts_dfa.dfa_examples_html(fd)  # attention-output dictionaries only
         if dfa:
             frag["dfa"] = dfa
+        if whole:
+            frag["whole"] = whole_rows_html(whole, fd.max_act)
     if "intervals" in layout:
         groups = []
         for g in reversed(fd.intervals):
@@ -259,6 +267,16 @@ def feature_record(fd: FeatureData, toks: _Tokens, layout: Sequence[str]) -> dic
             )
         rec["iv"] = groups
     return rec
+
+
+def whole_rows_html(rows: Sequence[Example], max_act: float) -> str:
+    """Whole rows of top examples (the feature on every token), each folded."""
+    parts = [
+        f"<details><summary>Whole sequence of row {r.seq} (top {k + 1})</summary>"
+        f"{charts.example_html(r, max(max_act, max(r.acts, default=0.0)))}</details>"
+        for k, r in enumerate(rows)
+    ]
+    return f'<div class="fs-whole">{"".join(parts)}</div>'
 
 
 _FAST_TITLE: list[bool] = []
@@ -348,6 +366,7 @@ def render_features_html(
     *,
     start: int | None = None,
     js: JsMode = "gzip",
+    whole: Mapping[int, Sequence[Example]] | None = None,
 ) -> str:
     """One self-contained HTML page with the dashboards of ``features``.
 
@@ -364,6 +383,8 @@ def render_features_html(
         js: ``"gzip"`` (default) inlines the chart library compressed (about 0.4 MB,
             unpacked by the browser's ``DecompressionStream``: Chrome 80+, Firefox 113+,
             Safari 16.4+); ``"plain"`` inlines it as is (about 0.9 MB, any browser).
+        whole: whole rows of some top examples per feature index (the Feature page's
+            download exports its top 3), shown folded under the top examples.
 
     Returns:
         The page as a string. It loads nothing from the network.
@@ -385,7 +406,8 @@ def render_features_html(
     comps = check_layout(layout)
     labels = _labels(meta)
     toks = _Tokens()
-    records = [feature_record(fd, toks, comps) for fd in feats]
+    rows = whole or {}
+    records = [feature_record(fd, toks, comps, rows.get(fd.index, ())) for fd in feats]
     data = {
         "features": records,
         "tokens": toks.table,

@@ -71,3 +71,20 @@ def test_whole_sequence_of_an_example(tiny_ws):
     page = html_text(at)
     for p, act in enumerate(got["acts"]):
         assert f'data-act="{act:.4f}" data-pos="{p}"' in page
+
+
+def test_html_download_holds_whole_rows_of_the_top_3(tiny_ws):
+    from core.charts import COMPONENTS
+    from core.export.html import _Tokens, feature_record
+    from pages import _export as export
+
+    fd = tiny_ws.feature(5)
+    rows = export.whole_rows(tiny_ws, fd)
+    assert [r.seq for r in rows] == [e.seq for e in fd.top_examples[:3]]
+    frag = feature_record(fd, _Tokens(), list(COMPONENTS), rows)["html"]["whole"]
+    for r in rows:
+        assert f"Whole sequence of row {r.seq}" in frag
+        assert all(f'data-pos="{p}"' in frag for p in range(len(r.tokens)))
+        assert r.acts == tiny_ws.sequence_activations(5, r.seq)["acts"]
+    page = export.export_page(tiny_ws, fd, list(COMPONENTS), {"feature": "5"})
+    assert f"Whole sequence of row {rows[2].seq} (top 3)" in page

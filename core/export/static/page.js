@@ -113,6 +113,11 @@
           dfa.innerHTML = f.html.dfa;
           box.appendChild(dfa);
         }
+        if (f.html.whole) {  // whole rows of the first top examples, escaped in Python
+          var whole = el("div");
+          whole.innerHTML = f.html.whole;
+          box.appendChild(whole);
+        }
       }
       else if (key === "intervals") {
         if (!f.iv || !f.iv.length) box.appendChild(el("div", "fs-meta", "no intervals"));
