@@ -15,6 +15,8 @@ as done only once written, so the same command resumes.
 from __future__ import annotations
 
 import dataclasses
+import signal
+import sys
 from datetime import timedelta
 from typing import Any
 
@@ -50,6 +52,20 @@ def follow(cfg: PrecomputeConfig, shard: Shard) -> None:
         run_sweep(src.model, src.dictionary, runner.tokens, sub, dataset=src.dataset)
 
 
+def _on_sigterm(rank: int, world: int):
+    def stop(signum: int, frame: object) -> None:
+        print(
+            f"error: rank {rank} of {world} was stopped (torchrun stops every rank when one "
+            "fails; its report names the rank that failed first). Finished chunks are kept: "
+            "run the same command again to resume",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise SystemExit(128 + signum)
+
+    return stop
+
+
 def launch(cfg: PrecomputeConfig) -> dict[str, Any] | None:
     """Run ``cfg``: in this process alone, or as one rank of a torchrun job. Returns the
     run's summary on rank 0 (and alone), ``None`` on the other ranks."""
@@ -67,6 +83,7 @@ def launch(cfg: PrecomputeConfig) -> dict[str, Any] | None:
     timeout = timedelta(seconds=distributed_timeout())
     dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout)
     shard = Shard(rank, world)
+    signal.signal(signal.SIGTERM, _on_sigterm(rank, world))
     try:
         if rank == 0:
             return run_precompute(cfg)
