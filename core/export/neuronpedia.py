@@ -41,6 +41,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -104,9 +105,6 @@ def _r(v: float) -> float:
     return r + 0.0  # turns -0.0 into 0.0
 
 
-#: lists at least this long are rounded by :func:`round_values` (numpy); shorter ones by
-#: ``round`` value by value (cheaper than numpy's per-call cost for a handful of values)
-VECTOR_MIN = 64
 _SCALE = 10.0**DECIMALS
 
 
@@ -131,33 +129,33 @@ def round_values(arr: np.ndarray) -> np.ndarray:
     return out
 
 
+def _round_parts(parts: list[Sequence[float] | np.ndarray]) -> list[list[float]]:
+    """:func:`_r` of every value of every part, in one vectorised call (one finiteness
+    check for all of them); the same floats as rounding each value by itself."""
+    lens = [len(p) for p in parts]
+    flat = np.fromiter(chain.from_iterable(parts), dtype=np.float64, count=sum(lens))
+    if not bool(np.isfinite(flat).all()):
+        bad = float(flat[~np.isfinite(flat)][0])
+        raise ExportError(f"non-finite value {bad!r} cannot go into a Neuronpedia file")
+    values = round_values(flat).tolist()
+    out, at = [], 0
+    for n in lens:
+        out.append(values[at : at + n])
+        at += n
+    return out
+
+
 def _rl(values: Sequence[float] | np.ndarray) -> list[float]:
     """:func:`_r` of every value (the same floats, one finiteness check for the list)."""
-    arr = np.asarray(values, dtype=np.float64)
-    if arr.size and not bool(np.isfinite(arr).all()):
-        bad = float(arr[~np.isfinite(arr)][0])
-        raise ExportError(f"non-finite value {bad!r} cannot go into a Neuronpedia file")
-    if arr.size >= VECTOR_MIN:
-        return round_values(arr.reshape(-1)).tolist()
-    return [round(v, DECIMALS) + 0.0 for v in arr.tolist()]
+    return _round_parts([values])[0]
 
 
 def _centres(h: Histogram) -> tuple[list[float], list[int]]:
+    """Bin centres (not rounded) and counts of a histogram."""
     if not h.counts or len(h.edges) != len(h.counts) + 1:
         return [], []
     centres = [(a + b) / 2 for a, b in zip(h.edges[:-1], h.edges[1:], strict=True)]
-    return _rl(centres), [int(c) for c in h.counts]
-
-
-def _activation(ex: Example, bin_min: float, bin_max: float, bin_contains: float) -> dict:
-    return {
-        "bin_min": _r(bin_min),
-        "bin_max": _r(bin_max),
-        "bin_contains": _r(bin_contains),
-        "tokens": list(ex.tokens),
-        "values": _rl(ex.acts),
-        "qualifying_token_index": ex.qualifying_index + QUALIFYING_INDEX_OFFSET,
-    }
+    return centres, [int(c) for c in h.counts]
 
 
 def head_distribution(direction: Sequence[float], n_heads: int) -> list[float]:
@@ -179,42 +177,74 @@ def head_distribution(direction: Sequence[float], n_heads: int) -> list[float]:
 def feature_to_neuronpedia(
     fd: FeatureData,
     meta: NeuronpediaMeta,
-    vector: Sequence[float] | None = None,
+    vector: Sequence[float] | np.ndarray | None = None,
     decoder_weights_dist: Sequence[float] | None = None,
 ) -> dict[str, Any]:
-    """One feature in the Neuronpedia batch layout (see the module docstring)."""
-    acts: list[dict[str, Any]] = [_activation(ex, -1, fd.max_act, -1) for ex in fd.top_examples]
-    for g in reversed(fd.intervals):
-        acts.extend(_activation(ex, g.lo, g.hi, g.share) for ex in g.examples)
+    """One feature in the Neuronpedia batch layout (see the module docstring).
+
+    Every float of the feature is rounded in one call (:func:`_round_parts`)."""
+    shown: list[tuple[Example, float, float, float]] = [
+        (ex, -1, fd.max_act, -1) for ex in fd.top_examples
+    ]
+    shown += [(ex, g.lo, g.hi, g.share) for g in reversed(fd.intervals) for ex in g.examples]
     fv, fh = _centres(fd.act_hist)
     lv, lh = _centres(fd.logit_hist)
     na, cn, cf = fd.neuron_alignment, fd.correlated_neurons, fd.correlated_features
+    parts: list[Sequence[float] | np.ndarray] = [
+        na.columns.get("value", []),
+        na.columns.get("l1_share", []),
+        cn.columns.get("cosine", []),
+        cn.columns.get("pearson", []),
+        cf.columns.get("cosine", []),
+        cf.columns.get("pearson", []),
+        fd.bottom_logits.values,
+        fd.top_logits.values,
+        [fd.density],
+        fv,
+        lv,
+        decoder_weights_dist if decoder_weights_dist is not None else [],
+        vector if vector is not None else [],
+    ]
+    for ex, lo, hi, share in shown:
+        parts += [(lo, hi, share), ex.acts]
+    r = _round_parts(parts)
+    acts = [
+        {
+            "bin_min": r[13 + 2 * i][0],
+            "bin_max": r[13 + 2 * i][1],
+            "bin_contains": r[13 + 2 * i][2],
+            "tokens": list(ex.tokens),
+            "values": r[14 + 2 * i],
+            "qualifying_token_index": ex.qualifying_index + QUALIFYING_INDEX_OFFSET,
+        }
+        for i, (ex, *_) in enumerate(shown)
+    ]
     return {
         "feature_index": int(fd.index),
         "neuron_alignment_indices": [int(i) for i in na.indices],
-        "neuron_alignment_values": _rl(na.columns.get("value", [])),
-        "neuron_alignment_l1": _rl(na.columns.get("l1_share", [])),
+        "neuron_alignment_values": r[0],
+        "neuron_alignment_l1": r[1],
         "correlated_neurons_indices": [int(i) for i in cn.indices],
-        "correlated_neurons_l1": _rl(cn.columns.get("cosine", [])),
-        "correlated_neurons_pearson": _rl(cn.columns.get("pearson", [])),
+        "correlated_neurons_l1": r[2],
+        "correlated_neurons_pearson": r[3],
         "correlated_features_indices": [int(i) for i in cf.indices],
-        "correlated_features_l1": _rl(cf.columns.get("cosine", [])),
-        "correlated_features_pearson": _rl(cf.columns.get("pearson", [])),
+        "correlated_features_l1": r[4],
+        "correlated_features_pearson": r[5],
         "neg_str": list(fd.bottom_logits.tokens),
-        "neg_values": _rl(fd.bottom_logits.values),
+        "neg_values": r[6],
         "pos_str": list(fd.top_logits.tokens),
-        "pos_values": _rl(fd.top_logits.values),
-        "frac_nonzero": _r(fd.density),
-        "freq_hist_data_bar_values": fv,
+        "pos_values": r[7],
+        "frac_nonzero": r[8][0],
+        "freq_hist_data_bar_values": r[9],
         "freq_hist_data_bar_heights": fh,
         "logits_hist_data_bar_heights": lh,
-        "logits_hist_data_bar_values": lv,
+        "logits_hist_data_bar_values": r[10],
         "n_prompts_total": int(meta.n_prompts_total),
         "n_tokens_in_prompt": int(meta.n_tokens_in_prompt),
         "dataset": str(meta.dataset),
-        "decoder_weights_dist": _rl(decoder_weights_dist or []),
+        "decoder_weights_dist": r[11],
         "activations": acts,
-        "vector": _rl(vector if vector is not None else []),
+        "vector": r[12],
     }
 
 

@@ -14,7 +14,6 @@ from core.export import ExportError
 from core.export.neuronpedia import (
     DECIMALS,
     QUALIFYING_INDEX_OFFSET,
-    VECTOR_MIN,
     NeuronpediaMeta,
     _rl,
     batch_to_neuronpedia,
@@ -164,7 +163,7 @@ def test_head_distribution_and_skipped_file():
 def test_vectorised_rounding_is_pythons_round_bit_for_bit():
     """round_values gives exactly ``round(v, 5) + 0.0`` (half-to-even on the exact binary
     value, -0.0 turned to 0.0), including values whose 5th-decimal remainder is one half or
-    within an ulp of it, huge and tiny values; long lists use it, short ones ``round``."""
+    within an ulp of it, huge and tiny values, and float32 arrays (the decoder rows)."""
     rng = np.random.default_rng(0)
     halves = (rng.integers(-(10**9), 10**9, 20_000) * 2 + 1) / (2 * 10**5)  # k + 1/2 at 1e-5
     exact_halves = np.array([0.015625, -0.015625, 0.5 / 2**10, 3 * 2**-6])  # binary halves
@@ -184,6 +183,7 @@ def test_vectorised_rounding_is_pythons_round_bit_for_bit():
     got = round_values(values)
     want = np.array([round(v, DECIMALS) + 0.0 for v in values.tolist()])
     assert np.array_equal(got.view(np.int64), want.view(np.int64))
-    assert _rl(values) == want.tolist() and len(values) >= VECTOR_MIN
-    short = values[: VECTOR_MIN - 1]
-    assert _rl(short) == [round(v, DECIMALS) + 0.0 for v in short.tolist()]
+    assert _rl(values) == want.tolist()
+    assert _rl(values.astype(np.float32)) == [
+        round(float(v), DECIMALS) + 0.0 for v in values.astype(np.float32)
+    ]
