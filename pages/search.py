@@ -1,5 +1,5 @@
 """Search page: find features by prompt, by token, by statistics, by similarity or by
-the words people and models wrote about them.
+the words people and models wrote about them; find text in the dataset (pages/_corpus.py).
 
 Every result table opens a feature: click a row to open it here, or its link to open it
 in a new tab.
