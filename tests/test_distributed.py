@@ -90,7 +90,7 @@ def runs(assets, tmp_path_factory):
     root = tmp_path_factory.mktemp("dist")
     _one_process(assets, root / "one")
     two = subprocess.run(
-        _torchrun(assets, root / "two"),
+        [a for a in _torchrun(assets, root / "two") if a != "--no-progress"],
         cwd=ROOT,
         env=_env(assets),
         capture_output=True,
@@ -99,6 +99,10 @@ def runs(assets, tmp_path_factory):
     )
     assert two.returncode == 0, two.stderr[-4000:]
     assert two.stdout.count("chunks computed now") == 1, two.stdout  # rank 0 reports alone
+    # one progress bar for the whole job (rank 0's), not one per rank
+    bar = f"precompute ({N_PROMPTS * CONTEXT:,} tokens on 2 ranks)"
+    assert two.stderr.count(f"{bar}:   0%") == 1, two.stderr[-3000:]  # one bar started
+    assert f"{N_FEATURES}/{N_FEATURES} features [" in two.stderr, two.stderr[-3000:]
     return root / "one", root / "two"
 
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
+from core.engine.distributed import current as current_shard
 from core.precompute.manifest import RunnerError
 
 if TYPE_CHECKING:
@@ -19,12 +20,18 @@ class Progress:
     """tqdm bar counting features (fractional inside a chunk), plus optional W&B logging."""
 
     def __init__(self, cfg: PrecomputeConfig, total: int, initial: int, config_log: dict):
-        """Start the bar at ``initial`` of ``total`` features; open a W&B run if asked."""
+        """Start the bar at ``initial`` of ``total`` features; open a W&B run if asked.
+        Under torchrun only rank 0 has one (the other ranks run without a Progress)."""
+        n_tokens = config_log.get("source", {}).get("n_tokens")
+        world = current_shard().world
+        desc = "precompute"
+        if n_tokens:
+            desc += f" ({n_tokens:,} tokens{f' on {world} ranks' if world > 1 else ''})"
         self.bar = tqdm(
             total=total,
             initial=initial,
             unit="feat",
-            desc="precompute",
+            desc=desc,
             disable=not cfg.progress,
             file=sys.stderr,
             dynamic_ncols=True,
