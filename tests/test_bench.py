@@ -115,3 +115,35 @@ def test_workload_l0_sets_the_density():
     assert density_for_l0(64, 24576) == 64 / 24576
     with pytest.raises(ValueError, match="l0"):
         density_for_l0(0, 24576)
+
+
+# --- bench/bench_warm_page.py: the warm Feature page of a precompute output, at a tiny size ----
+def test_warm_page_benchmark_runs_and_reports(tmp_path):
+    import json
+
+    from bench.bench_warm_page import main
+
+    out = tmp_path / "warm.json"
+    argv = ["--d-sae", "512", "--n-seq", "16", "--n-features", "4"]
+    assert main([*argv, "--work", str(tmp_path / "work"), "--out", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert got["d_sae"] == 512 and got["build"]["features_requested"] == 512
+    assert got["build"]["build_seconds"] > 0 and not got["build"]["reused"]
+    assert len(got["features"]) == 4 and got["features"][0] == 0
+    for part in ("data", "page"):
+        assert set(got[part]["seconds"]) == {str(i) for i in got["features"]}, part
+        assert all(s > 0 for s in got[part]["seconds"].values()), part
+    assert got["data"]["open_seconds"] > 0 and got["data"]["first_seconds"] > 0
+    assert got["page"]["warmup_seconds"] > 0
+    assert 0 < got["median_seconds"] <= got["max_seconds"] == got["page"]["max_seconds"]
+    assert isinstance(got["meets_target"], bool) and got["target_seconds"] == 0.2
+
+
+def test_warm_page_features_spread_over_the_range():
+    from bench.bench_warm_page import pick_features
+
+    got = pick_features(131072, 20)
+    assert got == sorted(set(got)) and len(got) == 20
+    assert {0, 65535, 131071} <= set(got)
+    assert got == pick_features(131072, 20)  # a fixed seed
+    assert pick_features(3, 20) == [0, 1, 2]
