@@ -47,6 +47,8 @@ MAX_WORKSPACES_ENV = "FEATURESCOPE_MAX_WORKSPACES"
 TEST_WORKSPACE_ENV = "FEATURESCOPE_TEST_WORKSPACE"
 DB_ENV = "FEATURESCOPE_DB"
 AUTHOR_ENV = "FEATURESCOPE_AUTHOR"
+EXPLAIN_URL_ENV = "FEATURESCOPE_EXPLAIN_BASE_URL"
+EXPLAIN_MODEL_ENV = "FEATURESCOPE_EXPLAIN_MODEL"
 DEFAULT_CACHE_SIZE = 4 << 30
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 _DEVICE_RE = re.compile(r"^(cpu|cuda|mps)(?::(\d{1,3}))?$")
@@ -118,6 +120,13 @@ def knowledge_db_url() -> str:
 def knowledge_author() -> str | None:
     """``$FEATURESCOPE_AUTHOR`` stripped, or None when unset or blank."""
     return os.environ.get(AUTHOR_ENV, "").strip() or None
+
+
+def explain_endpoint() -> tuple[str | None, str | None]:
+    """The app's explainer endpoint: ``$FEATURESCOPE_EXPLAIN_BASE_URL`` (an OpenAI-compatible
+    base URL) and ``$FEATURESCOPE_EXPLAIN_MODEL``, each None when unset or blank."""
+    url = os.environ.get(EXPLAIN_URL_ENV, "").strip() or None
+    return url, os.environ.get(EXPLAIN_MODEL_ENV, "").strip() or None
 
 
 def test_workspace_factory() -> str | None:

@@ -16,6 +16,7 @@ import streamlit as st
 from core.explain.autolabel import auto_label
 from core.feature_source import FeatureSource
 from core.knowledge.access import Editor
+from pages import _explain as explain
 from pages import _knowledge as knowledge
 from pages import _messages as messages
 from pages import _sidebar as sidebar
@@ -127,6 +128,7 @@ def panel(ws: FeatureSource, index: int, fd: Any) -> None:
     if ed.can_write:
         add_to_list(ws, ed, key, index)
     explanations(store.explanations(key, index))
+    explain.button(ws, ed, key, index)
 
 
 def _add(ed: Editor, key: str, index: int, name: str) -> None:

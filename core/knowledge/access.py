@@ -120,7 +120,15 @@ class Editor:
         self.store.delete_list(slug)
 
     def add_explanation(self, dictionary_key: str, feature: int, text: str, **kw: Any) -> int:
+        """Store an explanation signed by this editor (an ``author`` in ``kw`` is ignored:
+        the editor is the ExplanationSink of a batch run in its name)."""
+        kw.pop("author", None)
         return self.store.add_explanation(dictionary_key, feature, text, author=self.check(), **kw)
+
+    def has_explanation(
+        self, dictionary_key: str, feature: int, explainer: str, prompt_version: str
+    ) -> bool:
+        return self.store.has_explanation(dictionary_key, feature, explainer, prompt_version)
 
 
 def editor(hosted: Any | None, email: str | None, store: KnowledgeStore | None = None) -> Editor:

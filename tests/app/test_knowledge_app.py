@@ -113,7 +113,7 @@ def test_hosted_writer_labels_and_a_reader_only_reads(tmp_path_factory, monkeypa
     at = run_app("pages/feature.py", user=bob, secrets={"auth": AUTH}, feature="7")
     assert "Feature 7 · hosted label" in texts(at.markdown)
     assert "Read only" in texts(at.caption)
-    assert not [b for b in at.button if b.label in ("Save", "Delete notes")]
+    assert not [b for b in at.button if b.label in ("Save", "Delete notes", "Explain")]
 
 
 def test_exported_html_shows_labels_as_text(tiny_ws):
