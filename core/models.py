@@ -130,6 +130,10 @@ class ModelAdapter:
                 h for h in self.model.hook_dict if h.split(".")[-1] == hook.split(".")[-1]
             )
             hint = f" Hooks with the same ending: {near[:6]}" if near else ""
+            layer = hook_layer(hook)
+            kept = getattr(self, "freed_after", None)
+            if kept is not None and layer is not None and layer >= kept:
+                hint = f" Blocks {kept} and later were freed (free_unused_layers)."
             raise ModelError(
                 f"hook {hook!r} is not in model {self.name!r} ({self.n_layers} layers).{hint}"
             )
@@ -215,6 +219,27 @@ class ModelAdapter:
         if missing:
             raise ModelError(f"hooks {sorted(missing)} were never reached in the forward pass")
         return store
+
+    def free_unused_layers(self, hooks: list[str]) -> int:
+        """Drop the transformer blocks after the last of ``hooks`` (a sweep stops there),
+        keeping the embeddings, ``ln_final`` and ``W_U`` (logit effects need them); returns
+        the bytes of parameters freed. The fingerprint is taken first, so memo keys do not
+        change. Hooks in the dropped blocks are gone afterwards (:meth:`check_hook` says so);
+        a hook outside the blocks (embeddings, final norm) keeps every block.
+        """
+        layers = [hook_layer(h) for h in hooks]
+        if not layers or any(layer is None for layer in layers):
+            return 0
+        keep = max(int(layer) for layer in layers if layer is not None) + 1
+        blocks = self.model.blocks
+        if keep >= len(blocks):
+            return 0
+        self.fingerprint()
+        freed = sum(p.numel() * p.element_size() for b in blocks[keep:] for p in b.parameters())
+        self.model.blocks = torch.nn.ModuleList(list(blocks[:keep]))
+        self.model.setup()  # the hook table forgets the dropped blocks' hooks
+        self.freed_after = keep
+        return int(freed)
 
     def residual_directions(
         self, hook: str, directions: Float[Tensor, "f width"]

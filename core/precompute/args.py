@@ -287,6 +287,7 @@ def config_from_args(args: Any) -> PrecomputeConfig:
         threads=args.threads,
         progress=not args.no_progress,
         overwrite=bool(args.overwrite),
+        free_unused_layers=bool(getattr(args, "free_unused_layers", False)),
     )
     cfg.validate()
     return cfg

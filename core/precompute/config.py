@@ -68,6 +68,8 @@ class PrecomputeConfig:
         threads: torch CPU threads (``None``: torch's default).
         progress: show a progress bar on stderr.
         overwrite: delete a different run's results in ``output_dir`` instead of failing.
+        free_unused_layers: drop the model's blocks after the hook once loaded (keeping
+            ``ln_final`` and ``W_U``); the results are the same, the model takes less memory.
     """
 
     output_dir: str
@@ -87,6 +89,7 @@ class PrecomputeConfig:
     threads: int | None = None
     progress: bool = True
     overwrite: bool = False
+    free_unused_layers: bool = False
 
     def validate(self) -> None:
         """Raise :class:`RunnerError` for settings that cannot work (before loading anything)."""

@@ -42,6 +42,10 @@ def follow(cfg: PrecomputeConfig, shard: Shard) -> None:
     """A rank other than 0: sweep the chunks rank 0 says are pending, write nothing."""
     runner = PrecomputeRunner(cfg)
     src = load_run_sources(cfg)
+    if cfg.free_unused_layers:
+        src.model.free_unused_layers(
+            [cfg.run.hook or src.dictionary.hook_in, src.dictionary.hook_out]
+        )
     runner._plan(src)
     pending = set(shard.share_pending([], len(runner.chunks)))
     for group in runner._groups():

@@ -179,7 +179,7 @@ class PrecomputeRunner:
     ) -> dict:
         cfg = self.cfg
         config = cfg.to_dict()
-        for private in ("output_dir", "progress", "overwrite"):
+        for private in ("output_dir", "progress", "overwrite", "free_unused_layers"):
             config.pop(private, None)
         return {
             "format": FORMAT,
@@ -372,6 +372,9 @@ class PrecomputeRunner:
             torch.set_num_threads(cfg.threads)
         try:
             src = self._sources or load_run_sources(cfg)
+            if cfg.free_unused_layers:  # a sweep stops at the hook; logit effects keep W_U
+                hooks = [cfg.run.hook or src.dictionary.hook_in, src.dictionary.hook_out]
+                src.model.free_unused_layers(hooks)
             self._plan(src)
             with self.dir.writing():
                 completed, done, skipped = self.dir.prepare(
