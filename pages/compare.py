@@ -13,6 +13,7 @@ import streamlit as st
 
 from core import charts
 from core import compare as cmp
+from pages import _knowledge as knowledge
 from pages import _links as links
 from pages import _messages as messages
 from pages import _state as state
@@ -76,7 +77,8 @@ except Exception as exc:
     st.error(messages.error_message(exc), icon=":material/error:")
     st.stop()
 
-names = [f"#{i}" for i in indices]
+named = knowledge.labels(ws, indices)  # one batched read
+names = [f"#{i} · {named[i]}" if i in named else f"#{i}" for i in indices]
 left, right = st.columns(2)
 with left:
     st.markdown("**Co-activation** (Pearson over tokens)")
@@ -94,6 +96,8 @@ for col, i in zip(cols, indices, strict=True):
     fd = result.features[i]
     with col:
         st.markdown(f"#### [Feature {i}]({links.feature_href(ws, i)})")
+        if i in named:
+            st.caption(messages.md(named[i]), help="its label (edit it on the feature page)")
         for name in ("summary", "act_hist", "logit_tables", "top_examples"):
             ui.render_component(name, fd, ws, [name])
 

@@ -8,7 +8,9 @@ import json
 
 import pytest
 
+from core import feature_map as fm
 from core.knowledge.access import shared_store
+from pages import _knowledge as knowledge
 from pages._annotate import auto_text
 from tests.app.conftest import run_app, texts
 from tests.app.hosted_site import AUTH, write_site
@@ -128,3 +130,17 @@ def test_exported_html_shows_labels_as_text(tiny_ws):
     assert data["labels"] == {"9": evil}
     one = export.export_page(tiny_ws, tiny_ws.feature(9), ["summary"], {"feature": "9"})
     assert "<script>alert('pwned')" not in one and "\\u003cscript" in one
+
+
+def test_compare_and_map_pages_show_labels(tiny_ws):
+    key = tiny_ws.dictionary_key()
+    shared_store().annotate(key, 20, label="compare me", author="tester")
+    at = run_app("pages/compare.py", features="20,21")
+    assert "compare me" in texts(at.caption)
+    co = at.dataframe[0].value
+    assert list(co.index) == ["#20 · compare me", "#21"]
+    fmap = fm.feature_map(tiny_ws.dictionary, "pca", tiny_ws.memo)
+    table = fm.map_table(fmap, [19, 20], None, knowledge.labels(tiny_ws, [19, 20]))
+    assert table["label"] == ["", "compare me"]
+    at = run_app("pages/map.py", colour="label")
+    assert not at.exception
