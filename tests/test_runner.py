@@ -19,6 +19,7 @@ from core.cli import main
 from core.engine.features import FeatureData
 from core.errors import FeaturescopeError
 from core.export.neuronpedia import load_schema
+from core.knowledge import open_store
 from core.memo import Memo
 from core.precomputed import PrecomputedError, RunnerError, open_precomputed
 from tests.export.tiny_setup import DEAD, N_FEATURES, PWNED, tiny_assets
@@ -344,3 +345,31 @@ def test_errors_derive_from_the_base_and_keep_their_builtin():
     assert issubclass(PrecomputedError, FeaturescopeError)
     assert issubclass(PrecomputedError, KeyError)  # callers look features up and catch KeyError
     assert str(PrecomputedError("feature 3 was skipped")) == "feature 3 was skipped"
+
+
+def test_neuronpedia_explanations_from_the_knowledge_store(
+    assets, reference, tmp_path, monkeypatch
+):
+    key = json.loads((reference / "manifest.json").read_text())["identity"][
+        "dictionary_fingerprint"
+    ]
+    monkeypatch.setenv("FEATURESCOPE_DB", str(tmp_path / "knowledge.db"))
+    store = open_store()
+    live = [f for f in range(N_FEATURES) if f not in DEAD]
+    store.annotate(key, live[0], label="<b>a label</b>", author="t")
+    store.annotate(key, live[1], label="overridden", author="t")
+    store.add_explanation(
+        key, live[1], "an explanation", explainer="m", prompt_version="1",
+        scores={"detection_f1": 0.5}, method="test", author="t",
+    )  # fmt: skip
+    out = tmp_path / "out"
+    pick = f"{live[0]},{live[1]}"
+    args = [a if a != f"0:{N_FEATURES}" else pick for a in base_args(assets)]
+    assert main([*args, "--output-dir", str(out)]) == 0
+    records = json.loads((out / "neuronpedia" / "explanations.json").read_text())
+    got = {r["index"]: (r["description"], r["typeName"]) for r in records}
+    assert got == {
+        str(live[0]): ("<b>a label</b>", "featurescope-label"),
+        str(live[1]): ("an explanation", "featurescope-explanation"),
+    }
+    assert len({r["layer"] for r in records}) == 1 and records[0]["layer"].endswith("-tiny-res")

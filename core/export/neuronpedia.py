@@ -276,6 +276,30 @@ def batch_to_neuronpedia(
     }
 
 
+def sae_id(meta: NeuronpediaMeta) -> str:
+    """Neuronpedia's source id: ``<layer>-<set>`` (plus ``__<suffix>``)."""
+    suffix = f"__{meta.sae_id_suffix}" if meta.sae_id_suffix else ""
+    return f"{meta.layer}-{meta.sae_set}{suffix}"
+
+
+def explanation_records(meta: NeuronpediaMeta, descriptions: Mapping[int, Any]) -> list[dict]:
+    """Neuronpedia's explanation export (the form its explanation downloads use): one
+    record per feature with its description, the best explanation or else the label
+    (``descriptions``: feature -> an object with ``text``, ``kind`` and ``by``, see
+    :mod:`core.knowledge.describe`)."""
+    return [
+        {
+            "modelId": str(meta.model_id),
+            "layer": sae_id(meta),
+            "index": str(int(f)),
+            "description": d.text,
+            "explanationModelName": d.by,
+            "typeName": f"featurescope-{d.kind}",
+        }
+        for f, d in sorted(descriptions.items())
+    ]
+
+
 def skipped_indexes(meta: NeuronpediaMeta, skipped: Sequence[int]) -> dict[str, Any]:
     """The reference runner's ``skipped_indexes.json``: features listed as dead/too sparse."""
     return {

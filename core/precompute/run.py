@@ -29,10 +29,12 @@ from core.export.html import save_html
 from core.export.neuronpedia import (
     NeuronpediaMeta,
     batch_to_neuronpedia,
+    explanation_records,
     head_distribution,
     skipped_indexes,
     write_batch,
 )
+from core.knowledge.describe import stored_descriptions
 from core.memo import Memo, feature_key, feature_prefix
 from core.models import hook_layer
 from core.precompute.config import PrecomputeConfig, check_role
@@ -326,6 +328,14 @@ class PrecomputeRunner:
                 self.out / "neuronpedia" / "skipped_indexes.json",
                 json_text(skipped_indexes(self.np_meta, sorted(skipped))),
             )
+            # each feature's best explanation (else its label) from the knowledge store
+            key = self.identity["dictionary_fingerprint"]
+            described = stored_descriptions(key, sorted(done))
+            if described:
+                atomic_write(
+                    self.out / "neuronpedia" / "explanations.json",
+                    json_text(explanation_records(self.np_meta, described)),
+                )
 
     def _index_html(self, done: set[int]) -> str:
         rows = []

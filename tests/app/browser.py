@@ -49,6 +49,8 @@ def streamlit_server(
         **os.environ,
         "FEATURESCOPE_TEST_WORKSPACE": FACTORY,
         "FEATURESCOPE_CACHE_DIR": str(cache_dir),
+        # the knowledge store next to the memo, never the project's cache/knowledge.db
+        "FEATURESCOPE_DB": str(Path(cache_dir).parent / "knowledge.db"),
         "PYTHONPATH": str(ROOT),
         "HF_HUB_OFFLINE": "1",
         **(env or {}),
