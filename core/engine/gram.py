@@ -15,6 +15,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from core.config import RunConfig
+from core.engine.sparse_topk import cosine, inv_std, pearson
 from core.engine.stats import MomentStats, SparseActs
 
 
@@ -218,16 +219,10 @@ class GramStats:
         return cat_top_k(outs)
 
 
-def _inv_std(mean: Tensor, sumsq: Tensor, n: Tensor) -> Tensor:
-    # constant features get NaN, which becomes -inf below: never chosen
-    sd = (sumsq / n - mean * mean).clamp_min(0).sqrt()
-    return torch.where(sd > 0, 1.0 / sd, torch.full_like(sd, float("nan")))
-
-
 def column_terms(col_sum: Tensor, col_sumsq: Tensor, n: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Each column's mean, inverse standard deviation and norm."""
     mc = col_sum / n
-    return mc, _inv_std(mc, col_sumsq, n), col_sumsq.sqrt()
+    return mc, inv_std(mc, col_sumsq, n), col_sumsq.sqrt()
 
 
 def pearson_top_k(
@@ -240,18 +235,16 @@ def pearson_top_k(
     k: int,
     self_col: Int[Tensor, " r"] | None,
 ) -> tuple[Float[Tensor, "r k"], Int[Tensor, "r k"], Float[Tensor, "r k"]]:
-    """Top-``k`` columns of complete rows of co-activation sums by Pearson, with their cosine."""
+    """Top-``k`` columns of complete rows of co-activation sums by Pearson, with their cosine
+    (:func:`~core.engine.sparse_topk.pearson`, the formula the sparse path shares)."""
     mc, inv_sc, col_norm = cols
     mr = row_sum / n
-    # Pearson = (cross / n - mean_r mean_c) / (std_r std_c), in place on one buffer
-    p = torch.addr(cross, mr, mc, beta=inv_n, alpha=-1.0)
-    p.mul_(_inv_std(mr, row_sumsq, n)[:, None]).mul_(inv_sc[None, :])
-    p.nan_to_num_(nan=float("-inf"), posinf=float("-inf"), neginf=float("-inf"))
+    isr = inv_std(mr, row_sumsq, n)
+    p = pearson(cross, mr[:, None], mc[None, :], isr[:, None], inv_sc[None, :], inv_n)
     if self_col is not None:
         p[torch.arange(cross.shape[0], device=p.device), self_col] = float("-inf")
     tv, ti = p.topk(k, dim=1)
-    cos = cross.gather(1, ti) / (row_sumsq.sqrt()[:, None] * col_norm[ti])
-    return tv, ti, torch.nan_to_num(cos, nan=0.0)
+    return tv, ti, cosine(cross.gather(1, ti), row_sumsq.sqrt()[:, None], col_norm[ti])
 
 
 def cat_top_k(outs: list[tuple[Tensor, Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor]:

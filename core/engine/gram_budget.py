@@ -8,12 +8,14 @@ Shapes: ``r`` rows (requested features), ``c`` columns (features compared), ``n`
 from __future__ import annotations
 
 import os
+from bisect import bisect_right
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from core.engine.gram import cat_top_k, column_terms, pearson_top_k
+from core.engine.gram import cat_top_k, column_terms
+from core.engine.sparse_topk import ColumnOrder, cosine, inv_std, pearson, segment_top_k
 from core.engine.stats import SparseActs
 from core.errors import FeaturescopeError
 
@@ -27,6 +29,9 @@ PAIR_BYTES = 44
 ASSUMED_L0 = 64
 #: bytes per stored entry scanned while picking a block's row entries
 SCAN_BYTES = 24
+#: bytes a block keeps per pair until its sums are formed (int64 key, float32 product,
+#: the unique pass's sort, inverse and sums)
+BLOCK_PAIR_BYTES = 64
 
 
 class MemoryBudgetError(FeaturescopeError, ValueError):
@@ -197,11 +202,35 @@ class SparseStoreGram:
         )
 
     def plan(self) -> tuple[int, int, int]:
-        """Rows per block, stored entries per scan, pairs per join: what the store leaves of
-        the budget, half for a block and its Pearson buffer, half for scanning and joining."""
+        """Pairs per block of rows, stored entries per scan, pairs per join: what the store
+        leaves of the budget, half for a block's pairs (kept until they are summed), a
+        quarter each for scanning and joining."""
         avail = max(self.budget - self.nbytes, min_work_bytes(self.n_cols))
-        block = max(1, min(self.n_rows, avail // 2 // (8 * self.n_cols)))
-        return block, max(1, avail // 4 // SCAN_BYTES), max(1, avail // 4 // PAIR_BYTES)
+        return (
+            max(1, avail // 2 // BLOCK_PAIR_BYTES),
+            max(1, avail // 4 // SCAN_BYTES),
+            max(1, avail // 4 // PAIR_BYTES),
+        )
+
+    def row_pairs(self) -> Int[Tensor, " r"]:
+        """How many (row entry, entry of the same token) pairs each row joins."""
+        per_col = torch.zeros(self.n_cols, device=self.device, dtype=torch.long)
+        for cols, _, ptr in self.segments:
+            length = ptr[1:] - ptr[:-1]
+            per_col.index_add_(0, cols.long(), torch.repeat_interleave(length, length))
+        return per_col if self.row_cols is None else per_col[self.row_cols]
+
+    def row_blocks(self) -> list[tuple[int, int]]:
+        """Consecutive rows whose pairs fit a block (a row with more pairs is a block)."""
+        per_block = self.plan()[0]
+        ends = torch.cumsum(self.row_pairs(), 0).tolist()
+        out, b0, base = [], 0, 0
+        while b0 < self.n_rows:
+            b1 = bisect_right(ends, base + per_block, lo=b0)
+            b1 = max(b1, b0 + 1)
+            out.append((b0, b1))
+            base, b0 = ends[b1 - 1], b1
+        return out
 
     def top_correlated(
         self,
@@ -210,34 +239,133 @@ class SparseStoreGram:
         k: int,
         self_col: Int[Tensor, " r"] | None,
     ) -> tuple[Float[Tensor, "r k"], Int[Tensor, "r k"], Float[Tensor, "r k"]]:
-        """As :meth:`GramStats.top_correlated`, block of rows by block of rows."""
+        """As :meth:`GramStats.top_correlated` (the same floats), from sparse sums: per
+        block of rows, the co-activation sums of the pairs that occur, each row's top ``k``
+        among them, merged with the best columns it never meets
+        (:mod:`core.engine.sparse_topk`). Work and memory follow the pairs, not rows x
+        columns."""
         self._seal()
         n = self.n_tokens.clamp_min(1).float()
         inv_n = 1.0 / float(n)
-        cols = column_terms(self.col_sum, self.col_sumsq, n)
+        mc, inv_sc, col_norm = column_terms(self.col_sum, self.col_sumsq, n)
         k = min(k, self.n_cols)
-        block, scan, pairs = self.plan()
+        mr = row_sum / n
+        isr = inv_std(mr, row_sumsq, n)
+        row_norm = row_sumsq.sqrt()
+        sign = torch.sign(mr * isr).nan_to_num_(nan=0.0).long()  # 0: a row that never fires
+        order = ColumnOrder(mc, inv_sc)
         row_of_col: Tensor | None = None
         if self.row_cols is not None:
             row_of_col = torch.full((self.n_cols,), -1, device=self.device, dtype=torch.long)
             row_of_col[self.row_cols] = torch.arange(self.n_rows, device=self.device)
+        _, scan, pairs = self.plan()
+        terms = (mr, isr, row_norm, mc, inv_sc, col_norm, inv_n)
         outs: list[tuple[Tensor, Tensor, Tensor]] = []
-        for b0 in range(0, self.n_rows, block):
-            b1 = min(b0 + block, self.n_rows)
-            cross = torch.zeros(b1 - b0, self.n_cols, device=self.device, dtype=torch.float32)
-            for seg in self.segments:
-                for p0 in range(0, seg[0].numel(), scan):
-                    self._join(cross, seg, slice(p0, p0 + scan), b0, b1, row_of_col, pairs)
+        for b0, b1 in self.row_blocks():
+            keys, sums = self._block_sums(b0, b1, row_of_col, scan, pairs)
             sc = None if self_col is None else self_col[b0:b1]
-            outs.append(
-                pearson_top_k(cross, row_sum[b0:b1], row_sumsq[b0:b1], cols, n, inv_n, k, sc)
-            )
-            del cross
+            outs.append(self._block_top_k(keys, sums, b0, b1, k, sc, sign[b0:b1], order, terms))
         return cat_top_k(outs)
+
+    def _block_sums(
+        self, b0: int, b1: int, row_of_col: Tensor | None, scan: int, pairs: int
+    ) -> tuple[Int[Tensor, " u"], Float[Tensor, " u"]]:
+        """The co-activation sums of rows ``b0:b1`` that are not zero: flat keys
+        ``row * n_cols + col`` (sorted) and sums, added in the order the dense sums add."""
+        idx_parts: list[Tensor] = []
+        val_parts: list[Tensor] = []
+        for seg in self.segments:
+            for p0 in range(0, seg[0].numel(), scan):
+                self._join(
+                    idx_parts, val_parts, seg, slice(p0, p0 + scan), b0, b1, row_of_col, pairs
+                )
+        if not idx_parts:
+            return torch.zeros(0, dtype=torch.long), torch.zeros(0)
+        keys, inverse = torch.unique(torch.cat(idx_parts), sorted=True, return_inverse=True)
+        sums = torch.zeros(keys.numel(), device=self.device, dtype=torch.float32)
+        return keys, sums.index_add_(0, inverse, torch.cat(val_parts))
+
+    def _block_top_k(
+        self,
+        keys: Tensor,
+        sums: Tensor,
+        b0: int,
+        b1: int,
+        k: int,
+        self_col: Tensor | None,
+        sign: Tensor,
+        order: ColumnOrder,
+        terms: tuple,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        mr, isr, row_norm, mc, inv_sc, col_norm, inv_n = terms
+        nb, dev = b1 - b0, self.device
+        r, c = keys // self.n_cols, keys % self.n_cols
+        g = r + b0
+        p = pearson(sums, mr[g], mc[c], isr[g], inv_sc[c], inv_n)
+        occupied_r, occupied_c = r, c
+        if self_col is not None:
+            p[c == self_col[r]] = float("-inf")
+            rows = torch.arange(nb, device=dev)
+            occupied_r, occupied_c = torch.cat([r, rows]), torch.cat([c, self_col])
+            occupied = torch.unique(occupied_r * self.n_cols + occupied_c)
+            occupied_r, occupied_c = occupied // self.n_cols, occupied % self.n_cols
+        # each row's best columns among those it meets
+        top_i, top_r, top_rank = segment_top_k(r, p, nb, k)
+        vals = torch.full((nb, k), float("-inf"), device=dev)
+        cols = torch.zeros((nb, k), device=dev, dtype=torch.long)
+        cross = torch.zeros((nb, k), device=dev)
+        vals[top_r, top_rank], cols[top_r, top_rank] = p[top_i], c[top_i]
+        cross[top_r, top_rank] = sums[top_i]
+        # and among those it never meets (their sums are 0), in the column order of its sign
+        fallback = torch.zeros(nb, device=dev, dtype=torch.bool)
+        for s in (1, -1):
+            rows_s = (sign == s).nonzero().squeeze(1)
+            if rows_s.numel() == 0:
+                continue
+            cand, ok = order.candidates(s, occupied_r, occupied_c, nb, k)
+            cand = cand[rows_s]
+            fallback[rows_s[~ok[rows_s]]] = True
+            live = cand < self.n_cols
+            cand = cand.clamp(max=self.n_cols - 1)
+            zero = torch.zeros(cand.shape, device=dev)
+            cv = pearson(
+                zero, mr[b0 + rows_s, None], mc[cand], isr[b0 + rows_s, None], inv_sc[cand], inv_n
+            )
+            cv[~live] = float("-inf")
+            allv = torch.cat([vals[rows_s], cv], 1)
+            allc = torch.cat([cols[rows_s], cand], 1)
+            allx = torch.cat([cross[rows_s], zero], 1)
+            tv, ti = allv.topk(k, dim=1)
+            vals[rows_s], cols[rows_s], cross[rows_s] = tv, allc.gather(1, ti), allx.gather(1, ti)
+        if bool(fallback.any()):  # near ties in the column order: these rows densely
+            rows = fallback.nonzero().squeeze(1)
+            self._dense_rows(rows, nb, r, c, sums, b0, k, self_col, terms, (vals, cols, cross))
+        cos = cosine(cross, row_norm[b0:b1, None], col_norm[cols])
+        return vals, cols, cos
+
+    def _dense_rows(self, rows, nb, r, c, sums, b0, k, self_col, terms, out) -> None:
+        """Rows' top ``k`` from their dense row of sums (the dense path's computation)."""
+        mr, isr, _, mc, inv_sc, _, inv_n = terms
+        vals, cols, cross = out
+        chunk = max(1, (64 << 20) // (4 * self.n_cols))
+        for i in range(0, rows.numel(), chunk):
+            part = rows[i : i + chunk]
+            local = torch.full((nb,), -1, device=self.device, dtype=torch.long)
+            local[part] = torch.arange(part.numel(), device=self.device)
+            pick = (local[r] >= 0).nonzero().squeeze(1)
+            dense = torch.zeros(part.numel(), self.n_cols, device=self.device)
+            dense[local[r[pick]], c[pick]] = sums[pick]
+            g = part + b0
+            p = pearson(dense, mr[g, None], mc[None, :], isr[g, None], inv_sc[None, :], inv_n)
+            if self_col is not None:
+                p[torch.arange(part.numel(), device=self.device), self_col[part]] = float("-inf")
+            tv, ti = p.topk(k, dim=1)
+            vals[part], cols[part], cross[part] = tv, ti, dense.gather(1, ti)
 
     def _join(
         self,
-        cross: Float[Tensor, "b c"],
+        idx_parts: list[Tensor],
+        val_parts: list[Tensor],
         seg: tuple[Tensor, Tensor, Tensor],
         part: slice,
         b0: int,
@@ -245,8 +373,9 @@ class SparseStoreGram:
         row_of_col: Tensor | None,
         max_pairs: int,
     ) -> None:
-        """Add to ``cross`` the products of rows ``b0:b1``'s entries in ``part`` of ``seg``
-        with every entry of the same token."""
+        """The products of rows ``b0:b1``'s entries in ``part`` of ``seg`` with every entry of
+        the same token, as flat keys ``row * n_cols + col`` and values, in chunks of at most
+        ``max_pairs`` (one entry's pairs at least)."""
         cols, vals, ptr = seg
         c = cols[part].long()
         r = c if row_of_col is None else row_of_col[c]
@@ -261,14 +390,12 @@ class SparseStoreGram:
         v = vals[pos]
         ends = length.cumsum(0)
         total = int(ends[-1])
-        # chunks of row entries whose pairs fit max_pairs (one entry's pairs at least)
         edges = [0, pos.numel()]
         if total > max_pairs:
             cuts = torch.arange(max_pairs, total, max_pairs, device=ends.device)
             edges = sorted({*edges, *torch.searchsorted(ends, cuts, right=True).tolist()})
         bounds = torch.tensor([e - 1 for e in edges[1:]], device=ends.device)
         ends_at = [0, *ends[bounds].tolist()]
-        flat_cross = cross.view(-1)
         for i, (e0, e1) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
             n_pairs = ends_at[i + 1] - ends_at[i]
             if n_pairs == 0:
@@ -279,5 +406,5 @@ class SparseStoreGram:
             )
             first = ends[e0:e1] - ln - ends_at[i]  # each entry's first pair in this chunk
             at = torch.arange(n_pairs, device=ln.device) - first[rep] + start[e0:e1][rep]
-            idx = r[e0:e1][rep] * self.n_cols + cols[at].long()
-            flat_cross.index_add_(0, idx, v[e0:e1][rep] * vals[at])
+            idx_parts.append(r[e0:e1][rep] * self.n_cols + cols[at].long())
+            val_parts.append(v[e0:e1][rep] * vals[at])

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import core.engine.gram_budget as gram_budget
+import core.engine.sparse_topk as sparse_topk
 from core.cli import build_parser
 from core.config import RunConfig
 from core.dictionaries.saelens import SAELensDictionary
@@ -78,8 +79,8 @@ def test_blocks_match_float64_top_k(rows_are_cols):
     assert store.nnz == int((a != 0).sum()) and len(store.segments) > 1
     # the smallest working area: rows one or two at a time, pairs in many chunks
     store.budget = store.nbytes + min_work_bytes(n_cols)
-    block, scan, pairs = store.plan()
-    assert block < n_rows or n_rows < 8
+    _, scan, pairs = store.plan()
+    assert len(store.row_blocks()) > 1
     assert pairs < int((a != 0).sum(1).pow(2).sum())
     row_sum, row_sumsq = a.sum(0)[rows], (a * a).sum(0)[rows]
     self_col = rows if not rows_are_cols else torch.arange(n_cols)
@@ -100,6 +101,23 @@ def test_blocks_match_float64_top_k(rows_are_cols):
     if row60.numel():
         assert int(i[int(row60)][0]) == 61
     assert 3 not in i.flatten().tolist()
+
+    # every row through its dense row of the same sums (what rows near a tie in the column
+    # order get): bit for bit the same values, and the same columns (exact ties, such as
+    # features 60 and 61, may come in either order)
+    real = sparse_topk.ColumnOrder.candidates
+
+    def no_margin(self, *args):
+        cols, ok = real(self, *args)
+        return cols, torch.zeros_like(ok)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sparse_topk.ColumnOrder, "candidates", no_margin)
+        fp, fi, fc = store.top_correlated(row_sum, row_sumsq, 4, self_col)
+    assert torch.equal(fp, p) and torch.equal(fc, c)
+    for r in range(n_rows):
+        finite = torch.isfinite(p[r])
+        assert set(fi[r][finite].tolist()) == set(i[r][finite].tolist())
 
     # the dense accumulator on the same data: the same sets, the same values up to rounding
     dense = GramStats(n_rows, n_cols, CPU, symmetric=False, strategy="dense")
@@ -182,14 +200,14 @@ def test_sweep_under_budget_matches_dense(sweep_setup, monkeypatch, features, sc
     """Budget forced small vs large: same data, and correlated features that are the dense
     Pearson top-k of numpy's float64 activations (sets and values up to rounding)."""
     ma, d, tokens, acts, valid, bounds = sweep_setup
-    blocks: list[tuple[int, int, int]] = []
-    plan = gram_budget.SparseStoreGram.plan
+    blocks: list[list[tuple[int, int]]] = []
+    row_blocks = gram_budget.SparseStoreGram.row_blocks
 
     def spy(self):
-        blocks.append(plan(self))
+        blocks.append(row_blocks(self))
         return blocks[-1]
 
-    monkeypatch.setattr(gram_budget.SparseStoreGram, "plan", spy)
+    monkeypatch.setattr(gram_budget.SparseStoreGram, "row_blocks", spy)
     base = dict(features=features, feature_correlation=scope, batch_size=6, n_table_rows=4)
     big = run_sweep(ma, d, tokens, RunConfig(**base))
     assert not blocks  # the dense sums fit 4 GiB
@@ -197,7 +215,7 @@ def test_sweep_under_budget_matches_dense(sweep_setup, monkeypatch, features, sc
     n_cols = 512 if scope == "all" else len(req)
     budget = dense_gram_bytes(len(req), n_cols) // 2 + min_work_bytes(n_cols)
     small = run_sweep(ma, d, tokens, RunConfig(**base, memory_budget=budget))
-    assert blocks and blocks[0][0] < len(req)  # the blocked path ran, in several blocks
+    assert blocks and len(blocks[0]) > 1  # the blocked path ran, in several blocks
     assert small.info.config["memory_budget"] == budget
 
     all_v = acts[valid]
@@ -277,3 +295,36 @@ def test_memory_estimate_follows_the_plan():
     )
     ws.config = RunConfig(feature_correlation="none", memory_budget=budget)
     assert ws.memory_estimate(512)["correlations_mb"] == 0
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_signed_activations_take_the_other_column_order(seed):
+    """Rows with a negative mean (signed directions) look for the columns they never meet from
+    the other end of the column order; the result is still the dense rows' top-k, exactly."""
+    g = torch.Generator().manual_seed(seed)
+    n, f = 600, 60
+    on = torch.rand(n, f, generator=g) < 0.01
+    a = (torch.randn(n, f, generator=g) - 0.3) * on
+    store = SparseStoreGram(f, f, CPU, 1 << 30)
+    store.stage(a, slice(0, f))
+    store.commit(n, torch.tensor(float(n)))
+    row_sum, row_sumsq = a.sum(0), (a * a).sum(0)
+    assert (row_sum < 0).any() and (row_sum > 0).any()
+    self_col = torch.arange(f)
+    p, i, c = store.top_correlated(row_sum, row_sumsq, 5, self_col)
+    real = sparse_topk.ColumnOrder.candidates
+
+    def no_margin(self, *args):
+        cols, ok = real(self, *args)
+        return cols, torch.zeros_like(ok)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sparse_topk.ColumnOrder, "candidates", no_margin)
+        dp, di, dc = store.top_correlated(row_sum, row_sumsq, 5, self_col)
+    assert torch.equal(p, dp) and torch.equal(c, dc)
+    for r in range(f):
+        finite = torch.isfinite(p[r])
+        assert set(i[r][finite].tolist()) == set(di[r][finite].tolist())
+    # most rows meet few columns: their top-k includes columns they never meet
+    met = (a != 0).T.float() @ (a != 0).float() > 0
+    assert sum(int((~met[r, i[r]]).any()) for r in range(f)) > f // 2
