@@ -160,6 +160,15 @@ if ed.can_write:
                     else:
                         ed.remove_from_list(slug, r["dictionary_key"], int(r["feature"]))
                     st.rerun()
+        with st.form("fs_list_rename", border=False):
+            new_name = st.text_input("Name", value=view.name, key=f"fs_list_name_{slug}")
+            new_desc = st.text_area(
+                "Description", value=view.description, key=f"fs_list_desc_{slug}", height=68
+            )
+            if st.form_submit_button("Rename"):
+                with messages.shown_errors():
+                    ed.rename_list(slug, new_name, new_desc)
+                    st.rerun()
         if st.button("Delete this list", icon=":material/delete:", key="fs_list_delete"):
             with messages.shown_errors():
                 ed.delete_list(slug)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core import settings
-from core.knowledge import KnowledgeStore, default_author, open_store
+from core.knowledge import KnowledgeStore, default_author, listing, open_store
 from core.knowledge.errors import KnowledgeError
 from core.knowledge.records import AnnotationView, ListView
 
@@ -114,6 +114,10 @@ class Editor:
     def remove_from_list(self, slug: str, dictionary_key: str, feature: int) -> ListView:
         self.check()
         return self.store.remove_from_list(slug, dictionary_key, feature)
+
+    def rename_list(self, slug: str, name: str, description: str | None = None) -> ListView:
+        self.check()
+        return listing.rename_list(self.store, slug, name, description)
 
     def delete_list(self, slug: str) -> None:
         self.check()

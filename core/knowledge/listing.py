@@ -1,4 +1,4 @@
-"""A list's entries as rows (with each feature's label) and as CSV.
+"""A list's entries as rows (with each feature's label) and as CSV; renaming a list.
 
 Labels are read with one batched query per dictionary in the list, never one per entry.
 """
@@ -9,7 +9,12 @@ import csv
 import io
 from typing import Any
 
-from core.knowledge.records import ListView
+from sqlalchemy import select
+
+from core.knowledge.errors import KnowledgeError, UnknownListError
+from core.knowledge.models import FeatureList, utcnow
+from core.knowledge.records import ListView, check_text
+from core.knowledge.rows import list_view
 from core.knowledge.store import KnowledgeStore
 
 CSV_COLUMNS = ("list", "position", "dictionary_key", "dictionary", "feature", "label", "note")
@@ -51,3 +56,26 @@ def _cell(value: Any) -> Any:
     if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
         return "'" + value
     return value
+
+
+def rename_list(store: KnowledgeStore, slug: str, name: str, description: str | None = None):
+    """Give list ``slug`` a new name (and description); its slug, so its links, stay."""
+    name = check_text("list name", name, 200).strip()
+    if not name:
+        raise KnowledgeError("a list needs a name")
+    if description is not None:
+        description = check_text("list description", description, 10_000)
+
+    def fn(session) -> ListView:
+        query = select(FeatureList).where(FeatureList.slug == slug).with_for_update()
+        row = session.scalars(query).one_or_none()
+        if row is None:
+            raise UnknownListError(f"no list {slug!r}: it may have been deleted")
+        row.name = name
+        if description is not None:
+            row.description = description
+        row.updated_at = utcnow()
+        session.flush()
+        return list_view(row)
+
+    return store.write(fn)

@@ -58,6 +58,11 @@ def test_create_add_open_and_export_a_list(tiny_ws):
     next(b for b in at.button if b.label == "Remove from list").click().run()
     assert list(at.dataframe[0].value["feature"]) == [3]
 
+    at.text_input(key="fs_list_name_code-features").input("Code, renamed")
+    next(b for b in at.button if b.label == "Rename").click().run()
+    assert shared_store().list_by_slug("code-features").name == "Code, renamed"
+    assert "Code, renamed (1)" in at.selectbox(key="fs_list_pick").options
+
     at = run_app("pages/lists.py", list="no-such-list")
     assert "There is no list" in texts(at.warning)
     at.button(key="fs_list_delete").click().run()
