@@ -25,9 +25,10 @@ import torch.distributed as dist
 
 from core.engine.distributed import DistributedError, Shard
 from core.engine.sweep import run_sweep
+from core.memo import Memo
 from core.precompute.config import PrecomputeConfig
 from core.precompute.manifest import RunnerError
-from core.precompute.run import PrecomputeRunner, load_run_sources, run_precompute
+from core.precompute.run import PrecomputeRunner, Sources, load_run_sources, run_precompute
 from core.settings import distributed_env, distributed_timeout
 
 
@@ -38,10 +39,10 @@ def wants_cuda(cfg: PrecomputeConfig) -> bool:
     return device.startswith("cuda")
 
 
-def follow(cfg: PrecomputeConfig, shard: Shard) -> None:
+def follow(cfg: PrecomputeConfig, shard: Shard, sources: Sources | None = None) -> None:
     """A rank other than 0: sweep the chunks rank 0 says are pending, write nothing."""
     runner = PrecomputeRunner(cfg)
-    src = load_run_sources(cfg)
+    src = sources or load_run_sources(cfg)
     if cfg.free_unused_layers:
         src.model.free_unused_layers(
             [cfg.run.hook or src.dictionary.hook_in, src.dictionary.hook_out]
@@ -70,12 +71,15 @@ def _on_sigterm(rank: int, world: int):
     return stop
 
 
-def launch(cfg: PrecomputeConfig) -> dict[str, Any] | None:
+def launch(
+    cfg: PrecomputeConfig, sources: Sources | None = None, app_memo: Memo | None = None
+) -> dict[str, Any] | None:
     """Run ``cfg``: in this process alone, or as one rank of a torchrun job. Returns the
-    run's summary on rank 0 (and alone), ``None`` on the other ranks."""
+    run's summary on rank 0 (and alone), ``None`` on the other ranks. ``sources`` and
+    ``app_memo`` as for :func:`~core.precompute.run.run_precompute` (each rank its own)."""
     rank, world, local = distributed_env()
     if world == 1:
-        return run_precompute(cfg)
+        return run_precompute(cfg, sources, app_memo)
     cuda = wants_cuda(cfg)
     if cuda:
         if local >= torch.cuda.device_count():
@@ -90,8 +94,8 @@ def launch(cfg: PrecomputeConfig) -> dict[str, Any] | None:
     signal.signal(signal.SIGTERM, _on_sigterm(rank, world))
     try:
         if rank == 0:
-            return run_precompute(cfg)
-        follow(dataclasses.replace(cfg, progress=False, wandb=False), shard)
+            return run_precompute(cfg, sources, app_memo)
+        follow(dataclasses.replace(cfg, progress=False, wandb=False), shard, sources)
         return None
     except DistributedError as exc:
         raise RunnerError(str(exc)) from exc
