@@ -132,6 +132,8 @@ def round_values(arr: np.ndarray) -> np.ndarray:
 def _round_parts(parts: list[Sequence[float] | np.ndarray]) -> list[list[float]]:
     """:func:`_r` of every value of every part, in one vectorised call (one finiteness
     check for all of them); the same floats as rounding each value by itself."""
+    # fromiter walks Python floats much faster than an array's numpy scalars
+    parts = [p.tolist() if isinstance(p, np.ndarray) else p for p in parts]
     lens = [len(p) for p in parts]
     flat = np.fromiter(chain.from_iterable(parts), dtype=np.float64, count=sum(lens))
     if not bool(np.isfinite(flat).all()):
