@@ -22,12 +22,17 @@ from typing import Any
 import pytest
 import torch.distributed as dist
 
+import core.engine.sweep as sweep
 import core.sources as sources
 from core.cli import main
+from core.config import RunConfig
+from core.dictionaries.saelens import SAELensDictionary
 from core.engine.distributed import Shard
 from core.engine.features import FeatureData
+from core.models import ModelAdapter
 from tests.export.tiny_setup import CONTEXT, N_FEATURES, N_PROMPTS, tiny_assets
 from tests.test_runner import _completed, _files, _memo_entries
+from tests.tiny import HOOK, make_model, make_sae, random_tokens
 from tests.tolerance import gamma
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -219,3 +224,16 @@ def test_shards_cover_the_sequences_once_in_order(n_seq, world):
             assert sl.stop - sl.start <= 3
             seen.extend(range(sl.start, sl.stop))
     assert seen == list(range(n_seq))
+
+
+def test_sparse_correlations_over_the_budget_are_refused_across_ranks(monkeypatch):
+    """Budgeted (stored sparse) correlations are not split across ranks: a clear refusal
+    before any collective, not a hang or a wrong table."""
+    model = ModelAdapter(make_model(), bos_token_id=0)
+    dictionary = SAELensDictionary(make_sae("standard", 32, 16, HOOK))
+    monkeypatch.setattr(sweep, "current_shard", lambda: Shard(0, 2))
+    cfg = RunConfig(device="cpu", memory_budget=64)
+    with pytest.raises(
+        sweep.EngineError, match="not split across ranks yet: raise --memory-budget"
+    ):
+        sweep.run_sweep(model, dictionary, random_tokens(4, 8, seed=0), cfg)
