@@ -42,6 +42,8 @@ def wants_cuda(cfg: PrecomputeConfig) -> bool:
 def follow(cfg: PrecomputeConfig, shard: Shard, sources: Sources | None = None) -> None:
     """A rank other than 0: sweep the chunks rank 0 says are pending, write nothing."""
     runner = PrecomputeRunner(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     src = sources or load_run_sources(cfg)
     if cfg.free_unused_layers:
         src.model.free_unused_layers(
