@@ -64,6 +64,7 @@ def export_meta(ws: FeatureSource, index: int, params: dict[str, str]) -> dict[s
     meta = _run_meta(ws, f"Feature {index}")
     meta["app link"] = "feature?" + urlencode(params)
     meta["labels"] = knowledge.labels(ws, [index])
+    meta["notes"] = knowledge.notes(ws, [index])
     return meta
 
 
@@ -127,6 +128,7 @@ def export_many(ws: FeatureSource, indices: list[int]) -> str:
     got = ws.features_for_export(list(indices))  # hosted: within the export limit
     meta = _run_meta(ws, f"{len(indices)} features")
     meta["labels"] = knowledge.labels(ws, indices)  # one batched read
+    meta["notes"] = knowledge.notes(ws, indices)
     return render_features_html([got[i] for i in indices], meta)
 
 

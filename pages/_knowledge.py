@@ -14,7 +14,7 @@ from collections.abc import Iterable
 import streamlit as st
 
 from core.feature_source import FeatureSource
-from core.knowledge import KnowledgeStore
+from core.knowledge import KnowledgeStore, describe
 from core.knowledge.access import Editor, shared_store
 from core.knowledge.access import editor as make_editor
 from pages import _auth as auth
@@ -56,6 +56,18 @@ def labels(ws: FeatureSource, features: Iterable[int]) -> dict[int, str]:
         return store().labels(key, wanted)
     except Exception as exc:
         log.warning("knowledge store: labels not read: %s", exc)
+        return {}
+
+
+def notes(ws: FeatureSource, features: Iterable[int]) -> dict[int, str]:
+    """``{feature: Markdown notes}`` for those of ``features`` that have notes (batched)."""
+    key = dictionary_key(ws)
+    if key is None:
+        return {}
+    try:
+        return describe.notes(store(), key, [int(f) for f in features])
+    except Exception as exc:
+        log.warning("knowledge store: notes not read: %s", exc)
         return {}
 
 

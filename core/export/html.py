@@ -44,6 +44,7 @@ from core import charts, charts_dfa
 from core.charts import COMPONENTS, esc, parse_layout, visible_token
 from core.engine.features import Example, FeatureData, Histogram
 from core.export import ExportError
+from core.export.notes import notes_html
 from core.settings import data_dir
 from core.storage import atomic_write
 
@@ -374,7 +375,8 @@ def render_features_html(
         features: the features to show, in picker order (a picker appears when there
             are several; the URL fragment ``#feature=N`` selects one).
         meta: what the page says about the run: ``title`` (the heading),
-            ``labels`` (optional ``{feature index: label}``), and any other key/value
+            ``labels`` (optional ``{feature index: label}``), ``notes`` (optional
+            ``{feature index: Markdown}``, rendered without raw HTML), and any other key/value
             pairs (model, dictionary, dataset, hook, config...), listed under the
             heading. Values are escaped; dicts and lists are shown as JSON.
         layout: which components show, in which order (names from
@@ -414,6 +416,7 @@ def render_features_html(
         "layout": comps,
         "titles": {k: TITLES[k] for k in comps},
         "labels": labels,
+        "notes": notes_html(meta.get("notes")),
         "rgb": list(charts.ACT_RGB),
         "start": feats[0].index if start is None else int(start),
     }
@@ -422,7 +425,7 @@ def render_features_html(
     run_rows = "".join(
         f"<tr><th>{esc(k)}</th><td>{esc(_meta_value(v))}</td></tr>"
         for k, v in meta.items()
-        if k not in ("title", "labels")
+        if k not in ("title", "labels", "notes")
     )
     n = len(feats)
     run_block = (

@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from core import settings
 from core.knowledge.access import shared_store
-from core.knowledge.models import Explanation
+from core.knowledge.models import Annotation, Explanation
 from core.knowledge.records import ExplanationView, check_key
 from core.knowledge.rows import explanation_view
 from core.knowledge.store import KnowledgeStore
@@ -92,3 +92,25 @@ def stored_descriptions(dictionary_key: str, features: Iterable[int]) -> dict[in
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         return {}
     return descriptions(shared_store(url), dictionary_key, features)
+
+
+def notes(store: KnowledgeStore, dictionary_key: str, features: Iterable[int]) -> dict[int, str]:
+    """The non-empty notes (Markdown) of ``features``, deleted ones left out (batched)."""
+    check_key(dictionary_key)
+    wanted = sorted({int(f) for f in features})
+
+    def fn(session) -> dict[int, str]:
+        out: dict[int, str] = {}
+        for i in range(0, len(wanted), _BATCH):
+            rows = session.execute(
+                select(Annotation.feature, Annotation.notes).where(
+                    Annotation.dictionary_key == dictionary_key,
+                    Annotation.feature.in_(wanted[i : i + _BATCH]),
+                    Annotation.deleted.is_(False),
+                    Annotation.notes != "",
+                )
+            )
+            out.update({f: text for f, text in rows})
+        return out
+
+    return store.read(fn)

@@ -123,11 +123,19 @@ def test_exported_html_shows_labels_as_text(tiny_ws):
 
     key = tiny_ws.dictionary_key()
     evil = "<script>alert('pwned')</script> & co"
-    shared_store().annotate(key, 9, label=evil, author="tester")
+    note = "**bold** <script>alert(2)</script> [x](javascript:alert(3)) [ok](https://example.org)"
+    shared_store().annotate(key, 9, label=evil, notes=note, author="tester")
     page = export.export_many(tiny_ws, [9, 10])
     assert "<script>alert('pwned')" not in page  # only as escaped JSON text
     data = json.loads(page.split('id="fs-data">', 1)[1].split("</script>")[0])
     assert data["labels"] == {"9": evil}
+    rendered = data["notes"]["9"]  # Markdown rendered with raw HTML off
+    assert "<strong>bold</strong>" in rendered and "&lt;script&gt;alert(2)" in rendered
+    assert "<script>" not in rendered and 'href="javascript' not in rendered
+    assert (
+        '<a href="https://example.org" target="_blank" rel="noopener noreferrer">ok</a>' in rendered
+    )
+    assert set(data["notes"]) == {"9"}
     one = export.export_page(tiny_ws, tiny_ws.feature(9), ["summary"], {"feature": "9"})
     assert "<script>alert('pwned')" not in one and "\\u003cscript" in one
 

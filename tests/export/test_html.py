@@ -150,7 +150,9 @@ def test_offline_browser_renders_charts_and_never_runs_tokens(browser, feats, tm
     with_pwned = [fd for fd in feats if any(PWNED in e.tokens for e in fd.top_examples)]
     assert with_pwned, "the tiny dataset should put the hostile token in some top examples"
     chosen = [with_pwned[0], *[fd for fd in feats if fd is not with_pwned[0]][:4]]
-    path = save_html(tmp_path / f"page-{js}.html", chosen, {"title": PWNED}, js=js)
+    note = f'**bold note** {PWNED} <img src=x onerror="window.__pwned=2">'
+    meta = {"title": PWNED, "notes": {chosen[0].index: note}}
+    path = save_html(tmp_path / f"page-{js}.html", chosen, meta, js=js)
     ctx, page, requests, errors = _open(browser, path)
     try:
         page.wait_for_selector(MARKS.format("act_hist"), timeout=30_000, state="attached")
@@ -162,6 +164,10 @@ def test_offline_browser_renders_charts_and_never_runs_tokens(browser, feats, tm
         # the hostile token is on the page as text and did not run
         assert page.evaluate("typeof window.__pwned") == "undefined"
         assert PWNED in page.inner_text("#fs-page")
+        # a person's Markdown note: rendered, its raw HTML shown as text (never run)
+        assert page.locator("#fs-page .fs-notes strong").inner_text() == "bold note"
+        assert "onerror" in page.inner_text("#fs-page .fs-notes")
+        assert page.locator("#fs-page .fs-notes img").count() == 0
         assert page.title() == PWNED
         # every component of the default layout, in order
         comps = page.eval_on_selector_all(

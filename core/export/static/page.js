@@ -98,6 +98,12 @@
     main.textContent = "";
     var label = D.labels[String(f.i)];
     main.appendChild(el("h2", null, "Feature " + f.i + (label ? " \u2014 " + label : "")));
+    var note = D.notes && D.notes[String(f.i)];
+    if (note) {
+      var box = el("div", "fs-notes");
+      box.innerHTML = note; // markdown-it output with raw HTML off (core/export/notes.py)
+      main.appendChild(box);
+    }
     for (var n = 0; n < L.length; n++) {
       var key = L[n];
       var sec = el("section");
