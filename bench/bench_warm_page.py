@@ -2,11 +2,11 @@
 under 0.2 s for any feature of a 131,072-feature output).
 
 Workload: the tiny model of ``tests/tiny.py`` (d_model 32, a word-level tokenizer) with a
-standard SAE of ``--d-sae`` features whose biases make each feature fire on about
-``--density`` of tokens, over ``--n-seq`` x ``--seq-len`` tokens. The precompute output is
-built once with ``python -m core precompute --outputs memo`` in process (the config from
-the command line's own parser, the sources given live) under ``--work``/d<d_sae>/ and
-reused afterwards (``--rebuild`` builds it again).
+standard SAE of ``--d-sae`` features whose biases make about ``--l0`` of them fire per
+token (each on about ``l0 / d_sae`` of tokens), over ``--n-seq`` x ``--seq-len`` tokens.
+The precompute output is built once with ``python -m core precompute --outputs memo`` in
+process (the config from the command line's own parser, the sources given live) under
+``--work``/d<d_sae>/ and reused afterwards (``--rebuild`` builds it again).
 
 Then, each in a fresh process, for ``--n-features`` features spread over the index range
 (0, the middle, the last, and others drawn with a fixed seed):
@@ -48,6 +48,7 @@ APP = ROOT / "app.py"
 FEATURE_PAGE = "pages/feature.py"
 TARGET_SECONDS = 0.2
 BUILT = "built.json"  # written last: an output without it is built again
+CALIBRATION_TOKENS = 8192  # activations the encoder biases are set on
 
 
 def output_dir(work: Path, d_sae: int) -> Path:
@@ -75,11 +76,10 @@ def build(opts: dict[str, Any]) -> dict[str, Any]:
     model = make_model(d_vocab=d_vocab, n_ctx=seq_len, model_name="tiny-bench", tokenizer=tok)
     adapter = ModelAdapter(model, {"kind": "test", "name": "tiny-bench"}, bos_token_id=0)
     tokens = random_tokens(n_seq, seq_len, seed=1, d_vocab=d_vocab)
-    # torch.quantile takes at most 2**24 values: calibrate the biases on that many
-    rows = max(1, min(n_seq, (2**24 - 1) // (d_sae * seq_len)))
+    sae = make_sae("standard", model.cfg.d_model, d_sae, HOOK)
     with torch.no_grad():
-        sample = adapter.run_to_hooks(tokens[:rows], [HOOK])[HOOK].reshape(-1, model.cfg.d_model)
-    sae = make_sae("standard", model.cfg.d_model, d_sae, HOOK, sample, density=opts["density"])
+        sample = adapter.run_to_hooks(tokens[: max(1, CALIBRATION_TOKENS // seq_len)], [HOOK])
+    l0 = calibrate(sae, sample[HOOK].reshape(-1, model.cfg.d_model), opts["l0"] / d_sae)
     dictionary = SAELensDictionary(sae, source={"kind": "test", "name": f"tiny-bench-{d_sae}"})
 
     out = Path(opts["output"])
@@ -100,10 +100,31 @@ def build(opts: dict[str, Any]) -> dict[str, Any]:
     seconds = time.perf_counter() - t
     return {
         "build_seconds": seconds,
+        "calibration_l0": l0,
         "features_requested": got["features_requested"],
         "chunks": got["chunks_total"],
         "memo_bytes": sum(p.stat().st_size for p in (out / "memo").rglob("*") if p.is_file()),
     }
+
+
+def calibrate(sae: Any, sample: Any, density: float, block: int = 4096) -> float:
+    """Set ``sae``'s encoder biases so each feature fires on about ``density`` of the
+    ``sample`` activations, ``block`` features at a time (``make_sae``'s calibration takes
+    the quantile of every feature at once, more values than ``torch.quantile`` accepts).
+    Returns the L0 on the sample (active features per activation)."""
+    import torch
+
+    n = sample.shape[0]
+    k = min(n, max(1, round(n * (1 - density))))
+    active = 0
+    with torch.no_grad():
+        x = sample - sae.b_dec
+        for lo in range(0, sae.W_enc.shape[1], block):
+            pre = x @ sae.W_enc[:, lo : lo + block]
+            b = -pre.kthvalue(k, dim=0).values
+            sae.b_enc[lo : lo + block] = b
+            active += int((pre + b > 0).sum())
+    return active / n
 
 
 # --- the features measured ----------------------------------------------------------------------
@@ -218,7 +239,7 @@ def ensure_output(args: argparse.Namespace, tmp: Path) -> tuple[Path, dict[str, 
     out = output_dir(args.work, args.d_sae)
     marker = out / BUILT
     wanted = {"d_sae": args.d_sae, "n_seq": args.n_seq, "seq_len": args.seq_len}
-    wanted["density"] = args.density
+    wanted["l0"] = args.l0
     if marker.is_file() and not args.rebuild:
         built = json.loads(marker.read_text())
         if built.get("workload") == wanted:
@@ -234,9 +255,9 @@ def ensure_output(args: argparse.Namespace, tmp: Path) -> tuple[Path, dict[str, 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--d-sae", type=int, default=131072, help="features of the dictionary")
-    ap.add_argument("--n-seq", type=int, default=48, help="sequences of the token set")
-    ap.add_argument("--seq-len", type=int, default=24, help="tokens per sequence")
-    ap.add_argument("--density", type=float, default=0.01, help="each feature fires on ~this")
+    ap.add_argument("--n-seq", type=int, default=256, help="sequences of the token set")
+    ap.add_argument("--seq-len", type=int, default=32, help="tokens per sequence")
+    ap.add_argument("--l0", type=float, default=64, help="active features per token (about)")
     ap.add_argument("--n-features", type=int, default=20, help="features measured")
     ap.add_argument("--rebuild", action="store_true", help="build the output again")
     ap.add_argument("--work", type=Path, default=WORK, help="where the outputs are built")
@@ -248,8 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         run = {"build": build, "data": measure_data, "page": measure_page}[args.child]
         print(json.dumps(run(json.loads(args.opts))))
         return 0
-    if args.d_sae < 1 or args.n_features < 1:
-        ap.error("--d-sae and --n-features must be at least 1")
+    if args.d_sae < 1 or args.n_features < 1 or not 0 < args.l0 <= args.d_sae:
+        ap.error("--d-sae and --n-features must be at least 1, --l0 between 0 and --d-sae")
 
     from core.precomputed import open_precomputed
 

@@ -147,3 +147,16 @@ def test_warm_page_features_spread_over_the_range():
     assert {0, 65535, 131071} <= set(got)
     assert got == pick_features(131072, 20)  # a fixed seed
     assert pick_features(3, 20) == [0, 1, 2]
+
+
+def test_warm_page_calibration_sets_the_l0():
+    import torch
+
+    from bench.bench_warm_page import calibrate
+
+    sae = make_sae("standard", 32, 512, HOOK)
+    sample = torch.randn(2048, 32, generator=torch.Generator().manual_seed(0))
+    l0 = calibrate(sae, sample, 64 / 512, block=100)  # blocks that do not divide 512
+    with torch.no_grad():
+        by_sae = (sae.encode(sample) > 0).sum(-1).float().mean().item()
+    assert abs(l0 - 64) < 0.5 and abs(by_sae - 64) < 0.5, (l0, by_sae)
