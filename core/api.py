@@ -8,8 +8,10 @@
     data = SaeVisRunner(config).run(encoder=sae, model=model, tokens=tokens)
     save_feature_centric_vis(sae_vis_data=data, filename="dashboards.html")
 
-``encoder`` is a raw ``sae_lens`` SAE (any architecture, transcoders included) or one
-of our :class:`~core.dictionaries.Dictionary` adapters; ``model`` a raw
+``encoder`` is a raw ``sae_lens`` SAE (any architecture, transcoders included), one
+of our :class:`~core.dictionaries.Dictionary` adapters, or a tensor of directions
+``[n, d]`` read at ``hook_point`` (activation = ``x · v``, signed; see
+:mod:`core.dictionaries.directions`); ``model`` a raw
 ``transformer_lens.HookedTransformer`` (or ``HookedSAETransformer``) or a
 :class:`~core.models.ModelAdapter`; ``tokens`` a ``[prompts, positions]`` id tensor.
 The result's ``feature_data_dict`` maps each feature to a plain
@@ -41,10 +43,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from sae_lens import SAE
 from transformer_lens import HookedTransformer
 
 from core.config import RunConfig, parse_features
+from core.dictionaries.directions import DirectionsDictionary
 from core.dictionaries.protocol import Dictionary
 from core.dictionaries.saelens import SAELensDictionary
 from core.engine.cached import compute_features
@@ -180,14 +184,22 @@ class SaeVisData:
         return cls({fd.index: fd for fd in feats}, None, dict(payload.get("meta", {})))
 
 
-def _wrap_encoder(encoder: Any):
+def _wrap_encoder(encoder: Any, hook_point: str | None = None):
     if isinstance(encoder, Dictionary):
         return encoder
     if isinstance(encoder, SAE):
         return SAELensDictionary(encoder, source={"kind": "notebook"})
+    if isinstance(encoder, torch.Tensor):
+        if not hook_point:
+            raise TypeError(
+                "a tensor of directions needs the hook it is read at: set "
+                "SaeVisConfig(hook_point='blocks.6.hook_resid_pre', ...)"
+            )
+        return DirectionsDictionary.from_tensor(encoder, hook_point)
     raise TypeError(
-        f"encoder must be a sae_lens SAE (SAE.from_pretrained / SAE.load_from_disk) or a "
-        f"core.dictionaries adapter, got {type(encoder).__name__}"
+        f"encoder must be a sae_lens SAE (SAE.from_pretrained / SAE.load_from_disk), a "
+        f"core.dictionaries adapter or a tensor of directions [n, d], got "
+        f"{type(encoder).__name__}"
     )
 
 
@@ -214,7 +226,8 @@ class SaeVisRunner:
         """Sweep ``tokens`` through ``model`` and ``encoder``; returns :class:`SaeVisData`.
 
         Args:
-            encoder: a sae_lens SAE / transcoder, or a :class:`~core.dictionaries.Dictionary`.
+            encoder: a sae_lens SAE / transcoder, a :class:`~core.dictionaries.Dictionary`,
+                or a tensor of directions ``[n, d]`` (read at ``cfg.hook_point``).
             model: a HookedTransformer (or HookedSAETransformer) or a ``ModelAdapter``.
             tokens: ``[prompts, positions]`` token ids (BOS first, as the SAE was trained).
 
@@ -222,7 +235,7 @@ class SaeVisRunner:
         """
 
         cfg = self.cfg
-        dictionary = _wrap_encoder(encoder)
+        dictionary = _wrap_encoder(encoder, cfg.hook_point)
         rc = cfg.to_run_config(dictionary.n_features)
         adapter = _wrap_model(model)
         special = {adapter.bos_token_id, adapter.pad_token_id} - {None}

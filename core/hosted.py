@@ -421,7 +421,7 @@ def _strip(entry: dict[str, Any]) -> dict[str, Any]:
 def _is_local(spec: dict[str, Any]) -> bool:
     """True when the spec's ``path`` names a local file or directory (not a hub id)."""
     kind = spec.get("kind")
-    if kind in ("local", "saelens_local"):
+    if kind in ("local", "saelens_local", "directions"):
         return True
     if kind == "clt":  # a CLT path is a directory or a Hugging Face repo id
         return Path(spec["path"]).is_absolute() or Path(spec["path"]).exists()

@@ -13,7 +13,8 @@ The rules, in order (the first that applies wins):
 
 * ``demo`` is the shipped demo source.
 * An explicit prefix says what the rest is: ``hub:`` (a hub name), ``local:`` (a path),
-  and for dictionaries ``saelens:RELEASE/ID`` and ``clt:PATH_OR_REPO``.
+  and for dictionaries ``saelens:RELEASE/ID``, ``clt:PATH_OR_REPO`` and
+  ``directions:FILE.safetensors`` (given vectors at one hook).
 * An existing path is local.
 * A string that looks like a path (starts with ``/``, ``./``, ``../`` or ``~``, or ends
   with a data-file suffix such as ``.jsonl``) but does not exist is an error naming it
@@ -100,14 +101,16 @@ class DictionarySpec(_Spec):
         kind: ``"demo"`` (the SAE shipped in ``assets/demo_sae``), ``"saelens"`` (a
             SAELens release and id, downloaded by SAELens), ``"saelens_local"`` (a SAELens
             directory: ``cfg.json`` + ``sae_weights.safetensors``), ``"clt"`` (a
-            cross-layer transcoder directory or Hugging Face repo id, with ``layer``).
+            cross-layer transcoder directory or Hugging Face repo id, with ``layer``),
+            ``"directions"`` (a safetensors file of vectors and their hook: activation =
+            projection, see :mod:`core.dictionaries.directions`).
         release, sae_id: for ``saelens``.
         path: directory (or repo id for ``clt``).
         layer: the CLT layer whose features are shown.
         weights_file: CLT weights file name inside ``path`` (default: the first found).
     """
 
-    kind: Literal["demo", "saelens", "saelens_local", "clt"] = "demo"
+    kind: Literal["demo", "saelens", "saelens_local", "clt", "directions"] = "demo"
     release: str | None = None
     sae_id: str | None = None
     path: str | None = None
@@ -121,6 +124,8 @@ class DictionarySpec(_Spec):
             return f"{self.release} / {self.sae_id}"
         if self.kind == "clt":
             return f"CLT {self.path} layer {self.layer}"
+        if self.kind == "directions":
+            return f"directions {self.path}"
         return str(self.path)
 
 
@@ -226,11 +231,16 @@ def parse_dictionary(
     text: str, clt_layer: int | None = None, clt_weights: str | None = None
 ) -> DictionarySpec:
     """A dictionary string: ``demo``, a SAELens ``RELEASE/ID``, a SAELens directory,
-    ``clt:PATH_OR_REPO`` (with ``clt_layer``), or with a ``saelens:``/``local:`` prefix."""
+    ``clt:PATH_OR_REPO`` (with ``clt_layer``), ``directions:FILE.safetensors``, or with a
+    ``saelens:``/``local:`` prefix."""
     text = _clean(text, "dictionary")
     if text == "demo":
         return DictionarySpec(kind="demo")
-    prefix, rest = _prefix(text, "saelens", "local", "clt")
+    prefix, rest = _prefix(text, "saelens", "local", "clt", "directions")
+    if prefix == "directions":
+        rest = _clean(rest, "directions file")
+        _local(rest, "directions file", must_exist=True)
+        return DictionarySpec(kind="directions", path=rest)
     if prefix == "clt" or clt_layer is not None or clt_weights:
         if clt_layer is None:
             raise SourceError("a cross-layer transcoder needs its layer (--clt-layer N)")
@@ -280,5 +290,7 @@ def spec_text(spec: ModelSpec | DictionarySpec | DatasetSpec) -> str:
     if isinstance(spec, DictionarySpec):
         if spec.kind == "saelens":
             return f"saelens:{spec.release}/{spec.sae_id}"
+        if spec.kind == "directions":
+            return f"directions:{spec.path}"
         return f"clt:{spec.path}" if spec.kind == "clt" else f"local:{spec.path}"
     return f"hub:{spec.path}" if spec.kind == "hub" else f"local:{spec.path}"

@@ -7,6 +7,8 @@ what the tests' expected values were computed with, so change none of them.
   from a full config, as the benchmarks do);
 * :func:`make_sae` a SAELens SAE of any architecture (standard, jumprelu, topk, gated) whose
   features fire on about a chosen share of given activations;
+* :func:`make_directions` given directions (a probe, steering vectors) as a signed dictionary,
+  or the safetensors file they are loaded from;
 * :func:`random_tokens` random token ids with BOS in column 0;
 * :func:`word_tokenizer`, :func:`write_hf_model` a word-level tokenizer and a Hugging Face GPT-2
   directory that uses it (for the loaders of local sources);
@@ -151,6 +153,23 @@ def make_sae(
                 sae.b_enc.copy_(-q + 0.3)
                 sae.threshold.fill_(0.3)
     return sae
+
+
+def make_directions(d_in: int, n: int, hook: str, seed: int = 0, path: Path | None = None) -> Any:
+    """``n`` random directions ``[n, d_in]`` at ``hook`` (``torch.Generator`` from ``seed``,
+    scaled to unit norm) as a :class:`~core.dictionaries.directions.DirectionsDictionary`;
+    with ``path``, also written there as a directions file (tensor ``directions``, metadata
+    ``hook_name``)."""
+    from safetensors.torch import save_file
+
+    from core.dictionaries.directions import DirectionsDictionary
+
+    g = torch.Generator().manual_seed(seed)
+    vecs = torch.randn(n, d_in, generator=g)
+    vecs = vecs / vecs.norm(dim=1, keepdim=True)
+    if path is not None:
+        save_file({"directions": vecs}, str(path), metadata={"hook_name": hook})
+    return DirectionsDictionary(vecs, hook)
 
 
 def sae_at(model: Any, tokens: torch.Tensor, hook: str, d_sae: int = 16) -> Any:

@@ -7,9 +7,9 @@ its adapter and loaders (:mod:`core.dictionaries.registry`) plus one entry in :d
 
 from __future__ import annotations
 
-from core.dictionaries import clt, saelens
+from core.dictionaries import clt, directions, saelens
 from core.dictionaries.registry import LOADERS, loader_for
 
-FAMILIES = (saelens, clt)
+FAMILIES = (saelens, clt, directions)
 
 __all__ = ["FAMILIES", "LOADERS", "loader_for"]

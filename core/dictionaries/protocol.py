@@ -111,6 +111,17 @@ class Dictionary(ABC):
         return self.hook_in
 
     @property
+    def signed(self) -> bool:
+        """True when activations can be negative (projections on given directions).
+
+        The engine then counts non-zero activations as active, keeps the most negative
+        examples next to the most positive, bins histograms over ``[min, max]`` and
+        intervals over ``|value|``, and never quantises correlations to int8. False (the
+        base's answer) for dictionaries whose activations are non-negative.
+        """
+        return False
+
+    @property
     def encode_is_separable(self) -> bool:
         """True when a feature's activation depends only on its own encoder row.
 

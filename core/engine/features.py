@@ -111,6 +111,24 @@ class FeatureData:
     decoder_norm: float = 0.0
     extras: dict[str, Any] = field(default_factory=dict)
 
+    # --- signed dictionaries (projections on given directions) -----------------------
+    # kept in ``extras`` (``min_act``, ``bottom_examples``) so that the bytes of every
+    # non-negative feature stay as they were
+    @property
+    def signed(self) -> bool:
+        """True for a feature whose activations can be negative (a given direction)."""
+        return "bottom_examples" in self.extras
+
+    @property
+    def min_act(self) -> float:
+        """The lowest activation (at most 0; 0 for non-negative features)."""
+        return float(self.extras.get("min_act", 0.0))
+
+    @property
+    def bottom_examples(self) -> list[Example]:
+        """The most negative examples, most negative first (empty unless :attr:`signed`)."""
+        return [Example(**e) for e in self.extras.get("bottom_examples", [])]
+
     # --- JSON ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

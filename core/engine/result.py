@@ -9,6 +9,7 @@ tables (density, maximum, top tokens) come straight from the columns.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -163,6 +164,9 @@ class FeatureSet(Mapping[int, FeatureData]):
         s_win = c["int_windows"][j]
         i_counts = c["int_counts"][j]
         n_int = len(i_counts)
+        signed = "min" in c  # a signed dictionary (core.engine.sweep.finalize_columns)
+        mn = float(c["min"][j]) if signed else 0.0
+        span = max(mx, -mn)  # intervals: |value| in (0, max |value|] when signed
         groups = []
         for b in range(n_int):
             exs = [
@@ -172,8 +176,8 @@ class FeatureSet(Mapping[int, FeatureData]):
             ]
             groups.append(
                 IntervalGroup(
-                    lo=mx * b / n_int,
-                    hi=mx * (b + 1) / n_int,
+                    lo=span * b / n_int,
+                    hi=span * (b + 1) / n_int,
                     n_active=i_counts[b],
                     share=i_counts[b] / n_active if n_active else 0.0,
                     examples=exs,
@@ -181,7 +185,11 @@ class FeatureSet(Mapping[int, FeatureData]):
             )
         h_counts = c["hist_counts"][j]
         nb = len(h_counts)
-        act_hist = Histogram(edges=[mx * i / nb for i in range(nb + 1)], counts=h_counts)
+        if signed:  # bins over [min, max]
+            edges = [mn + (mx - mn) * i / nb for i in range(nb + 1)]
+        else:
+            edges = [mx * i / nb for i in range(nb + 1)]
+        act_hist = Histogram(edges=edges, counts=h_counts)
         if "pos_i" in c:
             lo, hi = float(c["logit_lo"][j]), float(c["logit_hi"][j])
             lcounts = c["logit_counts"][j]
@@ -234,5 +242,18 @@ class FeatureSet(Mapping[int, FeatureData]):
             top_examples=examples,
             intervals=groups,
             decoder_norm=float(c["dec_norm"][j]),
-            extras={k: v[r] for k, v in self.extras.items()},
+            extras={k: v[r] for k, v in self.extras.items()} | self._signed_extras(c, j, mn),
         )
+
+    def _signed_extras(self, c: dict[str, list], j: int, mn: float) -> dict[str, Any]:
+        """``min_act`` and ``bottom_examples`` (most negative first, as plain dicts) of a
+        signed feature, kept in ``extras`` so the data of other features is unchanged."""
+        if "min" not in c:
+            return {}
+        b_seq, b_pos, b_win = c["bot_seq"][j], c["bot_pos"][j], c["bot_windows"][j]
+        bottom = [
+            dataclasses.asdict(self._example(b_seq[i], b_pos[i], b_win[i]))
+            for i in range(len(b_seq))
+            if b_seq[i] >= 0
+        ]
+        return {"min_act": mn, "bottom_examples": bottom}

@@ -43,16 +43,23 @@ class MomentStats:
 
     ``acts`` passed to :meth:`update` must already be zero at ignored positions, and
     ``x`` (the hook activations, the "neurons") zero there too; ``n_tokens`` counts the
-    valid positions only.
+    valid positions only. ``signed``: activations may be negative; then ``count`` counts
+    non-zeros (not positives) and ``min`` is kept too. ``max`` starts at 0 and ``min``
+    ends at most 0 (ignored positions read as 0).
     """
 
-    def __init__(self, n_features: int, d_in: int | None, device: torch.device):
+    def __init__(
+        self, n_features: int, d_in: int | None, device: torch.device, signed: bool = False
+    ):
         f32 = dict(device=device, dtype=torch.float32)
         self.n_tokens = torch.zeros((), device=device, dtype=torch.float64)
         self.count = torch.zeros(n_features, device=device, dtype=torch.int64)
         self.sum = torch.zeros(n_features, **f32)
         self.sumsq = torch.zeros(n_features, **f32)
         self.max = torch.zeros(n_features, **f32)
+        self.signed = signed
+        if signed:
+            self.min = torch.zeros(n_features, **f32)
         self.track_neurons = d_in is not None
         if d_in is not None:
             self.x_sum = torch.zeros(d_in, **f32)
@@ -76,10 +83,12 @@ class MomentStats:
         """Add a token batch for the features in ``sl`` (``sp``: the non-zeros of ``acts``,
         when known; below :data:`SPARSE_CROSS_DENSITY` the feature-by-neuron sums use only
         them)."""
-        self.count[sl] += (acts > 0).sum(0)
+        self.count[sl] += ((acts != 0) if self.signed else (acts > 0)).sum(0)
         self.sum[sl] += acts.sum(0)
         self.sumsq[sl] += (acts * acts).sum(0)
         torch.maximum(self.max[sl], acts.amax(0), out=self.max[sl])
+        if self.signed:
+            torch.minimum(self.min[sl], acts.amin(0), out=self.min[sl])
         if self.track_neurons and x is not None:
             if sp is not None and sp.value.numel() <= SPARSE_CROSS_DENSITY * acts.numel():
                 self.cross[sl] += sp.transposed_matmul(x)
@@ -92,6 +101,8 @@ class MomentStats:
         self.sum += other.sum
         self.sumsq += other.sumsq
         torch.maximum(self.max, other.max, out=self.max)
+        if self.signed:
+            torch.minimum(self.min, other.min, out=self.min)
         if self.track_neurons:
             self.x_sum += other.x_sum
             self.x_sumsq += other.x_sumsq
@@ -229,6 +240,17 @@ def sparse_bins(sp: SparseActs, max_act: Float[Tensor, " f"], n_bins: int) -> In
     """Equal-width ``(lo, hi]`` bin of each non-zero activation."""
     scale = torch.where(max_act > 0, n_bins / max_act, torch.zeros_like(max_act))
     return ((sp.value * scale[sp.feature]).ceil().long() - 1).clamp_(0, n_bins - 1)
+
+
+def signed_bins(
+    sp: SparseActs, lo: Float[Tensor, " f"], hi: Float[Tensor, " f"], n_bins: int
+) -> Int[Tensor, " nnz"]:
+    """Equal-width ``[lo, hi]`` bin of each non-zero activation of a signed feature: bins
+    ``[lo + i*w, lo + (i+1)*w)``, the last one closed (``w = (hi - lo) / n_bins``)."""
+    span = hi - lo
+    scale = torch.where(span > 0, n_bins / span, torch.zeros_like(span))
+    f = sp.feature
+    return ((sp.value - lo[f]) * scale[f]).floor().long().clamp_(0, n_bins - 1)
 
 
 def bin_index(

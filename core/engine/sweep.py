@@ -14,6 +14,7 @@ The result is plain data: one :class:`~core.engine.features.FeatureData` per fea
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,7 @@ from core.engine.stats import (
     MomentStats,
     SparseActs,
     TopExamples,
+    signed_bins,
     sparse_bins,
     window_offsets,
 )
@@ -263,8 +265,13 @@ def run_sweep(
     )
     whole = config.whole_sequence
     d_in = dictionary.d_in
-    moments = MomentStats(n_req, d_in, device)
+    # signed activations (projections on given directions): non-zeros count as active, the
+    # most negative examples are kept too (the top of -acts), correlations never in int8
+    signed = dictionary.signed
+    moments = MomentStats(n_req, d_in, device, signed=signed)
     top = TopExamples(n_req, config.n_top_examples, offsets, whole, device)
+    bottom = TopExamples(n_req, config.n_top_examples, offsets, whole, device) if signed else None
+    gram_config = dataclasses.replace(config, gram_precision="float32") if signed else config
     # Feature-by-feature sums: in pass 1 when the columns span the whole dictionary
     # (unrequested features' maxima are never known), else in pass 2 (requested_gram).
     # Over the memory budget, pass 1 keeps the sparse activations instead (gram_budget).
@@ -288,7 +295,7 @@ def run_sweep(
             device,
             symmetric=False,
             strategy=config.gram_strategy,
-            dtype=gram_dtype(config, dtype),
+            dtype=gram_dtype(gram_config, dtype),
         )
     encoder = _Encoder(dictionary, dtype)
     chunks = _chunks(n_req, config.feature_chunk_size)
@@ -359,6 +366,8 @@ def run_sweep(
             kept.add(bi, ci, sp)
             moments.update(a, x32, sl, sp)
             top.update(a.view(b, length, -1), seq_ids, sl)
+            if bottom is not None:
+                bottom.update(-a.view(b, length, -1), seq_ids, sl)
             if sparse is not None and not need_all_cols:
                 sparse.stage(a, sl, sp)
             elif gram is not None:
@@ -376,6 +385,7 @@ def run_sweep(
     if shard.active:  # the global maxima before pass 2 (core.engine.distributed)
         nan_flag = shard.any(nan_flag)
         moments, top = shard.merge(moments), shard.merge(top)
+        bottom = shard.merge(bottom) if bottom is not None else None
         gram = shard.merge(gram) if gram is not None else None
     if bool(nan_flag):
         raise EngineError(
@@ -393,6 +403,7 @@ def run_sweep(
 
     # ---- pass 2: histograms and interval samples -------------------------------------
     max_act = moments.max
+    max_abs = torch.maximum(max_act, -moments.min) if signed else max_act
     hist = BinCounts(n_req, config.n_hist_bins, device)
     icounts = BinCounts(n_req, config.n_intervals, device)
     sampler = IntervalSampler(
@@ -400,7 +411,8 @@ def run_sweep(
     )
     staged: GramStats | None = None  # correlations among the requested features
     if corr != "none" and not need_all_cols and sparse is None:
-        gram = staged = requested_gram(config, moments, dtype, device, config.batch_size * length)
+        batch_tokens = config.batch_size * length
+        gram = staged = requested_gram(gram_config, moments, dtype, device, batch_tokens)
     if kept.ok:
         cache.clear()
     for bi, bsl in enumerate(batches):
@@ -425,8 +437,14 @@ def run_sweep(
             else:
                 a = encoder(x, feats[sl]) * mf[:, None]
                 sp = SparseActs(a)
-            hist.update(sp, sparse_bins(sp, max_act[sl], config.n_hist_bins), sl)
-            ibins = sparse_bins(sp, max_act[sl], config.n_intervals)
+            if signed:  # histogram over [min, max]; intervals over |value| in (0, max |value|]
+                hbins = signed_bins(sp, moments.min[sl], max_act[sl], config.n_hist_bins)
+                hist.update(sp, hbins, sl)
+                sp_abs = SparseActs.of(sp.token, sp.feature, sp.value.abs(), sp.n_features)
+                ibins = sparse_bins(sp_abs, max_abs[sl], config.n_intervals)
+            else:
+                hist.update(sp, sparse_bins(sp, max_act[sl], config.n_hist_bins), sl)
+                ibins = sparse_bins(sp, max_act[sl], config.n_intervals)
             icounts.update(sp, ibins, sl)
             sampler.update(a.view(b, length, -1), sp, ibins, seq_ids, sl)
             if staged is not None:
@@ -442,7 +460,7 @@ def run_sweep(
 
     report(1.0, "collecting the statistics")
     cols = finalize_columns(
-        model, dictionary, feats, config, moments, top, gram, hist, icounts, sampler
+        model, dictionary, feats, config, moments, top, gram, hist, icounts, sampler, bottom
     )
     window = None if whole else (config.window_before, config.window_after)
     features = FeatureSet(
@@ -523,8 +541,13 @@ def finalize_columns(
     hist: BinCounts,
     icounts: BinCounts,
     sampler: IntervalSampler,
+    bottom: TopExamples | None = None,
 ) -> dict[str, Tensor]:
-    """All per-feature results as CPU tensors with one row per requested feature."""
+    """All per-feature results as CPU tensors with one row per requested feature.
+
+    ``bottom``: for a signed dictionary, the top examples of the negated activations; it
+    adds ``min`` and the most negative examples (``bot_*``, values and windows as they are).
+    """
     rows = config.n_table_rows
     n_tok = moments.n_tokens.clamp_min(1)
     cols: dict[str, Tensor] = {
@@ -543,6 +566,12 @@ def finalize_columns(
         "int_counts": icounts.result,
         "hist_counts": hist.result,
     }
+    if bottom is not None:
+        cols["min"] = moments.min
+        cols["bot_values"] = -bottom.values
+        cols["bot_seq"] = bottom.seq
+        cols["bot_pos"] = bottom.pos
+        cols["bot_windows"] = 0.0 - bottom.windows  # (0.0 - 0.0 is +0.0; -0.0 would show)
     pearson, cosine = moments.neuron_correlations()
     k = min(rows, pearson.shape[1])
     cols["cn_p"], cols["cn_i"] = pearson.topk(k, dim=1)

@@ -8,6 +8,7 @@ import pytest
 
 from core.dictionaries import DictionaryError
 from core.dictionaries.clt import CLTDictionary
+from core.dictionaries.directions import DirectionsDictionary
 from core.dictionaries.loaders import LOADERS, loader_for
 from core.dictionaries.registry import REGISTRY, register_loader
 from core.dictionaries.saelens import SAELensDictionary
@@ -18,11 +19,17 @@ from core.sources import DictionarySpec, load_dictionary
 def test_every_spec_kind_has_a_loader() -> None:
     kinds = typing.get_args(typing.get_type_hints(DictionarySpec)["kind"])
     assert sorted(kinds) == sorted(LOADERS)
-    assert {"saelens": SAELensDictionary, "clt": CLTDictionary} == REGISTRY
+    assert {
+        "saelens": SAELensDictionary,
+        "clt": CLTDictionary,
+        "directions": DirectionsDictionary,
+    } == REGISTRY
 
 
 def test_unknown_kind_names_the_known_kinds() -> None:
-    with pytest.raises(DictionaryError, match="known kinds: clt, demo, saelens, saelens_local"):
+    with pytest.raises(
+        DictionaryError, match="known kinds: clt, demo, directions, saelens, saelens_local"
+    ):
         loader_for("nope")
     with pytest.raises(SourceError, match=r"unknown dictionary kind 'nope' \(known kinds: clt"):
         load_dictionary(DictionarySpec(kind="nope"))  # type: ignore[arg-type]
