@@ -373,3 +373,29 @@ def test_neuronpedia_explanations_from_the_knowledge_store(
         str(live[1]): ("an explanation", "featurescope-explanation"),
     }
     assert len({r["layer"] for r in records}) == 1 and records[0]["layer"].endswith("-tiny-res")
+
+
+def test_skipped_feature_reads_its_own_chunk_summary_only(reference, monkeypatch):
+    """Why a feature was skipped comes from its chunk's summary: the page of a skipped
+    feature does not read every chunk's summary (256 of them at 131,072 features)."""
+    dead = DEAD[-1]
+    with open_precomputed(reference) as store:
+        expected = store.summary()["density"][dead]  # the whole summary, as reference
+        store._summary = None
+        read: list[str] = []
+        get_json = store.memo.get_json
+
+        def spy(key: str, density: float | None = None):
+            read.append(key)
+            part = get_json(key)
+            if density is not None:
+                part["density"][part["feature"].index(dead)] = density
+            return part
+
+        monkeypatch.setattr(store.memo, "get_json", spy)
+        with pytest.raises(PrecomputedError, match=f"feature {dead} was skipped .*never fires"):
+            store.feature(dead)
+        assert expected == 0 and read == [f"chunk:{store.chunk_of(dead)}:summary"]
+        monkeypatch.setattr(store.memo, "get_json", lambda key: spy(key, 0.004))
+        with pytest.raises(PrecomputedError, match="density 0.004 is below the threshold 0.01"):
+            store.feature(dead)

@@ -182,8 +182,7 @@ class PrecomputedStore:
             thr = self.manifest["config"]["min_density"]
             why = "it never fires"
             with contextlib.suppress(Exception):
-                table = self.summary()
-                density = table["density"][table["feature"].index(i)]
+                density = self._chunk_density(i)
                 if density > 0:
                     why = f"density {density:.3g} is below the threshold {thr:g}"
             raise PrecomputedError(
@@ -216,6 +215,14 @@ class PrecomputedStore:
                 "command again: it recomputes chunks with missing entries"
             )
         return got
+
+    def _chunk_density(self, i: int) -> float:
+        """Feature ``i``'s density from the summary of its own chunk: a skipped feature's
+        page reads one chunk, not the whole summary (256 chunks at 131,072 features)."""
+        part = self.memo.get_json(f"chunk:{self.chunk_of(i)}:summary")
+        if part is None:
+            raise KeyError(i)
+        return float(part["density"][part["feature"].index(i)])
 
     def features(self, indices: list[int]) -> dict[int, FeatureData]:
         """Stored data of each of ``indices`` (ascending); raises as :meth:`feature`."""
