@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import torch.distributed as dist
 
 import core.engine.sweep as sweep
@@ -27,8 +28,10 @@ import core.sources as sources
 from core.cli import main
 from core.config import RunConfig
 from core.dictionaries.saelens import SAELensDictionary
-from core.engine.distributed import Shard
+from core.engine.distributed import CONSTANT, Shard, merged_fields
 from core.engine.features import FeatureData
+from core.engine.gram import BufferedInt8Gram, GramStats
+from core.engine.stats import BinCounts, IntervalSampler, MomentStats, TopExamples
 from core.models import ModelAdapter
 from tests.export.tiny_setup import CONTEXT, N_FEATURES, N_PROMPTS, tiny_assets
 from tests.test_runner import _completed, _files, _memo_entries
@@ -237,3 +240,27 @@ def test_sparse_correlations_over_the_budget_are_refused_across_ranks(monkeypatc
         sweep.EngineError, match="not split across ranks yet: raise --memory-budget"
     ):
         sweep.run_sweep(model, dictionary, random_tokens(4, 8, seed=0), cfg)
+
+
+def _accumulators() -> list[object]:
+    offsets = torch.arange(-2, 3)
+    return [
+        MomentStats(4, 3, torch.device("cpu")),
+        MomentStats(4, 3, torch.device("cpu"), signed=True),
+        MomentStats(4, None, torch.device("cpu")),
+        TopExamples(4, 2, offsets, False, "cpu"),
+        BinCounts(4, 5, "cpu"),
+        IntervalSampler(torch.arange(4), 3, 2, offsets, False, 0, "cpu"),
+        GramStats(4, 4, torch.device("cpu"), symmetric=True),
+        BufferedInt8Gram(torch.ones(4), torch.device("cpu"), block=32, buffer_bytes=1024),
+    ]
+
+
+@pytest.mark.parametrize("acc", _accumulators(), ids=lambda a: type(a).__name__)
+def test_every_accumulator_tensor_is_merged_across_ranks(acc):
+    """A tensor added to an accumulator must be merged across ranks (or be the same on
+    every rank): otherwise a torchrun sweep would silently keep rank 0's part."""
+    tensors = {k for k, v in vars(acc).items() if isinstance(v, torch.Tensor)}
+    merged = set(merged_fields(acc))
+    assert merged <= tensors, merged - tensors
+    assert tensors - merged <= CONSTANT, f"not merged across ranks: {tensors - merged - CONSTANT}"

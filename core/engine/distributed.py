@@ -43,13 +43,17 @@ FIELDS: dict[type, tuple[str, ...]] = {
     GramStats: ("cross", "col_sum", "col_sumsq", "n_tokens"),
 }
 NEURON_FIELDS = ("x_sum", "x_sumsq", "cross")
+#: tensors that are the same on every rank (settings, buffers emptied before a merge)
+CONSTANT = frozenset({"offsets", "feature_hash", "buf", "scale", "inv_scale"})
 
 
-def _fields(acc: object) -> tuple[str, ...]:
+def merged_fields(acc: object) -> tuple[str, ...]:
+    """The tensor attributes of ``acc`` that differ between ranks (gathered and merged)."""
     for cls, names in FIELDS.items():
         if isinstance(acc, cls):
-            if isinstance(acc, MomentStats) and acc.track_neurons:
-                return names + NEURON_FIELDS
+            if isinstance(acc, MomentStats):
+                names += ("min",) if acc.signed else ()
+                names += NEURON_FIELDS if acc.track_neurons else ()
             return names
     raise TypeError(f"no distributed merge for {type(acc).__name__}")
 
@@ -99,7 +103,7 @@ class Shard:
             return acc
         if isinstance(acc, GramStats):
             acc.finalize()  # flushes staged batches and fills the symmetric half
-        names = _fields(acc)
+        names = merged_fields(acc)
         given = getattr(acc, "sums_given", False)  # column sums already global (pass 1)
         kept = {n: getattr(acc, n) for n in ("col_sum", "col_sumsq")} if given else {}
         parts = {n: self._gather(getattr(acc, n)) for n in names if n not in kept}
@@ -169,4 +173,4 @@ def current() -> Shard:
     return Shard()
 
 
-__all__ = ["DistributedError", "Shard", "current", "lost_contact"]
+__all__ = ["DistributedError", "Shard", "current", "lost_contact", "merged_fields"]
