@@ -153,7 +153,7 @@ def stored_near(store: Any, targets: list[int]) -> list[int]:
 # --- measurements (each a child process) ------------------------------------------------------
 def measure_data(opts: dict[str, Any]) -> dict[str, Any]:
     """``open_precomputed`` + ``.feature(i)``: the open, the first feature, the later ones."""
-    from core.precomputed import open_precomputed
+    from core.precomputed import PrecomputedError, open_precomputed
 
     t = time.perf_counter()
     store = open_precomputed(opts["output"])
@@ -165,6 +165,16 @@ def measure_data(opts: dict[str, Any]) -> dict[str, Any]:
         fd = store.feature(i)
         seconds[str(i)] = time.perf_counter() - t
         assert fd.index == i, (fd.index, i)
+    skipped = opts.get("skipped")
+    extra: dict[str, Any] = {}
+    if skipped is not None:  # its page says why it was skipped
+        t = time.perf_counter()
+        try:
+            store.feature(skipped)
+        except PrecomputedError as exc:
+            extra = {"skipped_seconds": time.perf_counter() - t, "skipped_message": str(exc)}
+        else:
+            raise RuntimeError(f"feature {skipped} was not skipped")
     store.close()
     later = [seconds[str(i)] for i in features[1:]] or [0.0]
     return {
@@ -174,6 +184,7 @@ def measure_data(opts: dict[str, Any]) -> dict[str, Any]:
         "later_median_seconds": statistics.median(later),
         "later_max_seconds": max(later),
         "seconds": seconds,
+        **extra,
     }
 
 
@@ -198,8 +209,18 @@ def measure_page(opts: dict[str, Any]) -> dict[str, Any]:
         at.run()
         seconds[str(i)] = time.perf_counter() - t
         _check_page(at, i)
+    extra: dict[str, Any] = {}
+    skipped = opts.get("skipped")
+    if skipped is not None:  # the page of a feature the run skipped: an explanation
+        at.query_params["feature"] = str(skipped)
+        t = time.perf_counter()
+        at.run()
+        extra["skipped_seconds"] = time.perf_counter() - t
+        if not any("was skipped" in str(e.value) for e in at.error):
+            raise RuntimeError(f"the page of skipped feature {skipped} did not say so")
     values = list(seconds.values())
     return {
+        **extra,
         "warmup_seconds": warmup_s,
         "median_seconds": statistics.median(values),
         "max_seconds": max(values),
@@ -279,7 +300,10 @@ def main(argv: list[str] | None = None) -> int:
         out, built = ensure_output(args, tmp)
         with open_precomputed(out) as store:
             features = stored_near(store, pick_features(args.d_sae, args.n_features))
+            skipped = sorted(store.skipped)
+        # a skipped feature from the middle of the range, when the run skipped any
         opts = {"output": str(out), "features": features}
+        opts["skipped"] = skipped[len(skipped) // 2] if skipped else None
         data = child("data", opts, tmp)
         page = child("page", opts, tmp)
     result = {
@@ -287,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         "output": str(out),
         "build": built,
         "features": features,
+        "skipped_feature": opts["skipped"],
         "data": data,
         "page": page,
         "median_seconds": page["median_seconds"],

@@ -137,6 +137,8 @@ def test_warm_page_benchmark_runs_and_reports(tmp_path):
     assert got["page"]["warmup_seconds"] > 0
     assert 0 < got["median_seconds"] <= got["max_seconds"] == got["page"]["max_seconds"]
     assert isinstance(got["meets_target"], bool) and got["target_seconds"] == 0.2
+    if got["skipped_feature"] is not None:  # a skipped feature's page is timed too
+        assert got["page"]["skipped_seconds"] > 0 and "skipped" in got["data"]["skipped_message"]
 
 
 def test_warm_page_features_spread_over_the_range():
