@@ -20,6 +20,7 @@ from core.engine.features import Example, FeatureData, Histogram, LogitTable, Ta
 POS_COLOR = "#2b6cb0"
 NEG_COLOR = "#c53030"
 ACT_RGB = (234, 88, 12)  # orange: feature activation highlight
+NEG_RGB = (37, 99, 235)  # blue: negative activation of a signed feature (a given direction)
 
 #: dashboard components, in their default order (the layout control picks from these)
 COMPONENTS = [
@@ -172,7 +173,11 @@ def visible_token(tok: str) -> str:
     )
 
 
-def _bg(act: float, max_act: float) -> str:
+def _bg(act: float, max_act: float, min_act: float = 0.0) -> str:
+    if act < 0 and min_act < 0:  # signed features: negative values in blue, scaled by min
+        a = min(1.0, act / min_act)
+        r, g, b = NEG_RGB
+        return f"rgba({r},{g},{b},{0.12 + 0.78 * a:.3f})"
     if act <= 0 or max_act <= 0:
         return "transparent"
     a = min(1.0, act / max_act)
@@ -180,8 +185,11 @@ def _bg(act: float, max_act: float) -> str:
     return f"rgba({r},{g},{b},{0.12 + 0.78 * a:.3f})"
 
 
-def example_html(ex: Example, max_act: float, extra_lines: list[str] | None = None) -> str:
-    """One highlighted context; hovering a token shows token, activation and position."""
+def example_html(
+    ex: Example, max_act: float, extra_lines: list[str] | None = None, min_act: float = 0.0
+) -> str:
+    """One highlighted context; hovering a token shows token, activation and position.
+    ``min_act < 0`` (a signed feature) shades negative activations too."""
     parts = [f'<span class="fs-meta">seq {ex.seq}</span>']
     q = ex.qualifying_index
     for j, (tok, act) in enumerate(zip(ex.tokens, ex.acts, strict=True)):
@@ -192,7 +200,7 @@ def example_html(ex: Example, max_act: float, extra_lines: list[str] | None = No
             tip += "\n" + str(eff[j])
         cls = "fs-tok fs-q" if j == q else "fs-tok"
         parts.append(
-            f'<span class="{cls}" style="background:{_bg(act, max_act)}" data-act="{act:.4f}" data-pos="{pos}">'
+            f'<span class="{cls}" style="background:{_bg(act, max_act, min_act)}" data-act="{act:.4f}" data-pos="{pos}">'
             f'{esc(visible_token(tok))}<span class="fs-tip">{esc(tip)}</span></span>'
         )
     for line in extra_lines or []:
@@ -200,11 +208,20 @@ def example_html(ex: Example, max_act: float, extra_lines: list[str] | None = No
     return f'<div class="fs-ex">{"".join(parts)}</div>'
 
 
-def examples_html(examples: list[Example], max_act: float, title: str | None = None) -> str:
+def examples_html(
+    examples: list[Example], max_act: float, title: str | None = None, min_act: float = 0.0
+) -> str:
     head = f'<div class="fs-group">{esc(title)}</div>' if title else ""
     if not examples:
         return head + '<div class="fs-meta">no examples</div>'
-    return head + "".join(example_html(e, max_act) for e in examples)
+    return head + "".join(example_html(e, max_act, min_act=min_act) for e in examples)
+
+
+def signed_examples_html(fd: FeatureData, a: int = 0, b: int | None = None) -> str:
+    """A signed feature's most positive and most negative examples (``[a:b]`` of each)."""
+    return examples_html(
+        fd.top_examples[a:b], fd.max_act, "Most positive", min_act=fd.min_act
+    ) + examples_html(fd.bottom_examples[a:b], fd.max_act, "Most negative", min_act=fd.min_act)
 
 
 def plural(n: int, word: str) -> str:
@@ -222,11 +239,13 @@ def intervals_html(fd: FeatureData) -> str:
             empty += 1
             continue
         title = f"Interval ({g.lo:.3f}, {g.hi:.3f}]"
+        if fd.signed:  # intervals of a signed feature are over |activation|
+            title = f"|activation| in ({g.lo:.3f}, {g.hi:.3f}]"
         sub = f" {plural(g.n_active, 'token')}, {g.share:.2%} of activations"
         out.append(
             f'<div class="fs-group">{esc(title)}<small>{esc(sub)}</small></div>'
             + (
-                "".join(example_html(e, fd.max_act) for e in g.examples)
+                "".join(example_html(e, fd.max_act, min_act=fd.min_act) for e in g.examples)
                 or '<div class="fs-meta">no examples</div>'
             )
         )
@@ -352,6 +371,7 @@ def extras_html(extras: dict[str, Any]) -> str:
     rest = dict(extras)
     effects = rest.pop("effects", None)
     rest.pop("dfa", None)  # drawn on its own (core.charts_dfa)
+    rest.pop("bottom_examples", None)  # drawn with the top examples (signed features)
     layers = rest.pop("decoder_layers", None)
     norms = rest.pop("decoder_norms_by_layer", None)
     if layers is not None and norms is not None:

@@ -30,10 +30,14 @@ def _next(key: str, pages: int) -> None:
 
 
 def top_examples(fd: Any) -> None:
-    """The top examples, :data:`PAGE` at a time when the pool is larger."""
-    n = len(fd.top_examples)
+    """The top examples, :data:`PAGE` at a time when the pool is larger; for a signed
+    feature (a given direction) the most positive and the most negative ones."""
+    n = max(len(fd.top_examples), len(fd.bottom_examples))
     if n <= PAGE:
-        st.html(charts.examples_html(fd.top_examples, fd.max_act))
+        if fd.signed:
+            st.html(charts.signed_examples_html(fd))
+        else:
+            st.html(charts.examples_html(fd.top_examples, fd.max_act))
         return
     key = f"fs_top_page_{fd.index}"
     pages = -(-n // PAGE)
@@ -49,11 +53,15 @@ def top_examples(fd: Any) -> None:
     )
     a, b = page_bounds(n, page)
     row.caption(f"examples {a + 1}–{b} of {n}")
-    st.html(charts.examples_html(fd.top_examples[a:b], fd.max_act))
+    if fd.signed:
+        st.html(charts.signed_examples_html(fd, a, b))
+    else:
+        st.html(charts.examples_html(fd.top_examples[a:b], fd.max_act))
 
 
 def _choices(fd: Any) -> list[tuple[str, Example]]:
     out = [(f"top {k + 1}", e) for k, e in enumerate(fd.top_examples)]
+    out += [(f"bottom {k + 1}", e) for k, e in enumerate(fd.bottom_examples)]
     for g in reversed(fd.intervals):
         out += [(f"interval ({g.lo:.2f}, {g.hi:.2f}]", e) for e in g.examples]
     return out

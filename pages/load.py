@@ -274,12 +274,13 @@ with tab_specs:
         st.markdown("**Dictionary**")
         d_kind = st.radio(
             "Dictionary source",
-            ["demo", "saelens", "saelens_local", "clt"],
+            ["demo", "saelens", "saelens_local", "clt", "directions"],
             format_func={
                 "demo": "Demo TopK SAE",
                 "saelens": "SAELens release",
                 "saelens_local": "Local SAELens directory",
                 "clt": "Local cross-layer transcoder",
+                "directions": "Directions file (probes, steering vectors)",
             }.__getitem__,
             key="fs_d_kind",
             label_visibility="collapsed",
@@ -315,6 +316,12 @@ with tab_specs:
                 dictionary["sae_id"] = st.selectbox(
                     "SAE id", releases[rel]["ids"], key="fs_d_sae_id"
                 )
+        elif d_kind == "directions":
+            dictionary["path"] = st.text_input(
+                "Directions file",
+                key="fs_d_path",
+                placeholder="/path/vecs.safetensors ([n, d] 'directions', hook_name metadata)",
+            )
         elif d_kind in ("saelens_local", "clt"):
             dictionary["path"] = st.text_input(
                 "Directory",

@@ -242,7 +242,8 @@ def feature_record(
             fd.correlated_features, "feature", link="#feature={}"
         )
     if "extras" in layout:
-        frag["extras"] = _extras_html({k: v for k, v in fd.extras.items() if k != "dfa"})
+        shown_apart = ("dfa", "bottom_examples")  # drawn with the top examples
+        frag["extras"] = _extras_html({k: v for k, v in fd.extras.items() if k not in shown_apart})
     rec["html"] = frag
     if "act_hist" in layout:
         rec["ah"] = _hist(fd.act_hist)
@@ -251,6 +252,10 @@ def feature_record(
         rec["lh"] = _hist(fd.logit_hist)
     if "top_examples" in layout:
         rec["top"] = [_example(e, toks) for e in fd.top_examples]
+        if fd.signed:  # a given direction: its most negative examples too
+            frag["bottom"] = charts.examples_html(
+                fd.bottom_examples, fd.max_act, "Most negative", min_act=fd.min_act
+            )
         dfa = charts_dfa.dfa_examples_html(fd)  # attention-output dictionaries only
         if dfa:
             frag["dfa"] = dfa
@@ -261,7 +266,7 @@ def feature_record(
         for g in reversed(fd.intervals):
             groups.append(
                 [
-                    f"Interval ({g.lo:.3f}, {g.hi:.3f}]",
+                    f"{'|activation| in' if fd.signed else 'Interval'} ({g.lo:.3f}, {g.hi:.3f}]",
                     f" {g.n_active} tokens, {g.share:.2%} of activations",
                     [_example(e, toks) for e in g.examples],
                 ]

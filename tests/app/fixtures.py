@@ -83,3 +83,13 @@ def make_z_workspace():
     sae = z_sae_at(ws.model.model, ws.tokens[:16], layer=1)
     dictionary = SAELensDictionary(sae, source={"kind": "test", "name": "tiny-test-z-sae"})
     return type(ws)(ws.model, dictionary, ws.tokens, ws.dataset, ws.memo, ws.config)
+
+
+def make_directions_workspace():
+    """:func:`make_workspace`'s model and tokens with 4 given directions at the same hook
+    (signed activations: the Feature page shows the most positive and most negative)."""
+    from tests.tiny import make_directions
+
+    ws = make_workspace()
+    dictionary = make_directions(ws.model.model.cfg.d_model, 4, HOOK, seed=3)
+    return type(ws)(ws.model, dictionary, ws.tokens, ws.dataset, ws.memo, ws.config)

@@ -114,6 +114,11 @@
       if (key === "act_hist" || key === "logit_hist") chart(box, key, f);
       else if (key === "top_examples") {
         examples(f.top, f.mx, box);
+        if (f.html.bottom) {  // a signed feature's most negative examples, escaped in Python
+          var bottom = el("div");
+          bottom.innerHTML = f.html.bottom;
+          box.appendChild(bottom);
+        }
         if (f.html.dfa) {  // direct feature attribution, escaped in Python
           var dfa = el("div", "fs-dfa");
           dfa.innerHTML = f.html.dfa;
