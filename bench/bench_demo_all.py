@@ -75,7 +75,7 @@ def run_one(name: str) -> dict:
                         ws.model.run_to_hooks(ws.tokens[i : i + bs], [hook])
             elif name == "app":
                 table = ws.summary()
-                extra = {"n_features": len(table["index"])}
+                extra = {"n_features": len(table["feature"])}
             else:
                 extra = _cli(Path(tmp), ws)
             seconds = time.perf_counter() - t
