@@ -59,6 +59,20 @@ def _reference(a: np.ndarray, rows: np.ndarray, self_col: np.ndarray):
     return out, tols
 
 
+def _through_dense_rows(store: SparseStoreGram, *args):
+    """``store.top_correlated(*args)`` with every row computed from its dense row of sums
+    (as rows near a tie in the column order are)."""
+    real = sparse_topk.ColumnOrder.candidates
+
+    def no_margin(self, *a):
+        cols, ok = real(self, *a)
+        return cols, torch.zeros_like(ok)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sparse_topk.ColumnOrder, "candidates", no_margin)
+        return store.top_correlated(*args)
+
+
 @pytest.mark.parametrize("rows_are_cols", [False, True])
 def test_blocks_match_float64_top_k(rows_are_cols):
     """Many blocks, scans, pair chunks and segments: every row's top-k is the float64 one."""
@@ -105,15 +119,7 @@ def test_blocks_match_float64_top_k(rows_are_cols):
     # every row through its dense row of the same sums (what rows near a tie in the column
     # order get): bit for bit the same values, and the same columns (exact ties, such as
     # features 60 and 61, may come in either order)
-    real = sparse_topk.ColumnOrder.candidates
-
-    def no_margin(self, *args):
-        cols, ok = real(self, *args)
-        return cols, torch.zeros_like(ok)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sparse_topk.ColumnOrder, "candidates", no_margin)
-        fp, fi, fc = store.top_correlated(row_sum, row_sumsq, 4, self_col)
+    fp, fi, fc = _through_dense_rows(store, row_sum, row_sumsq, 4, self_col)
     assert torch.equal(fp, p) and torch.equal(fc, c)
     for r in range(n_rows):
         finite = torch.isfinite(p[r])
@@ -312,15 +318,7 @@ def test_signed_activations_take_the_other_column_order(seed):
     assert (row_sum < 0).any() and (row_sum > 0).any()
     self_col = torch.arange(f)
     p, i, c = store.top_correlated(row_sum, row_sumsq, 5, self_col)
-    real = sparse_topk.ColumnOrder.candidates
-
-    def no_margin(self, *args):
-        cols, ok = real(self, *args)
-        return cols, torch.zeros_like(ok)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sparse_topk.ColumnOrder, "candidates", no_margin)
-        dp, di, dc = store.top_correlated(row_sum, row_sumsq, 5, self_col)
+    dp, di, dc = _through_dense_rows(store, row_sum, row_sumsq, 5, self_col)
     assert torch.equal(p, dp) and torch.equal(c, dc)
     for r in range(f):
         finite = torch.isfinite(p[r])
