@@ -19,12 +19,14 @@ import dataclasses
 import json
 import logging
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
 from core.config import Progress, RunConfig, check_feature_index
 from core.corpus_search import CorpusMixin
+from core.dictionaries.directions import directions_file_for
 from core.dictionaries.protocol import Dictionary
 from core.effects import compute_effects, steer
 from core.engine.activations import activation_store_for
@@ -507,6 +509,8 @@ def open_workspace(
     config: RunConfig | None = None,
     prefix: str = "",
     suffix: str = "",
+    directions: torch.Tensor | None = None,
+    hook: str | None = None,
 ) -> Workspace:
     """A workspace from source strings, read as the command line and the app's links read
     them (:mod:`core.specs`), for notebooks::
@@ -518,11 +522,26 @@ def open_workspace(
     ``memo`` defaults to the app's memo, so features the app or a precompute of the same
     sources already has come back without computing. ``prefix``/``suffix``: text put
     around every document (a chat template); ``config=RunConfig(ignore_positions=[0],
-    max_norm_ratio=10)`` ignores tokens (see :class:`~core.config.RunConfig`)."""
+    max_norm_ratio=10)`` ignores tokens (see :class:`~core.config.RunConfig`).
+    ``directions=vecs, hook="blocks.6.hook_resid_pre"``: the vectors ``[n, d]`` as the
+    dictionary (activation = projection; written once to a file named by their content
+    next to the memo, which becomes the dictionary's spec ``directions:FILE``)."""
+    memo = memo if memo is not None else Memo()
+    if directions is not None:
+        if dictionary != "demo":
+            raise WorkspaceError(
+                f"give either a dictionary ({dictionary!r}) or directions, not both"
+            )
+        if not hook:
+            raise WorkspaceError(
+                "directions need the hook they are read at: hook='blocks.6.hook_resid_pre'"
+            )
+        folder = Path(memo.directory).parent / "directions"
+        dictionary = f"directions:{directions_file_for(directions, hook, folder)}"
     return Workspace.from_specs(
         parse_model(model, dtype=dtype, device=device),
         parse_dictionary(dictionary, clt_layer=clt_layer),
         parse_dataset(dataset, n_tokens, context_length, prefix=prefix, suffix=suffix),
-        memo=memo if memo is not None else Memo(),
+        memo=memo,
         config=config,
     )

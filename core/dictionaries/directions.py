@@ -14,7 +14,9 @@ and the hook in its metadata under ``hook_name``::
     save_file({"directions": vecs}, "vecs.safetensors",
               metadata={"hook_name": "blocks.6.hook_resid_pre"})
 
-From a notebook, :meth:`DirectionsDictionary.from_tensor` wraps a tensor directly.
+From a notebook, :meth:`DirectionsDictionary.from_tensor` wraps a tensor directly, and
+:func:`directions_file_for` writes one to a file named by its content (what
+``open_workspace(..., directions=vecs, hook=...)`` opens, so the workspace has a spec).
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
 from torch import Tensor
 
 from core.dictionaries.protocol import Dictionary, DictionaryError, check_finite, check_hook_name
 from core.dictionaries.registry import DictionarySpecFields, register, register_loader
 from core.source_guard import SourceError
+from core.storage import atomic_write
 
 #: the tensor name read from a directions file (any single tensor is read too)
 TENSOR_NAME = "directions"
@@ -136,6 +140,18 @@ class DirectionsDictionary(Dictionary):
     def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> Dictionary:
         self.W = self.W.to(device=device)  # kept float32; encode casts to the input's dtype
         return self
+
+
+def directions_file_for(vectors: Tensor, hook: str, directory: str | Path) -> Path:
+    """A directions file in ``directory`` holding ``vectors`` at ``hook``, named by their
+    content (the same vectors give the same file; written once, atomically)."""
+    d = DirectionsDictionary(vectors, hook)
+    name = f"{d.fingerprint()[:16]}-{hook.replace('.', '_')}"  # a checked hook name
+    path = Path(directory).expanduser() / f"{name}.safetensors"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, save({TENSOR_NAME: d.W.contiguous()}, metadata={HOOK_KEY: hook}))
+    return path
 
 
 def load_directions_file(path: str | Path, device: str = "cpu") -> DirectionsDictionary:

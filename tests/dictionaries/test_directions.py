@@ -11,11 +11,14 @@ from core.config import RunConfig
 from core.dictionaries import DictionaryError
 from core.dictionaries.directions import DirectionsDictionary
 from core.engine.sweep import run_sweep
+from core.gate import WorkspaceError
+from core.memo import Memo
 from core.models import ModelAdapter
 from core.source_guard import SourceError
 from core.sources import load_dictionary
 from core.specs import parse_dictionary, spec_text
-from tests.tiny import BOS_ID, HOOK, make_directions, make_model, random_tokens
+from core.workspace import open_workspace
+from tests.tiny import BOS_ID, HOOK, make_directions, make_model, random_tokens, write_hf_model
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +89,27 @@ def test_notebook_api_takes_a_tensor(model):
     assert fd.signed and fd.min_act < 0 < fd.max_act and fd.bottom_examples
     with pytest.raises(TypeError, match="hook_point"):
         SaeVisRunner(SaeVisConfig(device="cpu")).run(encoder=vecs, model=model, tokens=tokens)
+
+
+def test_open_workspace_takes_a_tensor(tmp_path):
+    words = ["the", "cat", "sat", "on", "a", "mat", "and", "a", "dog", "ran", "home"]
+    write_hf_model(tmp_path / "lm", words)
+    (tmp_path / "text.txt").write_text(" ".join(words * 30))
+    vecs = torch.randn(3, 32, generator=torch.Generator().manual_seed(4))
+    memo = Memo(tmp_path / "cache" / "memo")
+    kw = dict(n_tokens=128, context_length=16, device="cpu", memo=memo)
+    model, data = f"local:{tmp_path / 'lm'}", f"local:{tmp_path / 'text.txt'}"
+    ws = open_workspace(model, dataset=data, directions=vecs, hook=HOOK, **kw)
+    assert isinstance(ws.dictionary, DirectionsDictionary)
+    assert torch.equal(ws.dictionary.W, vecs) and ws.dictionary.hook_in == HOOK
+    files = list((tmp_path / "cache" / "directions").iterdir())
+    assert len(files) == 1  # named by content: opening again writes nothing new
+    again = open_workspace(model, dataset=data, directions=vecs.clone(), hook=HOOK, **kw)
+    assert list((tmp_path / "cache" / "directions").iterdir()) == files
+    assert again.identity_key() == ws.identity_key()
+    fd = ws.feature(2)
+    assert fd.signed and fd.min_act < 0 < fd.max_act
+    with pytest.raises(WorkspaceError, match="hook they are read at"):
+        open_workspace(model, dataset=data, directions=vecs, **kw)
+    with pytest.raises(WorkspaceError, match="not both"):
+        open_workspace(model, "demo-x", data, directions=vecs, hook=HOOK, **kw)
