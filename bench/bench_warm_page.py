@@ -6,7 +6,8 @@ standard SAE of ``--d-sae`` features whose biases make about ``--l0`` of them fi
 token (each on about ``l0 / d_sae`` of tokens), over ``--n-seq`` x ``--seq-len`` tokens.
 The precompute output is built once with ``python -m core precompute --outputs memo`` in
 process (the config from the command line's own parser, the sources given live) under
-``--work``/d<d_sae>/ and reused afterwards (``--rebuild`` builds it again).
+``--work``/d<d_sae>/ and reused afterwards (``--rebuild`` builds it again; an interrupted
+build is resumed).
 
 Then, each in a fresh process, for ``--n-features`` features spread over the index range
 (0, the middle, the last, and others drawn with a fixed seed):
@@ -265,10 +266,13 @@ def ensure_output(args: argparse.Namespace, tmp: Path) -> tuple[Path, dict[str, 
         built = json.loads(marker.read_text())
         if built.get("workload") == wanted:
             return out, {**built, "reused": True}
-    shutil.rmtree(out, ignore_errors=True)
+    # an unfinished build (no marker) is resumed: the precompute continues its chunks
+    resumed = (out / "manifest.json").is_file() and not marker.is_file() and not args.rebuild
+    if not resumed:
+        shutil.rmtree(out, ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     got = child("build", {**wanted, "output": str(out)}, tmp)
-    built = {"workload": wanted, **got}
+    built = {"workload": wanted, **got, "resumed": resumed}
     marker.write_text(json.dumps(built, indent=1) + "\n")
     return out, {**built, "reused": False}
 

@@ -162,3 +162,29 @@ def test_warm_page_calibration_sets_the_l0():
     with torch.no_grad():
         by_sae = (sae.encode(sample) > 0).sum(-1).float().mean().item()
     assert abs(l0 - 64) < 0.5 and abs(by_sae - 64) < 0.5, (l0, by_sae)
+
+
+def test_warm_page_build_is_reused_resumed_or_rebuilt(tmp_path, monkeypatch):
+    import argparse
+    from pathlib import Path
+
+    import bench.bench_warm_page as wp
+
+    calls: list[dict] = []
+
+    def child(name, opts, tmp):
+        calls.append(opts)
+        Path(opts["output"]).mkdir(exist_ok=True)
+        return {"build_seconds": 1.0}
+
+    monkeypatch.setattr(wp, "child", child)
+    args = argparse.Namespace(work=tmp_path, d_sae=8, n_seq=2, seq_len=4, l0=2.0, rebuild=False)
+    out, built = wp.ensure_output(args, tmp_path)
+    assert not built["reused"] and not built["resumed"] and len(calls) == 1
+    assert wp.ensure_output(args, tmp_path)[1]["reused"] and len(calls) == 1
+    (out / "built.json").unlink()  # interrupted: continued where it stopped
+    (out / "manifest.json").write_text("{}")
+    assert wp.ensure_output(args, tmp_path)[1]["resumed"] and (out / "manifest.json").exists()
+    args.l0 = 3.0  # another workload: built afresh
+    built = wp.ensure_output(args, tmp_path)[1]
+    assert not built["resumed"] and not (out / "manifest.json").exists() and len(calls) == 3
