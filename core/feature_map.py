@@ -25,6 +25,7 @@ import json
 import math
 import struct
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,8 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from core.errors import FeaturescopeError
+from core.export.map_html import MAX_POINTS as EXPORT_POINTS
+from core.export.map_html import MapExport
 
 if TYPE_CHECKING:
     from core.dictionaries.protocol import Dictionary
@@ -259,3 +262,28 @@ def map_table(
     if labels:
         out["label"] = [str(labels.get(i, "")) for i in indices]
     return out
+
+
+def export_map(
+    dictionary: Dictionary,
+    memo: Memo | None,
+    keep: list[int] | tuple[int, ...] = (),
+    labels: Callable[[list[int]], dict[int, str]] | None = None,
+    summary: dict[str, list] | None = None,
+) -> MapExport | None:
+    """The map stored for ``dictionary`` in ``memo`` (UMAP when there is one, else PCA),
+    ready for an HTML export (:mod:`core.export.map_html`): at most its
+    :data:`~core.export.map_html.MAX_POINTS` features plus ``keep``, with their ``labels``
+    (a batched lookup) and ``summary`` columns. ``None`` when no map is stored: an export
+    never computes one."""
+    for method in ("umap", "pca"):
+        fmap = stored_map(dictionary, method, memo)
+        if fmap is not None:
+            break
+    else:
+        return None
+    n = fmap.n_features
+    keep = [int(k) for k in keep if 0 <= int(k) < n][: EXPORT_POINTS // 2]
+    shown = draw_indices(n, EXPORT_POINTS - len(keep), keep)
+    names = labels(shown) if labels is not None else None
+    return MapExport(map_table(fmap, shown, summary, names), fmap.method, n)

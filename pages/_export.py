@@ -12,9 +12,10 @@ from urllib.parse import urlencode
 
 import streamlit as st
 
-from core import settings
+from core import feature_map, settings
 from core.engine.features import Example
 from core.export.html import render_features_html
+from core.export.map_html import MapExport
 from core.feature_source import FeatureSource
 from pages import _auth as auth
 from pages import _knowledge as knowledge
@@ -129,7 +130,20 @@ def export_many(ws: FeatureSource, indices: list[int]) -> str:
     meta = _run_meta(ws, f"{len(indices)} features")
     meta["labels"] = knowledge.labels(ws, indices)  # one batched read
     meta["notes"] = knowledge.notes(ws, indices)
-    return render_features_html([got[i] for i in indices], meta)
+    return render_features_html(
+        [got[i] for i in indices], meta, feature_map=stored_map(ws, indices)
+    )
+
+
+def stored_map(ws: FeatureSource, indices: list[int]) -> MapExport | None:
+    """The dictionary's map for an export, when the Map page has stored one (never computed
+    here: a live workspace's memo only), labelled from the knowledge store."""
+    dictionary = getattr(ws, "dictionary", None)
+    if dictionary is None or not workspaces.is_live(ws):
+        return None
+    return feature_map.export_map(
+        dictionary, getattr(ws, "memo", None), indices, lambda shown: knowledge.labels(ws, shown)
+    )
 
 
 def export_features_button(ws: FeatureSource, indices: list[int], key: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -12,9 +13,11 @@ import time
 from pathlib import Path
 
 import jsonschema
+import numpy as np
 import pytest
 
 import core.sources as sources
+from core import feature_map as fm
 from core.cli import main
 from core.engine.features import FeatureData
 from core.errors import FeaturescopeError
@@ -399,3 +402,26 @@ def test_skipped_feature_reads_its_own_chunk_summary_only(reference, monkeypatch
         monkeypatch.setattr(store.memo, "get_json", lambda key: spy(key, 0.004))
         with pytest.raises(PrecomputedError, match="density 0.004 is below the threshold 0.01"):
             store.feature(dead)
+
+
+def test_index_page_shows_the_stored_map_only(assets, reference, tmp_path, monkeypatch):
+    assert 'class="fs-map"' not in (reference / "html" / "index.html").read_text()
+    key = json.loads((reference / "manifest.json").read_text())["identity"][
+        "dictionary_fingerprint"
+    ]
+    app_memo = tmp_path / "app-memo"
+    stored = fm.FeatureMap(
+        np.arange(N_FEATURES, dtype=np.float32), np.zeros(N_FEATURES, np.float32), "pca", {}
+    )
+    memo = Memo(app_memo)
+    memo.put_bytes(fm.map_key(key, "pca", {}), stored.to_bytes())
+    memo.close()
+    monkeypatch.setenv("FEATURESCOPE_CACHE_DIR", str(app_memo))  # the app's memo holds the map
+    monkeypatch.setenv("FEATURESCOPE_DB", str(tmp_path / "knowledge.db"))
+    out = tmp_path / "out"
+    args = [a if a != f"0:{N_FEATURES}" else "0,1" for a in base_args(assets)]
+    assert main([*args, "--output-dir", str(out), "--outputs", "html"]) == 0
+    page = (out / "html" / "index.html").read_text()
+    img = re.search(r'<figure class="fs-map"><img alt="([^"]*)" src="data:image/png;base64,', page)
+    assert img is not None and "<" not in img.group(1)
+    assert f"PCA of the decoder directions; {N_FEATURES} features drawn" in page

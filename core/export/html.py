@@ -44,6 +44,7 @@ from core import charts, charts_dfa
 from core.charts import COMPONENTS, esc, parse_layout, visible_token
 from core.engine.features import Example, FeatureData, Histogram
 from core.export import ExportError
+from core.export.map_html import MapExport, map_spec
 from core.export.notes import notes_html
 from core.settings import data_dir
 from core.storage import atomic_write
@@ -373,6 +374,7 @@ def render_features_html(
     start: int | None = None,
     js: JsMode = "gzip",
     whole: Mapping[int, Sequence[Example]] | None = None,
+    feature_map: MapExport | None = None,
 ) -> str:
     """One self-contained HTML page with the dashboards of ``features``.
 
@@ -392,6 +394,9 @@ def render_features_html(
             Safari 16.4+); ``"plain"`` inlines it as is (about 0.9 MB, any browser).
         whole: whole rows of some top examples per feature index (the Feature page's
             download exports its top 3), shown folded under the top examples.
+        feature_map: a map of the dictionary already stored (:mod:`core.export.map_html`),
+            drawn above the dashboards with the exported features ringed; a click on one
+            opens it. Left out, the page has no map (an export never computes one).
 
     Returns:
         The page as a string. It loads nothing from the network.
@@ -455,6 +460,16 @@ def render_features_html(
             '<label>go to <input id="fs-jump" type="number" min="0" placeholder="index">'
             '</label><span id="fs-missing" class="fs-note"></span></div>'
         )
+    map_block = ""
+    if feature_map is not None:
+        spec = map_spec(feature_map, [fd.index for fd in feats])
+        map_block = (
+            '<details class="fs-map" open><summary>Map of the dictionary</summary>'
+            '<div id="fs-map-chart"></div><div class="fs-meta">'
+            f"{esc(feature_map.caption)}; the exported features are ringed (click one to open it)"
+            f'</div></details><script type="application/json" id="fs-map">{script_json(spec)}'
+            "</script>"
+        )
     bundle = vega_bundle(js)
     if js == "gzip":
         lib = f'<script type="application/octet-stream" id="fs-vega-gz">{bundle}</script>'
@@ -464,7 +479,7 @@ def render_features_html(
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{esc(title)}</title><style>{_PAGE_CSS}{charts.CSS}{charts_dfa.DFA_CSS}</style></head><body>"
-        f"<header><h1>{esc(title)}</h1>{run_block}{picker}</header>"
+        f"<header><h1>{esc(title)}</h1>{run_block}{picker}</header>{map_block}"
         '<main id="fs-page"><noscript>This page needs JavaScript to show the dashboards.'
         "</noscript></main>"
         f'<script type="application/json" id="fs-data">{script_json(data)}</script>'

@@ -26,6 +26,7 @@ from core.engine.cached import source_key, stream_features, token_fingerprint
 from core.engine.distributed import current as current_shard
 from core.engine.sweep import EngineError, prepare_tokens, validate_features
 from core.export.html import save_html
+from core.export.map_html import map_png_html
 from core.export.neuronpedia import (
     NeuronpediaMeta,
     batch_to_neuronpedia,
@@ -34,6 +35,7 @@ from core.export.neuronpedia import (
     skipped_indexes,
     write_batch,
 )
+from core.feature_map import export_map
 from core.knowledge.describe import stored_descriptions
 from core.memo import Memo, feature_key, feature_prefix
 from core.models import hook_layer
@@ -319,9 +321,10 @@ class PrecomputeRunner:
             write_batch(self.out / "neuronpedia" / f"batch-{k}.json", batch, validate=2)
         return [fd.index for fd in rendered], skipped
 
-    def _finish(self, done: set[int], skipped: set[int]) -> None:
+    def _finish(self, src: Sources, done: set[int], skipped: set[int]) -> None:
         if "html" in self.cfg.outputs:
-            atomic_write(self.out / "html" / "index.html", self._index_html(done))
+            page = self._index_html(done, self._map_html(src))
+            atomic_write(self.out / "html" / "index.html", page)
         if "neuronpedia" in self.cfg.outputs:
             assert self.np_meta is not None
             atomic_write(
@@ -337,7 +340,25 @@ class PrecomputeRunner:
                     json_text(explanation_records(self.np_meta, described)),
                 )
 
-    def _index_html(self, done: set[int]) -> str:
+    def _map_html(self, src: Sources) -> str:
+        """The dictionary's map as an image when the app's memo holds one (never computed
+        here), labelled from the knowledge store; else ``""``."""
+        app = self._app_memo if self._app_memo is not None else Memo()
+        key = self.identity["dictionary_fingerprint"]
+        try:
+            fmap = export_map(
+                src.dictionary,
+                app,
+                labels=lambda shown: {
+                    i: d.text for i, d in stored_descriptions(key, shown).items()
+                },
+            )
+        finally:
+            if self._app_memo is None:
+                app.close()
+        return "" if fmap is None else map_png_html(fmap, f"Map of {self.cfg.dictionary.label()}")
+
+    def _index_html(self, done: set[int], map_html: str = "") -> str:
         rows = []
         for k, chunk in enumerate(self.chunks):
             shown = [f for f in chunk if f in done]
@@ -357,7 +378,7 @@ class PrecomputeRunner:
             f"{esc(self.hook)} · run {esc(self.run_id[:12])}</p>"
             "<table><tr><th>page</th><th>shown</th><th>skipped</th></tr>"
             + "".join(rows)
-            + "</table></body></html>\n"
+            + f"</table>{map_html}</body></html>\n"
         )
 
     def _app_memo_dir(self) -> Path:
@@ -422,7 +443,7 @@ class PrecomputeRunner:
                                 completed.add(k)
                                 self._write_manifest(completed, done, skipped)
                                 progress.chunk_done(k, len(fds), len(done), len(skipped))
-                        self._finish(done, skipped)
+                        self._finish(src, done, skipped)
                         self._write_manifest(completed, done, skipped, finished=True)
                     ok = True
                 finally:

@@ -179,6 +179,20 @@
       if (e.key === "ArrowRight") go(current + 1);
     });
   }
+  var mapData = document.getElementById("fs-map");
+  if (mapData) {  // the dictionary's stored map (core/export/map_html.py)
+    var mapBox = document.getElementById("fs-map-chart");
+    loadVega().then(function () {
+      return window.vegaEmbed(mapBox, JSON.parse(mapData.textContent), { actions: false, renderer: "svg" });
+    }).then(function (res) {
+      res.view.addEventListener("click", function (ev, item) {
+        var f = item && item.datum && item.datum.feature;
+        if (typeof f === "number") window.location.hash = "feature=" + f;
+      });
+    }).catch(function (err) {
+      mapBox.appendChild(el("div", "fs-note", "map not drawn: " + err.message));
+    });
+  }
   window.addEventListener("hashchange", fromHash);
   if (!fromHash()) render(Math.max(0, pos.has(D.start) ? pos.get(D.start) : 0));
 })();
