@@ -72,7 +72,7 @@ def canonical(sources: dict[str, Any]) -> dict[str, Any]:
 
 
 #: result options of the sweep a user may set with the sources (the rest keep their defaults)
-RUN_OPTIONS = ("n_top_examples",)
+RUN_OPTIONS = ("n_top_examples", "ignore_positions", "max_norm_ratio")
 
 
 def run_options(run: Any) -> dict[str, Any]:

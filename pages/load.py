@@ -11,7 +11,7 @@ from typing import Any
 
 import streamlit as st
 
-from core.config import parse_features
+from core.config import ConfigError, parse_features, parse_positions
 from core.hosted import server_devices
 from core.specs import DEMO_MODEL_NAME
 from pages import _auth as auth
@@ -387,19 +387,49 @@ with tab_specs:
                 help="Put after every document, before the separator.",
             )
     new = {"model": model, "dictionary": dictionary, "dataset": dataset}
-    with st.expander("Advanced: examples per feature"):
+    run_src = src.get("run", {})
+    with st.expander("Advanced: examples per feature, tokens to ignore"):
         n_top = st.number_input(
             "Top examples per feature",
             1,
             1000,
-            value=int(src.get("run", {}).get("n_top_examples", 20)),
+            value=int(run_src.get("n_top_examples", 20)),
             key="fs_run_top",
             help="How many top-activating examples (one per sequence) each feature keeps; "
             "the Feature page shows 20 at a time. Part of the results' identity: other "
             "features computed with another number are computed again.",
         )
+        positions = st.text_input(
+            "Ignore positions",
+            value=",".join(str(p) for p in run_src.get("ignore_positions") or []),
+            key="fs_run_positions",
+            placeholder="e.g. 0 or 0,1 or 0:4",
+            help="Positions within every sequence that are never examples nor counted "
+            "(e.g. a chat template's first tokens). Part of the results' identity.",
+        )
+        ratio = st.number_input(
+            "Ignore tokens whose activation norm exceeds this multiple of the median",
+            0.0,
+            value=float(run_src.get("max_norm_ratio") or 0.0),
+            key="fs_run_ratio",
+            help="Attention sinks (Qwen, Gemma) have hook activations many times larger "
+            "than other tokens; 0 keeps every token. The median is taken over the first 64 "
+            "sequences (README, 'The engine'). Part of the results' identity.",
+        )
+    run: dict[str, Any] = {}
     if int(n_top) != 20:
-        new["run"] = {"n_top_examples": int(n_top)}
+        run["n_top_examples"] = int(n_top)
+    try:
+        ignored = parse_positions(positions)
+    except ConfigError as exc:
+        st.error(str(exc))
+        ignored = None
+    if ignored:
+        run["ignore_positions"] = ignored
+    if ratio > 0:
+        run["max_norm_ratio"] = float(ratio)
+    if run:
+        new["run"] = run
     b = st.container(horizontal=True)
     if b.button("Load", type="primary", icon=":material/download:", key="fs_load_btn"):
         _try_load(new)
