@@ -10,7 +10,9 @@ from core.memo import Memo
 from pages import _export as export
 
 
-def test_download_has_the_map_only_once_stored(tiny_ws, tmp_path):
+def test_download_has_the_map_only_once_stored(tiny_ws, tmp_path, monkeypatch):
+    # its own knowledge store and memo: nothing shared with the package's other tests
+    monkeypatch.setenv("FEATURESCOPE_DB", str(tmp_path / "knowledge.db"))
     ws = type(tiny_ws)(
         tiny_ws.model,
         tiny_ws.dictionary,
