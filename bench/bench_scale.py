@@ -253,11 +253,13 @@ def phases(parts: Parts, meter: PhaseMeter, opts: dict[str, Any], work: Path) ->
     memo = Memo(work / "memo", size_limit=NO_EVICTION)
     order = list(res.features)
     n_bytes = 0
+    # built CHUNK rows at a time, as the app and the runner build them (FeatureSet.batches)
+    built = res.features.batches(CHUNK, keep=False)
     try:
         for k in range(0, len(order), CHUNK):
             chunk = order[k : k + CHUNK]
             with meter.phase("assembly"):
-                fds = [res.features[f] for f in chunk]
+                fds = [fd for _, fd in next(built)]
             with meter.phase("serialisation"):
                 blobs = [fd.to_bytes() for fd in fds]
             with meter.phase("writing"):
