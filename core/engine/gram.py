@@ -16,7 +16,7 @@ from torch import Tensor
 
 from core.config import RunConfig
 from core.engine.sparse_topk import cosine, inv_std, pearson
-from core.engine.stats import MomentStats, SparseActs
+from core.engine.stats import MomentStats, SparseActs, coalesced_coo
 
 
 # --- feature-by-feature co-activation -------------------------------------------------------
@@ -94,19 +94,13 @@ class GramStats:
             tok, col, val = (torch.cat(p) for p in zip(*staged_nz, strict=True))
             self.n_tokens += n_valid
             self._sparse_product(
-                self._coo(torch.stack([col, tok]), val, (self.cross.shape[0], n)),
-                self._coo(torch.stack([tok, col]), val, (n, self.cross.shape[1])),
+                coalesced_coo(torch.stack([col, tok]), val, (self.cross.shape[0], n)),
+                coalesced_coo(torch.stack([tok, col]), val, (n, self.cross.shape[1])),
             )
             return
         staged, self._staged = self._staged, []
         a = torch.cat(staged, 1) if len(staged) > 1 else staged[0]
         self.update(a, a, n_valid)
-
-    @staticmethod
-    def _coo(indices: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
-        """The coalesced COO tensor ``to_sparse`` makes of the dense matrix with these
-        non-zeros (same indices, same order, same values)."""
-        return torch.sparse_coo_tensor(indices, values, size, check_invariants=False).coalesce()
 
     def update(
         self, rows: Float[Tensor, "n r"], cols: Float[Tensor, "n c"], n_valid: Tensor

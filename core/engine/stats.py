@@ -262,6 +262,12 @@ def bin_index(
     return torch.where(acts > 0, idx, torch.full_like(idx, n_bins))
 
 
+def coalesced_coo(indices: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
+    """The coalesced COO matrix with these non-zeros: what ``to_sparse`` makes of the dense
+    matrix holding them (same indices, same order, same values)."""
+    return torch.sparse_coo_tensor(indices, values, size, check_invariants=False).coalesce()
+
+
 class SparseActs:
     """The non-zero activations of one chunk: token index, feature column, value.
 
@@ -278,13 +284,11 @@ class SparseActs:
     def transposed_matmul(self, x: Float[Tensor, "n d"]) -> Float[Tensor, "f d"]:
         """``acts.T @ x`` from the non-zeros only (each feature's terms summed in token
         order)."""
-        n = x.shape[0]
-        coo = torch.sparse_coo_tensor(
+        coo = coalesced_coo(
             torch.stack([self.feature, self.token]),
             self.value.to(x.dtype),
-            (self.n_features, n),
-            check_invariants=False,
-        ).coalesce()
+            (self.n_features, x.shape[0]),
+        )
         return torch.sparse.mm(coo, x)
 
     @classmethod
