@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 from bisect import bisect_right
+from typing import NamedTuple
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from core.engine.gram import cat_top_k, column_terms
+from core.engine.gram import cat_top_k, column_terms, pearson_top_k
 from core.engine.sparse_topk import ColumnOrder, cosine, inv_std, pearson, segment_top_k
 from core.engine.stats import SparseActs
 from core.errors import FeaturescopeError
@@ -32,6 +33,19 @@ SCAN_BYTES = 24
 #: bytes a block keeps per pair until its sums are formed (int64 key, float32 product,
 #: the unique pass's sort, inverse and sums)
 BLOCK_PAIR_BYTES = 64
+
+
+class _Terms(NamedTuple):
+    """Per-row and per-column terms of the Pearson values, computed once per table."""
+
+    row_sum: Tensor
+    row_sumsq: Tensor
+    mr: Tensor
+    isr: Tensor
+    row_norm: Tensor
+    cols: tuple[Tensor, Tensor, Tensor]  # column_terms: mean, inverse std, norm
+    n: Tensor
+    inv_n: float
 
 
 class MemoryBudgetError(FeaturescopeError, ValueError):
@@ -247,19 +261,18 @@ class SparseStoreGram:
         self._seal()
         n = self.n_tokens.clamp_min(1).float()
         inv_n = 1.0 / float(n)
-        mc, inv_sc, col_norm = column_terms(self.col_sum, self.col_sumsq, n)
+        cols = column_terms(self.col_sum, self.col_sumsq, n)
         k = min(k, self.n_cols)
         mr = row_sum / n
         isr = inv_std(mr, row_sumsq, n)
-        row_norm = row_sumsq.sqrt()
         sign = torch.sign(mr * isr).nan_to_num_(nan=0.0).long()  # 0: a row that never fires
-        order = ColumnOrder(mc, inv_sc)
+        order = ColumnOrder(cols[0], cols[1])
         row_of_col: Tensor | None = None
         if self.row_cols is not None:
             row_of_col = torch.full((self.n_cols,), -1, device=self.device, dtype=torch.long)
             row_of_col[self.row_cols] = torch.arange(self.n_rows, device=self.device)
         _, scan, pairs = self.plan()
-        terms = (mr, isr, row_norm, mc, inv_sc, col_norm, inv_n)
+        terms = _Terms(row_sum, row_sumsq, mr, isr, row_sumsq.sqrt(), cols, n, inv_n)
         outs: list[tuple[Tensor, Tensor, Tensor]] = []
         for b0, b1 in self.row_blocks():
             keys, sums = self._block_sums(b0, b1, row_of_col, scan, pairs)
@@ -280,7 +293,8 @@ class SparseStoreGram:
                     idx_parts, val_parts, seg, slice(p0, p0 + scan), b0, b1, row_of_col, pairs
                 )
         if not idx_parts:
-            return torch.zeros(0, dtype=torch.long), torch.zeros(0)
+            empty = torch.zeros(0, device=self.device, dtype=torch.long)
+            return empty, torch.zeros(0, device=self.device)
         keys, inverse = torch.unique(torch.cat(idx_parts), sorted=True, return_inverse=True)
         sums = torch.zeros(keys.numel(), device=self.device, dtype=torch.float32)
         return keys, sums.index_add_(0, inverse, torch.cat(val_parts))
@@ -295,9 +309,10 @@ class SparseStoreGram:
         self_col: Tensor | None,
         sign: Tensor,
         order: ColumnOrder,
-        terms: tuple,
+        terms: _Terms,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        mr, isr, row_norm, mc, inv_sc, col_norm, inv_n = terms
+        mr, isr, inv_n = terms.mr, terms.isr, terms.inv_n
+        mc, inv_sc, col_norm = terms.cols
         nb, dev = b1 - b0, self.device
         r, c = keys // self.n_cols, keys % self.n_cols
         g = r + b0
@@ -337,16 +352,16 @@ class SparseStoreGram:
             allx = torch.cat([cross[rows_s], zero], 1)
             tv, ti = allv.topk(k, dim=1)
             vals[rows_s], cols[rows_s], cross[rows_s] = tv, allc.gather(1, ti), allx.gather(1, ti)
+        cos = cosine(cross, terms.row_norm[b0:b1, None], col_norm[cols])
         if bool(fallback.any()):  # near ties in the column order: these rows densely
             rows = fallback.nonzero().squeeze(1)
-            self._dense_rows(rows, nb, r, c, sums, b0, k, self_col, terms, (vals, cols, cross))
-        cos = cosine(cross, row_norm[b0:b1, None], col_norm[cols])
+            self._dense_rows(rows, nb, r, c, sums, b0, k, self_col, terms, (vals, cols, cos))
         return vals, cols, cos
 
-    def _dense_rows(self, rows, nb, r, c, sums, b0, k, self_col, terms, out) -> None:
-        """Rows' top ``k`` from their dense row of sums (the dense path's computation)."""
-        mr, isr, _, mc, inv_sc, _, inv_n = terms
-        vals, cols, cross = out
+    def _dense_rows(self, rows, nb, r, c, sums, b0, k, self_col, terms: _Terms, out) -> None:
+        """Rows' top ``k`` from their dense row of sums, by the dense path's own
+        :func:`~core.engine.gram.pearson_top_k`."""
+        vals, cols, cos = out
         chunk = max(1, (64 << 20) // (4 * self.n_cols))
         for i in range(0, rows.numel(), chunk):
             part = rows[i : i + chunk]
@@ -356,11 +371,10 @@ class SparseStoreGram:
             dense = torch.zeros(part.numel(), self.n_cols, device=self.device)
             dense[local[r[pick]], c[pick]] = sums[pick]
             g = part + b0
-            p = pearson(dense, mr[g, None], mc[None, :], isr[g, None], inv_sc[None, :], inv_n)
-            if self_col is not None:
-                p[torch.arange(part.numel(), device=self.device), self_col[part]] = float("-inf")
-            tv, ti = p.topk(k, dim=1)
-            vals[part], cols[part], cross[part] = tv, ti, dense.gather(1, ti)
+            sc = None if self_col is None else self_col[part]
+            vals[part], cols[part], cos[part] = pearson_top_k(
+                dense, terms.row_sum[g], terms.row_sumsq[g], terms.cols, terms.n, terms.inv_n, k, sc
+            )
 
     def _join(
         self,
