@@ -207,20 +207,23 @@ def feature_to_neuronpedia(
         decoder_weights_dist if decoder_weights_dist is not None else [],
         vector if vector is not None else [],
     ]
+    head = len(parts)  # then, per shown example: its (bin_min, bin_max, bin_contains), its values
     for ex, lo, hi, share in shown:
         parts += [(lo, hi, share), ex.acts]
     r = _round_parts(parts)
-    acts = [
-        {
-            "bin_min": r[13 + 2 * i][0],
-            "bin_max": r[13 + 2 * i][1],
-            "bin_contains": r[13 + 2 * i][2],
-            "tokens": list(ex.tokens),
-            "values": r[14 + 2 * i],
-            "qualifying_token_index": ex.qualifying_index + QUALIFYING_INDEX_OFFSET,
-        }
-        for i, (ex, *_) in enumerate(shown)
-    ]
+    acts = []
+    for i, (ex, *_) in enumerate(shown):
+        (bin_min, bin_max, bin_contains), values = r[head + 2 * i], r[head + 2 * i + 1]
+        acts.append(
+            {
+                "bin_min": bin_min,
+                "bin_max": bin_max,
+                "bin_contains": bin_contains,
+                "tokens": list(ex.tokens),
+                "values": values,
+                "qualifying_token_index": ex.qualifying_index + QUALIFYING_INDEX_OFFSET,
+            }
+        )
     return {
         "feature_index": int(fd.index),
         "neuron_alignment_indices": [int(i) for i in na.indices],
