@@ -11,9 +11,12 @@ in ``$FEATURESCOPE_CACHE_DIR``.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
 
-from tests.tiny import HOOK, make_model, make_sae, random_tokens, word_tokenizer
+from tests.tiny import HOOK, make_model, make_sae, random_tokens, save_hf_model, word_tokenizer
 
 _TEXT = (
     "the cat sat on a mat dog ran far away and then came back home it was very "
@@ -31,6 +34,30 @@ def make_tokenizer():
     """A word-level fast tokenizer over :data:`WORDS` (id 0 is BOS/EOS/UNK) that a
     HookedTransformer uses as it is (see :func:`tests.tiny.word_tokenizer`)."""
     return word_tokenizer(WORDS, transformer_lens_name="tiny-test")
+
+
+def save_local_sources(directory: Path) -> None:
+    """Files for the Sources page's local choices: a tiny Hugging Face model
+    (``directory/tiny-gpt2``) and a SAELens SAE at its ``blocks.1.hook_resid_pre`` (``sae``)."""
+    import sae_lens as sl
+
+    save_hf_model(directory / "tiny-gpt2", make_tokenizer(), special_ids=False)
+    sae = sl.StandardSAE(sl.StandardSAEConfig(d_in=32, d_sae=24))
+    sae.cfg.metadata.hook_name = "blocks.1.hook_resid_pre"
+    sae.save_model(str(directory / "sae"))
+
+
+def fill_local_sources(at: Any, directory: Path, data: Path) -> None:
+    """Set an AppTest's Sources form to :func:`save_local_sources`'s files and the local
+    token set ``data`` (512 tokens in rows of 32); nothing is loaded yet."""
+    at.radio(key="fs_m_kind").set_value("local").run()
+    at.text_input(key="fs_m_path").input(str(directory / "tiny-gpt2")).run()
+    at.radio(key="fs_d_kind").set_value("saelens_local").run()
+    at.text_input(key="fs_d_path").input(str(directory / "sae")).run()
+    at.radio(key="fs_t_kind").set_value("local").run()
+    at.text_input(key="fs_t_path_local").input(str(data)).run()
+    at.number_input(key="fs_t_budget").set_value(512).run()
+    at.number_input(key="fs_t_ctx").set_value(32).run()
 
 
 def make_workspace():

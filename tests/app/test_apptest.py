@@ -17,8 +17,7 @@ from streamlit.testing.v1 import AppTest
 
 from core import charts
 from tests.app.conftest import run_app, texts
-from tests.app.fixtures import PROMPT, WORDS, make_tokenizer
-from tests.tiny import save_hf_model
+from tests.app.fixtures import PROMPT, WORDS, fill_local_sources, save_local_sources
 
 pytestmark = pytest.mark.usefixtures("app_env")
 
@@ -66,12 +65,7 @@ def test_load_page_describes_workspace_and_precomputes(tiny_ws):
 
 
 def test_load_form_local_sources_and_errors(tmp_path, tiny_ws):
-    import sae_lens as sl
-
-    save_hf_model(tmp_path / "tiny-gpt2", make_tokenizer(), special_ids=False)
-    sae = sl.StandardSAE(sl.StandardSAEConfig(d_in=32, d_sae=24))
-    sae.cfg.metadata.hook_name = "blocks.1.hook_resid_pre"
-    sae.save_model(str(tmp_path / "sae"))
+    save_local_sources(tmp_path)
     (tmp_path / "text.txt").write_text(" ".join(WORDS * 40))
 
     at = run_app()
@@ -82,13 +76,7 @@ def test_load_form_local_sources_and_errors(tmp_path, tiny_ws):
     assert "does not exist" in texts(at.error)
     assert "tiny-test" in texts(at.markdown)  # the old workspace is kept
 
-    at.text_input(key="fs_m_path").input(str(tmp_path / "tiny-gpt2")).run()
-    at.radio(key="fs_d_kind").set_value("saelens_local").run()
-    at.text_input(key="fs_d_path").input(str(tmp_path / "sae")).run()
-    at.radio(key="fs_t_kind").set_value("local").run()
-    at.text_input(key="fs_t_path_local").input(str(tmp_path / "text.txt")).run()
-    at.number_input(key="fs_t_budget").set_value(512).run()
-    at.number_input(key="fs_t_ctx").set_value(32).run()
+    fill_local_sources(at, tmp_path, tmp_path / "text.txt")
     at.button(key="fs_load_btn").click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, texts(at.error)

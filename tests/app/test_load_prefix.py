@@ -5,34 +5,21 @@ from __future__ import annotations
 import pytest
 
 from tests.app.conftest import run_app
-from tests.app.fixtures import WORDS, make_tokenizer
-from tests.tiny import save_hf_model
+from tests.app.fixtures import WORDS, fill_local_sources, make_tokenizer, save_local_sources
 
 pytestmark = pytest.mark.usefixtures("app_env")
 
 
 def test_prefix_and_suffix_from_the_sources_page(tmp_path):
-    import sae_lens as sl
-
     from pages import _links as links
     from pages import _workspaces as workspaces
 
-    save_hf_model(tmp_path / "tiny-gpt2", make_tokenizer(), special_ids=False)
-    sae = sl.StandardSAE(sl.StandardSAEConfig(d_in=32, d_sae=24))
-    sae.cfg.metadata.hook_name = "blocks.1.hook_resid_pre"
-    sae.save_model(str(tmp_path / "sae"))
+    save_local_sources(tmp_path)
     (tmp_path / "docs.jsonl").write_text(
         "".join(f'{{"text": "{WORDS[2]} {WORDS[3]}"}}\n' for _ in range(200))
     )
     at = run_app()
-    at.radio(key="fs_m_kind").set_value("local").run()
-    at.text_input(key="fs_m_path").input(str(tmp_path / "tiny-gpt2")).run()
-    at.radio(key="fs_d_kind").set_value("saelens_local").run()
-    at.text_input(key="fs_d_path").input(str(tmp_path / "sae")).run()
-    at.radio(key="fs_t_kind").set_value("local").run()
-    at.text_input(key="fs_t_path_local").input(str(tmp_path / "docs.jsonl")).run()
-    at.number_input(key="fs_t_budget").set_value(512).run()
-    at.number_input(key="fs_t_ctx").set_value(32).run()
+    fill_local_sources(at, tmp_path, tmp_path / "docs.jsonl")
     at.text_input(key="fs_t_prefix").input(WORDS[0]).run()
     at.text_input(key="fs_t_suffix").input(WORDS[1]).run()
     at.button(key="fs_load_btn").click().run()

@@ -4,14 +4,12 @@ links, and in the loaded workspace's config."""
 from __future__ import annotations
 
 import pytest
-import sae_lens as sl
 
 from core.source_guard import SourceError
 from pages import _links as links
 from pages import _workspaces as workspaces
 from tests.app.conftest import run_app, texts
-from tests.app.fixtures import WORDS, make_tokenizer
-from tests.tiny import save_hf_model
+from tests.app.fixtures import WORDS, fill_local_sources, save_local_sources
 
 
 def test_run_options_round_trip_in_links():
@@ -33,21 +31,11 @@ def test_run_options_round_trip_in_links():
 
 
 def test_sources_page_sets_top_examples(tmp_path, tiny_ws):
-    save_hf_model(tmp_path / "tiny-gpt2", make_tokenizer(), special_ids=False)
-    sae = sl.StandardSAE(sl.StandardSAEConfig(d_in=32, d_sae=24))
-    sae.cfg.metadata.hook_name = "blocks.1.hook_resid_pre"
-    sae.save_model(str(tmp_path / "sae"))
+    save_local_sources(tmp_path)
     (tmp_path / "text.txt").write_text(" ".join(WORDS * 40))
 
     at = run_app()
-    at.radio(key="fs_m_kind").set_value("local").run()
-    at.text_input(key="fs_m_path").input(str(tmp_path / "tiny-gpt2")).run()
-    at.radio(key="fs_d_kind").set_value("saelens_local").run()
-    at.text_input(key="fs_d_path").input(str(tmp_path / "sae")).run()
-    at.radio(key="fs_t_kind").set_value("local").run()
-    at.text_input(key="fs_t_path_local").input(str(tmp_path / "text.txt")).run()
-    at.number_input(key="fs_t_budget").set_value(512).run()
-    at.number_input(key="fs_t_ctx").set_value(32).run()
+    fill_local_sources(at, tmp_path, tmp_path / "text.txt")
     at.number_input(key="fs_run_top").set_value(30).run()
     at.text_input(key="fs_run_positions").input("first two").run()
     assert "cannot read positions 'first two'" in texts(at.error)
