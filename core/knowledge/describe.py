@@ -96,21 +96,4 @@ def stored_descriptions(dictionary_key: str, features: Iterable[int]) -> dict[in
 
 def notes(store: KnowledgeStore, dictionary_key: str, features: Iterable[int]) -> dict[int, str]:
     """The non-empty notes (Markdown) of ``features``, deleted ones left out (batched)."""
-    check_key(dictionary_key)
-    wanted = sorted({int(f) for f in features})
-
-    def fn(session) -> dict[int, str]:
-        out: dict[int, str] = {}
-        for i in range(0, len(wanted), _BATCH):
-            rows = session.execute(
-                select(Annotation.feature, Annotation.notes).where(
-                    Annotation.dictionary_key == dictionary_key,
-                    Annotation.feature.in_(wanted[i : i + _BATCH]),
-                    Annotation.deleted.is_(False),
-                    Annotation.notes != "",
-                )
-            )
-            out.update({f: text for f, text in rows})
-        return out
-
-    return store.read(fn)
+    return store.texts(dictionary_key, features, Annotation.notes)

@@ -158,6 +158,11 @@ class KnowledgeStore:
 
     def labels(self, dictionary_key: str, features: Iterable[int]) -> dict[int, str]:
         """The non-empty labels of ``features`` (deleted ones left out), in batched queries."""
+        return self.texts(dictionary_key, features, Annotation.label)
+
+    def texts(self, dictionary_key: str, features: Iterable[int], column: Any) -> dict[int, str]:
+        """The non-empty values of a text ``column`` of :class:`Annotation` (``label``,
+        ``notes``) for ``features``, deleted annotations left out, in batched queries."""
         check_key(dictionary_key)
         wanted = sorted({check_feature(f) for f in features})
 
@@ -165,14 +170,14 @@ class KnowledgeStore:
             out: dict[int, str] = {}
             for i in range(0, len(wanted), _BATCH):
                 rows = session.execute(
-                    select(Annotation.feature, Annotation.label).where(
+                    select(Annotation.feature, column).where(
                         Annotation.dictionary_key == dictionary_key,
                         Annotation.feature.in_(wanted[i : i + _BATCH]),
                         Annotation.deleted.is_(False),
-                        Annotation.label != "",
+                        column != "",
                     )
                 )
-                out.update({f: label for f, label in rows})
+                out.update({f: text for f, text in rows})
             return out
 
         return self.read(fn)
