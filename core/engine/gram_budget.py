@@ -8,7 +8,6 @@ Shapes: ``r`` rows (requested features), ``c`` columns (features compared), ``n`
 from __future__ import annotations
 
 import os
-from bisect import bisect_right
 from typing import NamedTuple
 
 import torch
@@ -30,9 +29,9 @@ PAIR_BYTES = 44
 ASSUMED_L0 = 64
 #: bytes per stored entry scanned while picking a block's row entries
 SCAN_BYTES = 24
-#: bytes a block keeps per pair until its sums are formed (int64 key, float32 product,
-#: the unique pass's sort, inverse and sums)
-BLOCK_PAIR_BYTES = 64
+#: working bytes per non-zero sum taken out of a block (int64 key, row and column, the
+#: float32 sum, its Pearson value and padded slot, the gathered row and column terms)
+NONZERO_BYTES = 64
 
 
 class _Terms(NamedTuple):
@@ -67,9 +66,9 @@ def dense_gram_bytes(n_rows: int, n_cols: int) -> int:
 
 
 def min_work_bytes(n_cols: int) -> int:
-    """The least working memory of the blocked computation: one row and its Pearson buffer,
-    one token's pairs, a small scan."""
-    return n_cols * (8 + PAIR_BYTES) + (64 << 10)
+    """The least working memory of the blocked computation: a row of dense sums and its
+    non-zeros, one token's pairs, a small scan."""
+    return n_cols * (8 + PAIR_BYTES) + (4 << 10)
 
 
 def correlation_bytes(
@@ -94,6 +93,21 @@ def format_bytes(n: float) -> str:
     raise AssertionError  # unreachable
 
 
+def _row_groups(counts: Int[Tensor, " b"], max_entries: int) -> list[tuple[int, int]]:
+    """Consecutive rows whose non-zeros (``counts``), laid out ``rows x widest`` as well,
+    fit ``max_entries`` (a row with more is a group)."""
+    out, g0, total, widest = [], 0, 0, 0
+    for i, c in enumerate(counts.tolist()):
+        w = max(widest, c)
+        if i > g0 and max(total + c, (i + 1 - g0) * w) > max_entries:
+            out.append((g0, i))
+            g0, total, w = i, 0, c
+        total, widest = total + c, w
+    if g0 < counts.numel():
+        out.append((g0, counts.numel()))
+    return out
+
+
 class SparseStoreGram:
     """Exact co-activation top-k under a memory budget, from the sweep's sparse activations.
 
@@ -101,10 +115,11 @@ class SparseStoreGram:
     exceed ``budget`` bytes. Each batch's non-zero (column, value) pairs are kept token by
     token (CSR: int32 columns, float32 values and row pointers, on the device, in segments
     of about ``segment_entries``); at the end the co-activation sums are rebuilt in blocks
-    of complete rows, each sized to what the store leaves of the budget, and turned into
-    Pearson values and each row's top-k exactly as :meth:`GramStats.top_correlated` does.
-    A block joins every stored row entry with the entries of its token (vectorised:
-    ``repeat_interleave`` and one ``index_add_`` per chunk of pairs).
+    of complete rows, each sized to what the store leaves of the budget, and each row's
+    top-k is the one :meth:`GramStats.top_correlated` gives, from the block's non-zero sums
+    and the columns it never meets. A block joins every stored row entry with the entries
+    of its token (vectorised: ``repeat_interleave`` and one ``index_add_`` per chunk of
+    pairs).
 
     ``row_cols`` gives each row's column (rows are requested features, columns all
     features); ``None`` when rows are the columns. Fed like the pass-2 Gram:
@@ -215,19 +230,21 @@ class SparseStoreGram:
             "fewer features (feature_correlation='requested', --correlation requested, or 'none')"
         )
 
-    def plan(self) -> tuple[int, int, int]:
-        """Pairs per block of rows, stored entries per scan, pairs per join: what the store
-        leaves of the budget, half for a block's pairs (kept until they are summed), a
-        quarter each for scanning and joining."""
+    def plan(self) -> tuple[int, int, int, int]:
+        """Rows per block, stored entries per scan, pairs per join, non-zero sums taken out
+        of a block at a time: what the store leaves of the budget, a quarter for the block's
+        dense sums, an eighth each for scanning and joining, half for the non-zeros."""
         avail = max(self.budget - self.nbytes, min_work_bytes(self.n_cols))
         return (
-            max(1, avail // 2 // BLOCK_PAIR_BYTES),
-            max(1, avail // 4 // SCAN_BYTES),
-            max(1, avail // 4 // PAIR_BYTES),
+            max(1, min(self.n_rows, avail // 4 // (4 * self.n_cols))),
+            max(1, avail // 8 // SCAN_BYTES),
+            max(1, avail // 8 // PAIR_BYTES),
+            max(1, avail // 2 // NONZERO_BYTES),
         )
 
     def row_pairs(self) -> Int[Tensor, " r"]:
-        """How many (row entry, entry of the same token) pairs each row joins."""
+        """How many (row entry, entry of the same token) pairs each row joins: a bound on
+        its non-zero co-activation sums."""
         per_col = torch.zeros(self.n_cols, device=self.device, dtype=torch.long)
         for cols, _, ptr in self.segments:
             length = ptr[1:] - ptr[:-1]
@@ -235,16 +252,9 @@ class SparseStoreGram:
         return per_col if self.row_cols is None else per_col[self.row_cols]
 
     def row_blocks(self) -> list[tuple[int, int]]:
-        """Consecutive rows whose pairs fit a block (a row with more pairs is a block)."""
-        per_block = self.plan()[0]
-        ends = torch.cumsum(self.row_pairs(), 0).tolist()
-        out, b0, base = [], 0, 0
-        while b0 < self.n_rows:
-            b1 = bisect_right(ends, base + per_block, lo=b0)
-            b1 = max(b1, b0 + 1)
-            out.append((b0, b1))
-            base, b0 = ends[b1 - 1], b1
-        return out
+        """Consecutive rows whose dense sums fit a block."""
+        block = self.plan()[0]
+        return [(b0, min(b0 + block, self.n_rows)) for b0 in range(0, self.n_rows, block)]
 
     def top_correlated(
         self,
@@ -253,11 +263,11 @@ class SparseStoreGram:
         k: int,
         self_col: Int[Tensor, " r"] | None,
     ) -> tuple[Float[Tensor, "r k"], Int[Tensor, "r k"], Float[Tensor, "r k"]]:
-        """As :meth:`GramStats.top_correlated` (the same floats), from sparse sums: per
-        block of rows, the co-activation sums of the pairs that occur, each row's top ``k``
-        among them, merged with the best columns it never meets
-        (:mod:`core.engine.sparse_topk`). Work and memory follow the pairs, not rows x
-        columns."""
+        """As :meth:`GramStats.top_correlated` (the same floats), block of rows by block of
+        rows: each block's co-activation sums are added up densely (only the pairs that
+        occur), then each row's top ``k`` is taken among its non-zero sums and merged with
+        the best columns it never meets (:mod:`core.engine.sparse_topk`), so no Pearson
+        value or top-k runs over rows x columns."""
         self._seal()
         n = self.n_tokens.clamp_min(1).float()
         inv_n = 1.0 / float(n)
@@ -271,59 +281,52 @@ class SparseStoreGram:
         if self.row_cols is not None:
             row_of_col = torch.full((self.n_cols,), -1, device=self.device, dtype=torch.long)
             row_of_col[self.row_cols] = torch.arange(self.n_rows, device=self.device)
-        _, scan, pairs = self.plan()
+        block, scan, pairs, nonzeros = self.plan()
         terms = _Terms(row_sum, row_sumsq, mr, isr, row_sumsq.sqrt(), cols, n, inv_n)
+        sums = torch.zeros(block, self.n_cols, device=self.device)
+        pair_counts = self.row_pairs()
         outs: list[tuple[Tensor, Tensor, Tensor]] = []
         for b0, b1 in self.row_blocks():
-            keys, sums = self._block_sums(b0, b1, row_of_col, scan, pairs)
-            sc = None if self_col is None else self_col[b0:b1]
-            outs.append(self._block_top_k(keys, sums, b0, b1, k, sc, sign[b0:b1], order, terms))
-        return cat_top_k(outs)
-
-    def _block_sums(
-        self, b0: int, b1: int, row_of_col: Tensor | None, scan: int, pairs: int
-    ) -> tuple[Int[Tensor, " u"], Float[Tensor, " u"]]:
-        """The co-activation sums of rows ``b0:b1`` that are not zero: flat keys
-        ``row * n_cols + col`` (sorted) and sums, added in the order the dense sums add."""
-        idx_parts: list[Tensor] = []
-        val_parts: list[Tensor] = []
-        for seg in self.segments:
-            for p0 in range(0, seg[0].numel(), scan):
-                self._join(
-                    idx_parts, val_parts, seg, slice(p0, p0 + scan), b0, b1, row_of_col, pairs
+            dense = sums[: b1 - b0]
+            flat = dense.view(-1)
+            for seg in self.segments:
+                for p0 in range(0, seg[0].numel(), scan):
+                    self._join(flat, seg, slice(p0, p0 + scan), b0, b1, row_of_col, pairs)
+            # each row's pairs bound its non-zero sums: groups of rows whose non-zeros fit
+            for s0, s1 in _row_groups(pair_counts[b0:b1], nonzeros):
+                part = dense[s0:s1].reshape(-1)
+                keys = part.nonzero().squeeze(1)
+                sc = None if self_col is None else self_col[b0 + s0 : b0 + s1]
+                outs.append(
+                    self._block_top_k(
+                        dense[s0:s1], keys, part[keys], b0 + s0, k, sc, sign, order, terms
+                    )
                 )
-        if not idx_parts:
-            empty = torch.zeros(0, device=self.device, dtype=torch.long)
-            return empty, torch.zeros(0, device=self.device)
-        keys, inverse = torch.unique(torch.cat(idx_parts), sorted=True, return_inverse=True)
-        sums = torch.zeros(keys.numel(), device=self.device, dtype=torch.float32)
-        return keys, sums.index_add_(0, inverse, torch.cat(val_parts))
+                part[keys] = 0.0  # back to zeros for the next block, touching only the sums
+        return cat_top_k(outs)
 
     def _block_top_k(
         self,
-        keys: Tensor,
-        sums: Tensor,
+        dense: Float[Tensor, "b c"],
+        keys: Int[Tensor, " u"],
+        sums: Float[Tensor, " u"],
         b0: int,
-        b1: int,
         k: int,
-        self_col: Tensor | None,
+        self_col: Int[Tensor, " b"] | None,
         sign: Tensor,
         order: ColumnOrder,
         terms: _Terms,
     ) -> tuple[Tensor, Tensor, Tensor]:
+        """Rows ``b0:b0+b``'s top ``k`` from their dense sums and the same sums' non-zeros
+        (flat keys ``row * n_cols + col``, row-major)."""
         mr, isr, inv_n = terms.mr, terms.isr, terms.inv_n
         mc, inv_sc, col_norm = terms.cols
-        nb, dev = b1 - b0, self.device
+        nb, dev = dense.shape[0], self.device
         r, c = keys // self.n_cols, keys % self.n_cols
         g = r + b0
         p = pearson(sums, mr[g], mc[c], isr[g], inv_sc[c], inv_n)
-        occupied_r, occupied_c = r, c
         if self_col is not None:
             p[c == self_col[r]] = float("-inf")
-            rows = torch.arange(nb, device=dev)
-            occupied_r, occupied_c = torch.cat([r, rows]), torch.cat([c, self_col])
-            occupied = torch.unique(occupied_r * self.n_cols + occupied_c)
-            occupied_r, occupied_c = occupied // self.n_cols, occupied % self.n_cols
         # each row's best columns among those it meets
         top_i, top_r, top_rank = segment_top_k(r, p, nb, k)
         vals = torch.full((nb, k), float("-inf"), device=dev)
@@ -333,13 +336,19 @@ class SparseStoreGram:
         cross[top_r, top_rank] = sums[top_i]
         # and among those it never meets (their sums are 0), in the column order of its sign
         fallback = torch.zeros(nb, device=dev, dtype=torch.bool)
+        signs = sign[b0 : b0 + nb]
         for s in (1, -1):
-            rows_s = (sign == s).nonzero().squeeze(1)
+            rows_s = (signs == s).nonzero().squeeze(1)
             if rows_s.numel() == 0:
                 continue
-            cand, ok = order.candidates(s, occupied_r, occupied_c, nb, k)
-            cand = cand[rows_s]
-            fallback[rows_s[~ok[rows_s]]] = True
+            sc = None if self_col is None else self_col[rows_s]
+            # a column it never meets has the value -|m_r s_r| * score: past the score of
+            # the row's k-th value among the columns it meets, it cannot enter the top k
+            cut = -vals[rows_s, k - 1] / (mr[b0 + rows_s] * isr[b0 + rows_s]).abs()
+            cand, ok = order.candidates(
+                s, dense, rows_s, sc, k, cut.nan_to_num(nan=float("inf"), posinf=float("inf"))
+            )
+            fallback[rows_s[~ok]] = True
             live = cand < self.n_cols
             cand = cand.clamp(max=self.n_cols - 1)
             zero = torch.zeros(cand.shape, device=dev)
@@ -352,34 +361,19 @@ class SparseStoreGram:
             allx = torch.cat([cross[rows_s], zero], 1)
             tv, ti = allv.topk(k, dim=1)
             vals[rows_s], cols[rows_s], cross[rows_s] = tv, allc.gather(1, ti), allx.gather(1, ti)
-        cos = cosine(cross, terms.row_norm[b0:b1, None], col_norm[cols])
-        if bool(fallback.any()):  # near ties in the column order: these rows densely
-            rows = fallback.nonzero().squeeze(1)
-            self._dense_rows(rows, nb, r, c, sums, b0, k, self_col, terms, (vals, cols, cos))
-        return vals, cols, cos
-
-    def _dense_rows(self, rows, nb, r, c, sums, b0, k, self_col, terms: _Terms, out) -> None:
-        """Rows' top ``k`` from their dense row of sums, by the dense path's own
-        :func:`~core.engine.gram.pearson_top_k`."""
-        vals, cols, cos = out
-        chunk = max(1, (64 << 20) // (4 * self.n_cols))
-        for i in range(0, rows.numel(), chunk):
-            part = rows[i : i + chunk]
-            local = torch.full((nb,), -1, device=self.device, dtype=torch.long)
-            local[part] = torch.arange(part.numel(), device=self.device)
-            pick = (local[r] >= 0).nonzero().squeeze(1)
-            dense = torch.zeros(part.numel(), self.n_cols, device=self.device)
-            dense[local[r[pick]], c[pick]] = sums[pick]
-            g = part + b0
-            sc = None if self_col is None else self_col[part]
-            vals[part], cols[part], cos[part] = pearson_top_k(
-                dense, terms.row_sum[g], terms.row_sumsq[g], terms.cols, terms.n, terms.inv_n, k, sc
+        cos = cosine(cross, terms.row_norm[b0 : b0 + nb, None], col_norm[cols])
+        if bool(fallback.any()):  # near ties in the column order: these rows densely, by
+            rows = fallback.nonzero().squeeze(1)  # the dense path's own pearson_top_k
+            g = rows + b0
+            sc = None if self_col is None else self_col[rows]
+            vals[rows], cols[rows], cos[rows] = pearson_top_k(
+                dense[rows], terms.row_sum[g], terms.row_sumsq[g], terms.cols, terms.n, inv_n, k, sc
             )
+        return vals, cols, cos
 
     def _join(
         self,
-        idx_parts: list[Tensor],
-        val_parts: list[Tensor],
+        flat: Float[Tensor, " bc"],
         seg: tuple[Tensor, Tensor, Tensor],
         part: slice,
         b0: int,
@@ -387,9 +381,9 @@ class SparseStoreGram:
         row_of_col: Tensor | None,
         max_pairs: int,
     ) -> None:
-        """The products of rows ``b0:b1``'s entries in ``part`` of ``seg`` with every entry of
-        the same token, as flat keys ``row * n_cols + col`` and values, in chunks of at most
-        ``max_pairs`` (one entry's pairs at least)."""
+        """Add to ``flat`` (rows ``b0:b1``'s dense sums, row-major) the products of those
+        rows' entries in ``part`` of ``seg`` with every entry of the same token, in chunks of
+        at most ``max_pairs`` (one entry's pairs at least)."""
         cols, vals, ptr = seg
         c = cols[part].long()
         r = c if row_of_col is None else row_of_col[c]
@@ -420,5 +414,6 @@ class SparseStoreGram:
             )
             first = ends[e0:e1] - ln - ends_at[i]  # each entry's first pair in this chunk
             at = torch.arange(n_pairs, device=ln.device) - first[rep] + start[e0:e1][rep]
-            idx_parts.append(r[e0:e1][rep] * self.n_cols + cols[at].long())
-            val_parts.append(v[e0:e1][rep] * vals[at])
+            flat.index_add_(
+                0, r[e0:e1][rep] * self.n_cols + cols[at].long(), v[e0:e1][rep] * vals[at]
+            )

@@ -1,4 +1,5 @@
-"""Exact top-``k`` correlated features from sparse co-activation sums, never ``rows x cols``.
+"""Exact top-``k`` correlated features from sparse co-activation sums, never a Pearson
+value for every (row, column) cell.
 
 Most pairs of features of a sparse dictionary never fire on the same token: their
 co-activation sum is zero and their Pearson value depends on the column alone,
@@ -11,19 +12,23 @@ share, element by element, so both give the same floats; near ties between (b)'s
 and its rounded values are covered by ``slack`` extra candidates and a margin check, and
 rows that fail it are computed densely.
 
-Shapes: ``u`` non-zero (row, column) sums of a block of ``b`` rows, ``c`` columns.
+Shapes: ``u`` non-zero sums of a block of ``b`` rows (row-major), ``c`` columns.
 """
 
 from __future__ import annotations
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 #: extra candidates among the columns a row never meets, beyond ``k``
 SLACK = 8
 #: relative gap in ``m_c s_c`` that rounding (a few float32 ulps) cannot cross
 MARGIN = 1e-5
+#: columns of the order looked at first for a row's candidates (then four times as many)
+FIRST_WIDTH = 64
+#: near ties looked through before a row is computed densely instead
+EXTEND_MAX = 1 << 14
 
 NEG_INF = float("-inf")
 
@@ -52,35 +57,25 @@ def cosine(cross: Tensor, row_norm: Tensor, col_norm: Tensor) -> Tensor:
 def segment_top_k(
     row: Int[Tensor, " u"], values: Float[Tensor, " u"], n_rows: int, k: int
 ) -> tuple[Int[Tensor, " t"], Int[Tensor, " t"], Int[Tensor, " t"]]:
-    """Each row's ``k`` largest entries: (entry index, row, rank) of the kept ones."""
-    by_value = torch.sort(values, descending=True, stable=True).indices
-    idx = by_value[torch.sort(row[by_value], stable=True).indices]
-    r = row[idx]
+    """Each row's ``k`` largest entries, for entries grouped by row (``row`` sorted):
+    (entry index, row, rank) of the kept ones. One ``topk`` over the rows laid out side by
+    side (padded with ``-inf``), no sort of the entries."""
+    counts = torch.bincount(row, minlength=n_rows)
     start = torch.zeros(n_rows + 1, dtype=torch.long, device=row.device)
-    torch.cumsum(torch.bincount(r, minlength=n_rows), 0, out=start[1:])
-    rank = torch.arange(idx.numel(), device=row.device) - start[r]
-    keep = rank < k
-    return idx[keep], r[keep], rank[keep]
-
-
-def free_ranks(
-    row: Int[Tensor, " o"], rank: Int[Tensor, " o"], n_rows: int, n_cols: int, m: int
-) -> Int[Tensor, "b m"]:
-    """For each row, the first ``m`` ranks (of ``n_cols``) it does not occupy; ``n_cols``
-    where fewer remain. ``(row, rank)`` pairs are the occupied ones (distinct per row)."""
-    big = n_cols + m + 1
-    order = torch.sort(row * big + rank).indices
-    r, s = row[order], rank[order]
-    start = torch.zeros(n_rows + 1, dtype=torch.long, device=row.device)
-    torch.cumsum(torch.bincount(r, minlength=n_rows), 0, out=start[1:])
-    # g = rank - (occupied ranks before it): non-decreasing within a row; the t-th free
-    # rank is t + #(g <= t)
-    g = s - (torch.arange(r.numel(), device=row.device) - start[r])
-    flat = r * big + g
-    t = torch.arange(m, device=row.device)
-    rows = torch.arange(n_rows, device=row.device)[:, None]
-    count = torch.searchsorted(flat, rows * big + t, right=True) - start[:-1, None]
-    return (t + count).clamp_(max=n_cols)
+    torch.cumsum(counts, 0, out=start[1:])
+    width = int(counts.max()) if row.numel() else 0
+    kk = min(k, width)
+    empty = row.new_zeros(0)
+    if kk == 0:
+        return empty, empty, empty
+    pos = torch.arange(row.numel(), device=row.device) - start[row]
+    padded = values.new_full((n_rows, width), NEG_INF)
+    padded[row, pos] = values
+    ti = padded.topk(kk, dim=1).indices
+    keep = ti < counts[:, None]  # a padding slot is never kept, whatever its value ties with
+    rows = torch.arange(n_rows, device=row.device)[:, None].expand_as(ti)
+    rank = torch.arange(kk, device=row.device)[None, :].expand_as(ti)
+    return (start[:-1, None] + ti)[keep], rows[keep], rank[keep]
 
 
 class ColumnOrder:
@@ -96,30 +91,86 @@ class ColumnOrder:
         self.orders = {1: torch.sort(up, stable=True).indices}
         self.orders[-1] = torch.sort(down, stable=True).indices
         self.scores = {1: up, -1: down}
+        #: the scores in order, and each column's position in its order
+        self.sorted = {sign: self.scores[sign][o] for sign, o in self.orders.items()}
         self.pos = {}
-        for sign, order in self.orders.items():
-            pos = torch.empty_like(order)
-            pos[order] = torch.arange(self.n, device=order.device)
-            self.pos[sign] = pos
+        for sign, o in self.orders.items():
+            self.pos[sign] = torch.empty_like(o)
+            self.pos[sign][o] = torch.arange(self.n, device=o.device)
 
     def candidates(
         self,
         sign: int,
-        occupied_row: Tensor,
-        occupied_col: Tensor,
-        n_rows: int,
+        met: Bool[Tensor, "a c"] | Float[Tensor, "a c"],
+        rows: Int[Tensor, " b"],
+        self_col: Int[Tensor, " b"] | None,
         k: int,
-    ) -> tuple[Int[Tensor, "b m"], Tensor]:
-        """The first ``k + SLACK`` columns each row does not meet (``self.n`` where none
-        are left), and whether the margin check passed for the row."""
+        cut: Float[Tensor, " b"] | None = None,
+    ) -> tuple[Int[Tensor, "b m"], Bool[Tensor, " b"]]:
+        """The columns, in the order of ``sign``, that each of ``rows`` does not meet
+        (``met`` non-zero) and that are not its own (``self_col``) and that may be among its
+        top ``k`` of those: the first ``k + SLACK``, and every later one within ``MARGIN``
+        of the ``k``-th (near ties, where rounding may reorder the Pearson values) unless
+        past the row's ``cut`` (a score beyond which a column cannot enter the row's top
+        ``k`` at all: its ``k``-th value among the columns it meets); ``self.n`` pads. And,
+        per row, whether that list is complete: a row with more than ``EXTEND_MAX`` such
+        columns (a large group of near ties) is not, and is computed densely instead."""
         m = k + SLACK
-        ranks = free_ranks(occupied_row, self.pos[sign][occupied_col], n_rows, self.n, m)
-        order = torch.cat([self.orders[sign], self.orders[sign].new_full((1,), self.n)])
-        cols = order[ranks]
-        score = torch.cat([self.scores[sign], self.scores[sign].new_full((1,), float("inf"))])
-        last, kth = score[cols[:, -1]], score[cols[:, k - 1]]
-        ok = (last - kth > MARGIN * kth.abs()) | torch.isinf(last) | torch.isinf(kth)
-        return cols, ok
+        order, score = self.orders[sign], self.scores[sign]
+        dev = met.device
+        out = torch.full((rows.numel(), m), self.n, dtype=torch.long, device=dev)
+        todo = torch.arange(rows.numel(), device=dev)
+        width = min(self.n, m + FIRST_WIDTH)
+        while todo.numel():  # the first m, looking further for the rows that meet many
+            free = self._free(order[:width], met, rows[todo], self_col, todo, width)
+            done = (free < self.n).sum(1) >= m
+            done |= width == self.n
+            out[todo[done], : min(m, width)] = free[done, :m]  # width < m: every column
+            todo = todo[~done]
+            width = min(self.n, width * 4)
+        padded = torch.cat([score, score.new_full((1,), float("inf"))])
+        kth = padded[out[:, k - 1]]
+        # every free column up to the last within MARGIN of the k-th may beat it
+        bound = kth if cut is None else torch.minimum(kth, cut)
+        limit = torch.searchsorted(self.sorted[sign], bound + MARGIN * bound.abs(), right=True)
+        covered = self.pos[sign][out[:, -1].clamp(max=self.n - 1)] + 1
+        extend = (limit > covered) & (out[:, -1] < self.n)
+        ok = ~extend | (limit <= EXTEND_MAX)
+        extend &= ok
+        if not bool(extend.any()):
+            return out, ok
+        rows_x = extend.nonzero().squeeze(1)
+        width = int(limit[rows_x].max())
+        free = self._free(order[:width], met, rows[rows_x], self_col, rows_x, width, limit[rows_x])
+        free = free[:, : int((free < self.n).sum(1).max())]
+        wide = torch.full((rows.numel(), max(m, free.shape[1])), self.n, device=dev)
+        wide = wide.long()
+        wide[:, :m] = out
+        wide[rows_x, : free.shape[1]] = free
+        return wide, ok
+
+    def _free(
+        self,
+        head: Int[Tensor, " w"],
+        met: Tensor,
+        rows: Int[Tensor, " b"],
+        self_col: Int[Tensor, " b"] | None,
+        at: Int[Tensor, " b"],
+        width: int,
+        limit: Int[Tensor, " b"] | None = None,
+    ) -> Int[Tensor, "b w"]:
+        """Each row's columns among ``head`` (the first ``width`` of an order, up to its
+        ``limit``) that it does not meet and that are not its own (``self_col[at]``), in
+        that order, then ``self.n`` (``width`` columns)."""
+        taken = met[rows[:, None], head[None, :]] != 0
+        if self_col is not None:
+            taken |= head[None, :] == self_col[at, None]
+        if limit is not None:
+            taken |= torch.arange(width, device=head.device)[None, :] >= limit[:, None]
+        pick = torch.sort(taken.to(torch.uint8), dim=1, stable=True).indices  # free first
+        cols = head[pick]
+        cols[taken.gather(1, pick)] = self.n
+        return cols
 
 
 __all__ = [
@@ -127,7 +178,6 @@ __all__ = [
     "SLACK",
     "ColumnOrder",
     "cosine",
-    "free_ranks",
     "inv_std",
     "pearson",
     "segment_top_k",

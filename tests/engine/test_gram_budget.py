@@ -91,11 +91,13 @@ def test_blocks_match_float64_top_k(rows_are_cols):
             store.stage(part[:, sl], sl)
         store.commit(batch, torch.tensor(float(batch)))
     assert store.nnz == int((a != 0).sum()) and len(store.segments) > 1
-    # the smallest working area: rows one or two at a time, pairs in many chunks
+    # the smallest working area: a few rows at a time, their non-zeros a row or two at a
+    # time, pairs in many chunks
     store.budget = store.nbytes + min_work_bytes(n_cols)
-    _, scan, pairs = store.plan()
-    assert len(store.row_blocks()) > 1
+    block, scan, pairs, nonzeros = store.plan()
+    assert len(store.row_blocks()) > 1 and block < n_rows
     assert pairs < int((a != 0).sum(1).pow(2).sum())
+    assert nonzeros < 2 * n_cols
     row_sum, row_sumsq = a.sum(0)[rows], (a * a).sum(0)[rows]
     self_col = rows if not rows_are_cols else torch.arange(n_cols)
     p, i, c = store.top_correlated(row_sum, row_sumsq, 4, self_col)
@@ -326,3 +328,90 @@ def test_signed_activations_take_the_other_column_order(seed):
     # most rows meet few columns: their top-k includes columns they never meet
     met = (a != 0).T.float() @ (a != 0).float() > 0
     assert sum(int((~met[r, i[r]]).any()) for r in range(f)) > f // 2
+
+
+def test_segment_top_k_is_each_rows_sorted_top_k():
+    """Rows laid side by side and one topk: each row's k largest entries, in order, never a
+    padding slot (rows with fewer than k entries, rows with none, -inf entries)."""
+    g = torch.Generator().manual_seed(5)
+    counts = torch.tensor([0, 1, 3, 7, 0, 12, 2])
+    row = torch.repeat_interleave(torch.arange(counts.numel()), counts)
+    values = torch.randn(row.numel(), generator=g)
+    values[4] = float("-inf")
+    idx, r, rank = sparse_topk.segment_top_k(row, values, counts.numel(), 4)
+    got = {(int(a), int(b)): int(i) for i, a, b in zip(idx, r, rank, strict=True)}
+    start = 0
+    for rr, cnt in enumerate(counts.tolist()):
+        mine = values[start : start + cnt]
+        want = torch.sort(mine, descending=True).values[:4].tolist()
+        have = [float(values[got[(rr, j)]]) for j in range(min(4, cnt))]
+        assert have == want and all(start <= got[(rr, j)] < start + cnt for j in range(min(4, cnt)))
+        assert (rr, min(4, cnt)) not in got
+        start += cnt
+
+
+def test_candidates_are_the_first_columns_a_row_never_meets():
+    """The first k + SLACK columns in the order that a row does not meet and that are not its
+    own, widening past the first look for rows that meet most of them; the column count
+    where too few are left."""
+    g = torch.Generator().manual_seed(6)
+    n_cols, k = 300, 5
+    order = sparse_topk.ColumnOrder(torch.rand(n_cols, generator=g), torch.ones(n_cols))
+    met = (torch.rand(4, n_cols, generator=g) < torch.tensor([[0.0], [0.3], [0.9], [1.0]])).float()
+    met[3, 7] = 0.0  # the last row meets every column but two: one is its own
+    self_col = torch.tensor([0, 1, 2, 7])
+    got, ok = order.candidates(1, met, torch.arange(4), self_col, k)
+    m = k + sparse_topk.SLACK
+    for r in range(4):
+        free = [c for c in order.orders[1].tolist() if met[r, c] == 0 and c != self_col[r]]
+        want = (free + [n_cols] * m)[:m]
+        assert got[r].tolist() == want
+    assert got[3].tolist() == [n_cols] * m and bool(ok[3])
+
+
+@pytest.mark.parametrize("extend_max", [1 << 14, 4])
+def test_near_ties_in_the_column_order_are_all_candidates(monkeypatch, extend_max):
+    """Columns whose mean/std differ by rounding-sized amounts (rare features, each firing
+    twice with nearly the same values): every one within the margin of a row's k-th is a
+    candidate (or, past EXTEND_MAX of them, the row is computed densely), so the top-k is
+    the dense rows' exactly."""
+    g = torch.Generator().manual_seed(7)
+    n, f, rare = 400, 70, 60
+    a = torch.zeros(n, f)
+    busy = f - rare
+    a[:, :busy] = torch.rand(n, busy, generator=g) * (torch.rand(n, busy, generator=g) < 0.05)
+    for j in range(rare):  # two firings, values 1 and 1 + j ulps-ish: near-equal mean/std
+        t = torch.randperm(n, generator=g)[:2]
+        a[t[0], busy + j], a[t[1], busy + j] = 1.0, 1.0 + 3e-7 * j
+    monkeypatch.setattr(sparse_topk, "EXTEND_MAX", extend_max)
+    widths, complete = [], []
+    real = sparse_topk.ColumnOrder.candidates
+
+    def spy(self, *args):
+        cols, ok = real(self, *args)
+        widths.append(cols.shape[1])
+        complete.append(bool(ok.all()))
+        return cols, ok
+
+    monkeypatch.setattr(sparse_topk.ColumnOrder, "candidates", spy)
+    store = SparseStoreGram(f, f, CPU, 1 << 30)
+    store.update(a, a, torch.tensor(float(n)))
+    row_sum, row_sumsq = a.sum(0), (a * a).sum(0)
+    self_col = torch.arange(f)
+    k = 5
+    p, i, c = store.top_correlated(row_sum, row_sumsq, k, self_col)
+    if extend_max > rare:
+        assert max(widths) > k + sparse_topk.SLACK and all(complete)
+    else:
+        assert not all(complete)
+    monkeypatch.setattr(sparse_topk.ColumnOrder, "candidates", real)
+    dp, di, dc = _through_dense_rows(store, row_sum, row_sumsq, k, self_col)
+    assert torch.equal(p, dp)
+    every, every_i, _ = _through_dense_rows(store, row_sum, row_sumsq, f, self_col)
+    for r in range(f):  # the same columns, but for exact ties at the k-th value
+        above = p[r] > p[r, -1]
+        assert set(i[r][above].tolist()) == set(di[r][above].tolist())
+        assert torch.equal(c[r][above], dc[r][above])
+        tied = ~above & torch.isfinite(p[r])
+        for col in i[r][tied].tolist():
+            assert every[r][every_i[r] == col] == p[r, -1]
