@@ -58,6 +58,8 @@ class GramStats:
         self._staged: list[Tensor] = []
         #: the sparse kernel's staged non-zeros: (token, column, value) per chunk
         self._staged_nz: list[tuple[Tensor, Tensor, Tensor]] = []
+        #: only the upper triangle of the pair sums is made so far (finalize mirrors it)
+        self._upper = False
 
     #: below this fraction of non-zero activations ``auto`` picks the sparse kernel
     SPARSE_DENSITY = 0.01
@@ -93,10 +95,13 @@ class GramStats:
             staged_nz, self._staged_nz = self._staged_nz, []
             tok, col, val = (torch.cat(p) for p in zip(*staged_nz, strict=True))
             self.n_tokens += n_valid
-            self._sparse_product(
-                coalesced_coo(torch.stack([col, tok]), val, (self.cross.shape[0], n)),
-                coalesced_coo(torch.stack([tok, col]), val, (n, self.cross.shape[1])),
-            )
+            by_feature = coalesced_coo(torch.stack([col, tok]), val, (self.cross.shape[0], n))
+            by_token = coalesced_coo(torch.stack([tok, col]), val, (n, self.cross.shape[1]))
+            if self.cross.device.type == "cpu":
+                add_pair_sums(self.cross, by_feature, by_token, upper=True)
+                self._upper = True
+            else:  # cuSPARSE's product sums in a fixed order; index_add_ would not on CUDA
+                self._sparse_product(by_feature, by_token)
             return
         staged, self._staged = self._staged, []
         a = torch.cat(staged, 1) if len(staged) > 1 else staged[0]
@@ -164,7 +169,18 @@ class GramStats:
         self.cross.index_put_((idx[0], idx[1]), prod.values().float(), accumulate=True)
 
     def finalize(self) -> Float[Tensor, "r c"]:
-        """Mirror the computed upper block triangle (in place) when symmetric."""
+        """Mirror the computed upper block triangle (in place) when symmetric, or the upper
+        triangle of the sums of pairs (:func:`add_pair_sums`)."""
+        if self._upper:
+            f = self.cross.shape[0]
+            for i in range(0, f, self.block):
+                ie = min(i + self.block, f)
+                d = self.cross[i:ie, i:ie]
+                d.copy_(d.triu() + d.triu(1).T)
+                for j in range(i + self.block, f, self.block):
+                    je = min(j + self.block, f)
+                    self.cross[j:je, i:ie] = self.cross[i:ie, j:je].T
+            self._upper = False
         if self.symmetric and self.strategy != "sparse":
             f = self.cross.shape[0]
             for i in range(0, f, self.block):
@@ -211,6 +227,77 @@ class GramStats:
                 pearson_top_k(cross[i:ie], row_sum[i:ie], row_sumsq[i:ie], cols, n, inv_n, k, sc)
             )
         return cat_top_k(outs)
+
+
+#: bytes of the dense scratch rows of :func:`add_pair_sums` (fits a CPU's cache)
+PAIR_SCRATCH_BYTES = 32 << 20
+#: pairs made at once by :func:`add_pair_sums`
+PAIR_CHUNK = 1 << 23
+
+
+def add_pair_sums(
+    cross: Float[Tensor, "r c"], by_feature: Tensor, by_token: Tensor, upper: bool = False
+) -> None:
+    """``cross += by_feature @ by_token`` for coalesced COO operands (``r x n`` and
+    ``n x c``), giving the same floats as ``torch.sparse.mm`` then ``index_put_`` with
+    ``accumulate``: each (row, column) sum is added up from zero over the tokens in order,
+    then added to ``cross`` once. Rows go a few hundred at a time through a dense scratch
+    block small enough to stay in cache, so no pair is sorted (the product's cost on CPU).
+    ``upper``: the operands are one matrix and its transpose, and only the sums of
+    columns at or after their row are made (the others are the same floats, mirrored).
+    """
+    n_rows, n_cols = cross.shape
+    dev = cross.device
+    f_row, f_tok = by_feature.indices()
+    f_val = by_feature.values()
+    t_idx, t_val = by_token.indices(), by_token.values()
+    ptr = torch.zeros(by_token.shape[0] + 1, dtype=torch.long, device=dev)
+    torch.cumsum(torch.bincount(t_idx[0], minlength=by_token.shape[0]), 0, out=ptr[1:])
+    t_col = t_idx[1]
+    start = ptr[f_tok]
+    if upper:  # from the entry's own place in its token's row (columns are in order)
+        start = torch.searchsorted(t_idx[0] * n_cols + t_col, f_tok * n_cols + f_row)
+    length = ptr[f_tok + 1] - start
+    block = max(1, PAIR_SCRATCH_BYTES // (4 * n_cols))
+    scratch = torch.zeros(block * n_cols, dtype=cross.dtype, device=dev)
+    flat = cross.view(-1)
+    row_edges = torch.searchsorted(
+        f_row, torch.arange(0, n_rows + block, block, device=dev)
+    ).tolist()
+    ends = torch.cumsum(length, 0)
+    for b, (e0, e1) in enumerate(zip(row_edges[:-1], row_edges[1:], strict=False)):
+        if e1 <= e0:
+            continue
+        r0 = b * block
+        keys: list[Tensor] = []
+        base = int(ends[e0 - 1]) if e0 else 0
+        cuts = list(range(base + PAIR_CHUNK, int(ends[e1 - 1]), PAIR_CHUNK))
+        at_cut = torch.searchsorted(
+            ends[e0:e1], torch.tensor(cuts, dtype=torch.long, device=dev), right=True
+        )
+        edges = [e0, *at_cut.add(e0).tolist(), e1]
+        for c0, c1 in zip(edges[:-1], edges[1:], strict=True):
+            if c1 <= c0:
+                continue
+            ln = length[c0:c1]
+            n_pairs = int(ln.sum())
+            if n_pairs == 0:
+                continue
+            rep = torch.repeat_interleave(
+                torch.arange(c1 - c0, device=dev), ln, output_size=n_pairs
+            )
+            first = torch.cumsum(ln, 0) - ln
+            at = torch.arange(n_pairs, device=dev) - first[rep] + start[c0:c1][rep]
+            local = (f_row[c0:c1][rep] - r0) * n_cols + t_col[at]
+            scratch.index_add_(0, local, f_val[c0:c1][rep] * t_val[at])
+            keys.append(local)
+        if not keys:
+            continue
+        local = torch.cat(keys)
+        sums = scratch[local]
+        scratch[local] = 0.0
+        at = local + r0 * n_cols
+        flat[at] = flat[at] + sums  # a key met twice writes the same value twice
 
 
 def column_terms(col_sum: Tensor, col_sumsq: Tensor, n: Tensor) -> tuple[Tensor, Tensor, Tensor]:

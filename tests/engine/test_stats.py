@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import core.engine.gram as gram_module
 from core.engine.gram import BufferedInt8Gram, GramStats
 from core.engine.stats import (
     BinCounts,
@@ -100,10 +101,16 @@ def test_sparse_and_dense_gram_agree():
     assert_sums_close(dense.finalize(), rows.T @ a, rows.T @ a, 200)
 
 
-def test_staged_non_zeros_give_the_same_sparse_gram():
+@pytest.mark.parametrize("scratch_rows, pair_chunk", [(None, None), (3, 5), (7, 64)])
+def test_staged_non_zeros_give_the_same_sparse_gram(monkeypatch, scratch_rows, pair_chunk):
     """The sparse kernel fed each chunk's non-zeros (pass 2's kept activations) gives the
     same co-activation sums, bit for bit, as fed the dense chunks (concatenated and made
-    sparse); the column sums are summed chunk by chunk (same terms, another order)."""
+    sparse: torch.sparse.mm); the column sums are summed chunk by chunk (same terms, another
+    order). The pair sums go through scratch blocks of rows and chunks of pairs of any
+    size, a row's pairs split across chunks too."""
+    if scratch_rows is not None:
+        monkeypatch.setattr(gram_module, "PAIR_SCRATCH_BYTES", scratch_rows * 4 * 40)
+        monkeypatch.setattr(gram_module, "PAIR_CHUNK", pair_chunk)
     a = torch.relu(torch.randn(300, 40) - 2.0)
     n, cpu = torch.tensor(300.0), torch.device("cpu")
     chunks = [slice(0, 16), slice(16, 32), slice(32, 40)]
