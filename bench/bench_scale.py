@@ -18,6 +18,7 @@ Results go to ``bench/results-scale.json`` (``--out``); ratios are to the floor.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -79,7 +80,12 @@ class PhaseMeter:
             return False
 
     def _sample(self) -> None:
+        import psutil
+
         rss = self._proc.memory_info().rss
+        for child in self._proc.children(recursive=True):  # the run's writer processes
+            with contextlib.suppress(psutil.Error):
+                rss += child.memory_info().rss
         with self._lock:
             if self._current is not None:
                 p = self.phases[self._current]

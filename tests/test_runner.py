@@ -16,6 +16,7 @@ import jsonschema
 import numpy as np
 import pytest
 
+import core.precompute.background as background
 import core.sources as sources
 from core import feature_map as fm
 from core.cli import main
@@ -425,3 +426,31 @@ def test_index_page_shows_the_stored_map_only(assets, reference, tmp_path, monke
     img = re.search(r'<figure class="fs-map"><img alt="([^"]*)" src="data:image/png;base64,', page)
     assert img is not None and "<" not in img.group(1)
     assert f"PCA of the decoder directions; {N_FEATURES} features drawn" in page
+
+
+def test_batches_written_by_worker_processes_are_identical(
+    assets, reference, tmp_path, monkeypatch
+):
+    """Neuronpedia batches built and written by spawned workers (as a big run does) are
+    byte-identical to those written in process, and every chunk is recorded once its
+    batch is written."""
+    monkeypatch.setattr(background, "MIN_FEATURES", 0)
+    monkeypatch.setattr(background.os, "cpu_count", lambda: 2)
+    submitted: list[int] = []
+    real_submit = background.BatchWriter.submit
+
+    def spy(self, k, *args):
+        assert self.workers == 2
+        submitted.append(k)
+        real_submit(self, k, *args)
+
+    monkeypatch.setattr(background.BatchWriter, "submit", spy)
+    out = tmp_path / "workers"
+    assert main([*base_args(assets), "--output-dir", str(out)]) == 0
+    assert sorted(submitted) == list(range(N_CHUNKS))
+    ref_files, got_files = _files(reference), _files(out)
+    assert sorted(got_files) == sorted(ref_files)
+    assert any(name.startswith("neuronpedia/batch-") for name in got_files)
+    for name, blob in ref_files.items():
+        assert got_files[name] == blob, name
+    assert _completed(out) == N_CHUNKS

@@ -29,16 +29,15 @@ from core.export.html import save_html
 from core.export.map_html import map_png_html
 from core.export.neuronpedia import (
     NeuronpediaMeta,
-    batch_to_neuronpedia,
     explanation_records,
     head_distribution,
     skipped_indexes,
-    write_batch,
 )
 from core.feature_map import export_map
 from core.knowledge.describe import stored_descriptions
 from core.memo import Memo, feature_key, feature_prefix
 from core.models import hook_layer
+from core.precompute.background import BatchWriter, worker_count
 from core.precompute.config import PrecomputeConfig, check_role
 from core.precompute.index import register_run
 from core.precompute.manifest import (
@@ -286,8 +285,10 @@ class PrecomputeRunner:
             yield k, [part[f] for f in self.chunks[k]]
 
     def _write_chunk(
-        self, src: Sources, memo: Memo, k: int, fds: list[FeatureData]
+        self, src: Sources, memo: Memo, k: int, fds: list[FeatureData], writer: BatchWriter
     ) -> tuple[list[int], list[int]]:
+        """Write chunk ``k``: its summary and HTML page here, its Neuronpedia batch through
+        ``writer`` (the chunk is done once that is written)."""
         cfg = self.cfg
         chunk = self.chunks[k]
         if "memo" in cfg.outputs and not all(key in memo for key in self._stored(chunk)):
@@ -317,8 +318,10 @@ class PrecomputeRunner:
                 if src.dictionary.hook_out.endswith("hook_z") and rows.shape[1] % n_heads == 0:
                     dists = {f: head_distribution(r.tolist(), n_heads) for f, r in vectors.items()}
             assert self.np_meta is not None
-            batch = batch_to_neuronpedia(rendered, self.np_meta, vectors, dists)
-            write_batch(self.out / "neuronpedia" / f"batch-{k}.json", batch, validate=2)
+            path = self.out / "neuronpedia" / f"batch-{k}.json"
+            writer.submit(k, path, rendered, self.np_meta, vectors, dists)
+        else:
+            writer.submit_nothing(k)
         return [fd.index for fd in rendered], skipped
 
     def _finish(self, src: Sources, done: set[int], skipped: set[int]) -> None:
@@ -429,20 +432,32 @@ class PrecomputeRunner:
                 progress = Progress(cfg, len(self.features), initial, log_cfg)
                 t0 = time.perf_counter()
                 ok = False
+                written: dict[int, tuple[list[int], list[int]]] = {}
+
+                def record(k: int) -> None:  # chunk k is written whole: into the manifest
+                    new_done, new_skipped = written.pop(k)
+                    done.update(new_done)
+                    skipped.update(new_skipped)
+                    completed.add(k)
+                    self._write_manifest(completed, done, skipped)
+                    progress.chunk_done(k, len(self.chunks[k]), len(done), len(skipped))
+
+                workers = 0
+                if "neuronpedia" in cfg.outputs:
+                    workers = worker_count(sum(len(self.chunks[k]) for k in pending))
                 try:
-                    with self.dir.writing():
+                    with self.dir.writing(), BatchWriter(workers) as writer:
                         for group in self._groups():
                             if not any(k in pending for k in group):
                                 continue
                             for k, fds in self._sweep_group(src, memo, group, progress):
                                 if k not in pending:  # done before a restart: same data
                                     continue
-                                new_done, new_skipped = self._write_chunk(src, memo, k, fds)
-                                done.update(new_done)
-                                skipped.update(new_skipped)
-                                completed.add(k)
-                                self._write_manifest(completed, done, skipped)
-                                progress.chunk_done(k, len(fds), len(done), len(skipped))
+                                written[k] = self._write_chunk(src, memo, k, fds, writer)
+                                for kk in writer.finished():
+                                    record(kk)
+                        for kk in writer.finished(wait=True):
+                            record(kk)
                         self._finish(src, done, skipped)
                         self._write_manifest(completed, done, skipped, finished=True)
                     ok = True

@@ -1,0 +1,114 @@
+"""Neuronpedia batch files built and written by worker processes while the run goes on.
+
+Building a batch (rounding every float, one dict per feature) and encoding it as JSON is
+plain Python, about 1.5 ms a feature, on one core. Once the sweep is done the runner's
+own loop (building features, the memo) keeps one core busy; the batches go to spawned
+worker processes on the others, at most two chunks in flight per worker so memory stays
+bounded. A chunk counts as done (and goes into the manifest) only once its batch file is
+written, so a killed run resumes exactly as before. Small runs write in process: a worker
+costs a second or two to start.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from core.export.neuronpedia import NeuronpediaMeta, batch_to_neuronpedia, write_batch
+
+if TYPE_CHECKING:
+    from core.engine.features import FeatureData
+
+#: features below which a run writes its batches in process
+MIN_FEATURES = 4096
+#: worker processes at most
+MAX_WORKERS = 4
+
+
+def write_neuronpedia(
+    path: Path,
+    features: Sequence[FeatureData],
+    meta: NeuronpediaMeta,
+    vectors: Mapping[int, Any],
+    dists: Mapping[int, Sequence[float]],
+) -> Path:
+    """Build one chunk's batch and write it (atomically); what a worker runs."""
+    return write_batch(path, batch_to_neuronpedia(features, meta, vectors, dists), validate=2)
+
+
+def worker_count(n_features: int) -> int:
+    """Workers for a run of ``n_features``: none for a small run or a single core."""
+    cores = os.cpu_count() or 1
+    if n_features < MIN_FEATURES or cores < 2:
+        return 0
+    return min(MAX_WORKERS, cores)
+
+
+class BatchWriter:
+    """Writes Neuronpedia batches in ``workers`` processes (``0``: in the caller).
+
+    ``submit(k, ...)`` hands chunk ``k``'s batch over (waiting while too many are in
+    flight); :meth:`finished` yields the chunks whose files are written, in the order they
+    were submitted. A worker's error is raised by :meth:`finished`. Use as a context
+    manager: leaving it stops the workers (pending batches are dropped on an error).
+    """
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+        if workers:
+            self._pool = ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("spawn")
+            )
+        self._pending: deque[tuple[int, Future[Path] | None]] = deque()
+
+    def __enter__(self) -> BatchWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=exc_type is None, cancel_futures=exc_type is not None)
+
+    def submit(
+        self,
+        k: int,
+        path: Path,
+        features: Sequence[FeatureData],
+        meta: NeuronpediaMeta,
+        vectors: Mapping[int, Any],
+        dists: Mapping[int, Sequence[float]],
+    ) -> None:
+        if self._pool is None:
+            write_neuronpedia(path, features, meta, vectors, dists)
+            self._pending.append((k, None))
+            return
+        fut = self._pool.submit(write_neuronpedia, path, list(features), meta, vectors, dists)
+        self._pending.append((k, fut))
+
+    def submit_nothing(self, k: int) -> None:
+        """Chunk ``k`` has no batch (the run writes none): done in its turn."""
+        self._pending.append((k, None))
+
+    def full(self) -> bool:
+        """Whether the caller should wait for a batch before making the next."""
+        return self._pool is not None and len(self._pending) >= 2 * self.workers
+
+    def finished(self, wait: bool = False) -> Iterator[int]:
+        """Chunks whose batch is written, oldest first; ``wait``: all of them (else only
+        those done, and the oldest while :meth:`full`)."""
+        while self._pending:
+            k, fut = self._pending[0]
+            if fut is not None and not fut.done() and not wait and not self.full():
+                return
+            if fut is not None:
+                fut.result()
+            self._pending.popleft()
+            yield k
+
+
+__all__ = ["MAX_WORKERS", "MIN_FEATURES", "BatchWriter", "worker_count", "write_neuronpedia"]
