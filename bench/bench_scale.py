@@ -55,7 +55,8 @@ class PhaseMeter:
     ``ru_maxrss_mb`` is ``getrusage``'s peak at the end of the phase. On Linux the peak is
     reset when each phase starts (``/proc/self/clear_refs``), so it is the kernel's exact
     peak of that phase (``peak_reset`` true); elsewhere it is the peak so far. A sampler
-    thread also reads the RSS every ``interval`` seconds and charges it to the phase running
+    thread also reads the RSS every ``interval`` seconds, this process's and its child
+    processes' together (a precompute's batch writers), and charges it to the phase running
     then (and at each phase's start and end); ``peak_rss_mb`` is the larger of the two.
     Phases that repeat (chunk by chunk) add their times and keep their largest peak.
     """
