@@ -114,15 +114,18 @@ def stream_features(
             source_key(model, dictionary, tokens, config), config.feature_correlation, features
         )
     n, k = len(features), 0
-    # built ``batch`` at a time from the columns, stored in one transaction per batch
-    for part in result.features.batches(batch, keep=False):
-        if memo is not None:
-            with gc_paused():
+    # built ``batch`` at a time from the columns, stored in one transaction per batch. The
+    # cyclic collector stays paused until the last batch is handed over (the caller's use
+    # of each batch included): every batch's objects are freed by reference counting, and a
+    # collection each time the collector came back would walk a whole live batch
+    with gc_paused():
+        for part in result.features.batches(batch, keep=False):
+            if memo is not None:
                 memo.put_features((feature_key(prefix, f), data) for f, data in part)
-        k += len(part)
-        done = SWEEP_SHARE + (1 - SWEEP_SHARE) * k / n
-        report(done, f"building and saving feature data: {k:,}/{n:,}")
-        yield dict(part)
+            k += len(part)
+            done = SWEEP_SHARE + (1 - SWEEP_SHARE) * k / n
+            report(done, f"building and saving feature data: {k:,}/{n:,}")
+            yield dict(part)
 
 
 def compute_features(
