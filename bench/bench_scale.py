@@ -233,6 +233,7 @@ def phases(parts: Parts, meter: PhaseMeter, opts: dict[str, Any], work: Path) ->
     import torch
 
     from core.engine.cached import source_key
+    from core.engine.features import gc_paused
     from core.engine.sweep import prepare_tokens, run_sweep
     from core.export.neuronpedia import batch_to_neuronpedia, write_batch
     from core.memo import Memo, feature_key, feature_prefix
@@ -260,29 +261,33 @@ def phases(parts: Parts, meter: PhaseMeter, opts: dict[str, Any], work: Path) ->
     memo = Memo(work / "memo", size_limit=NO_EVICTION)
     order = list(res.features)
     n_bytes = 0
-    # built CHUNK rows at a time, as the app and the runner build them (FeatureSet.batches)
+    # built CHUNK rows at a time, as the app and the runner build them (FeatureSet.batches),
+    # with the cyclic collector paused throughout, as their stream_features pauses it
     built = res.features.batches(CHUNK, keep=False)
     try:
-        for k in range(0, len(order), CHUNK):
-            chunk = order[k : k + CHUNK]
-            with meter.phase("assembly"):
-                fds = [fd for _, fd in next(built)]
-            with meter.phase("serialisation"):
-                blobs = [fd.to_bytes() for fd in fds]
-            with meter.phase("writing"):
-                for f, blob in zip(chunk, blobs, strict=True):
-                    if not memo.put_bytes(feature_key(prefix, f), blob):
-                        raise RuntimeError(f"could not write to {memo.directory}")
-                    n_bytes += len(blob)
-                shown = [fd for fd in fds if not is_skipped(fd, 0.0)]
-                idx = [fd.index for fd in shown]
-                vectors = {}
-                if idx:
-                    with torch.no_grad():
-                        w = d.decoder_directions(torch.tensor(idx, device=parts.model.device))
-                    vectors = dict(zip(idx, w.float().cpu().tolist(), strict=True))
-                batch = batch_to_neuronpedia(shown, meta, vectors)
-                write_batch(work / "neuronpedia" / f"batch-{k // CHUNK}.json", batch, validate=2)
+        with gc_paused():
+            for k in range(0, len(order), CHUNK):
+                chunk = order[k : k + CHUNK]
+                with meter.phase("assembly"):
+                    fds = [fd for _, fd in next(built)]
+                with meter.phase("serialisation"):
+                    blobs = [fd.to_bytes() for fd in fds]
+                with meter.phase("writing"):
+                    for f, blob in zip(chunk, blobs, strict=True):
+                        if not memo.put_bytes(feature_key(prefix, f), blob):
+                            raise RuntimeError(f"could not write to {memo.directory}")
+                        n_bytes += len(blob)
+                    shown = [fd for fd in fds if not is_skipped(fd, 0.0)]
+                    idx = [fd.index for fd in shown]
+                    vectors = {}
+                    if idx:
+                        with torch.no_grad():
+                            w = d.decoder_directions(torch.tensor(idx, device=parts.model.device))
+                        vectors = dict(zip(idx, w.float().cpu().tolist(), strict=True))
+                    batch = batch_to_neuronpedia(shown, meta, vectors)
+                    write_batch(
+                        work / "neuronpedia" / f"batch-{k // CHUNK}.json", batch, validate=2
+                    )
     finally:
         memo.close()
     return {

@@ -213,6 +213,12 @@ def _precompute_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--wandb-project", default=None)
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     g.add_argument(
+        "--writers", default="auto",
+        help="processes that build and write the Neuronpedia batches while the run goes on: "
+        "a number (0: in the run's own process) or auto (one per core, at most 4, for runs "
+        "of 4,096 features or more)",
+    )  # fmt: skip
+    g.add_argument(
         "--memory-budget", default=None,
         help="device memory for the correlated-features table, e.g. 8G, 512M, bytes, or auto "
         "(half the device); past it the table is computed from sparse activations (default 4G)",

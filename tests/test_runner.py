@@ -25,6 +25,7 @@ from core.errors import FeaturescopeError
 from core.export.neuronpedia import load_schema
 from core.knowledge import open_store
 from core.memo import Memo
+from core.precompute.config import PrecomputeConfig
 from core.precomputed import PrecomputedError, RunnerError, open_precomputed
 from tests.export.tiny_setup import DEAD, N_FEATURES, PWNED, tiny_assets
 
@@ -285,6 +286,8 @@ def test_config_file_and_resume_guard(assets, tmp_path, capsys):
         (["--layout", "summary,nope"], "unknown dashboard component 'nope'"),
         (["--features-at-a-time", "0"], "features at a time must be a positive integer"),
         (["--min-density", "2"], "density threshold must be between 0 and 1"),
+        (["--writers", "two"], "--writers takes a number of processes (0 or more) or auto"),
+        (["--writers", "-1"], "--writers takes a number of processes (0 or more) or auto"),
     ],
 )
 def test_cli_errors_are_clear(assets, tmp_path, capsys, extra, message):
@@ -446,7 +449,7 @@ def test_batches_written_by_worker_processes_are_identical(
 
     monkeypatch.setattr(background.BatchWriter, "submit", spy)
     out = tmp_path / "workers"
-    assert main([*base_args(assets), "--output-dir", str(out)]) == 0
+    assert main([*base_args(assets), "--output-dir", str(out)]) == 0  # --writers auto
     assert sorted(submitted) == list(range(N_CHUNKS))
     ref_files, got_files = _files(reference), _files(out)
     assert sorted(got_files) == sorted(ref_files)
@@ -454,3 +457,16 @@ def test_batches_written_by_worker_processes_are_identical(
     for name, blob in ref_files.items():
         assert got_files[name] == blob, name
     assert _completed(out) == N_CHUNKS
+
+
+def test_writers_default_to_the_callers_process_from_python():
+    """Through the Python API a run writes its batches in process unless asked (spawned
+    workers re-import a script's main module); the command line's auto picks workers for
+    big runs on more than one core only."""
+    assert PrecomputeConfig(output_dir="x").writers == 0
+    with pytest.raises(RunnerError, match="writers must be a number of processes"):
+        PrecomputeConfig(output_dir="x", writers=-2).validate()
+    assert background.worker_count(background.MIN_FEATURES - 1) == 0
+    cores = os.cpu_count() or 1
+    want = 0 if cores < 2 else min(background.MAX_WORKERS, cores)
+    assert background.worker_count(background.MIN_FEATURES) == want

@@ -285,9 +285,25 @@ def config_from_args(args: Any) -> PrecomputeConfig:
         wandb=bool(args.wandb),
         wandb_project=args.wandb_project or "featurescope-precompute",
         threads=args.threads,
+        writers=parse_writers(getattr(args, "writers", "auto")),
         progress=not args.no_progress,
         overwrite=bool(args.overwrite),
         free_unused_layers=bool(getattr(args, "free_unused_layers", False)),
     )
     cfg.validate()
     return cfg
+
+
+def parse_writers(text: str | int | None) -> int | None:
+    """``--writers``: ``auto`` (``None``) or a number of processes (0 or more)."""
+    if text is None or str(text).strip().lower() == "auto":
+        return None
+    try:
+        n = int(str(text).strip())
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise RunnerError(
+            f"--writers takes a number of processes (0 or more) or auto, not {text!r}"
+        )
+    return n

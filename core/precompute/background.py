@@ -60,11 +60,7 @@ class BatchWriter:
 
     def __init__(self, workers: int):
         self.workers = workers
-        self._pool: ProcessPoolExecutor | None = None
-        if workers:
-            self._pool = ProcessPoolExecutor(
-                workers, mp_context=multiprocessing.get_context("spawn")
-            )
+        self._pool: ProcessPoolExecutor | None = None  # started with the first batch
         self._pending: deque[tuple[int, Future[Path] | None]] = deque()
 
     def __enter__(self) -> BatchWriter:
@@ -83,10 +79,13 @@ class BatchWriter:
         vectors: Mapping[int, Any],
         dists: Mapping[int, Sequence[float]],
     ) -> None:
-        if self._pool is None:
+        if not self.workers:
             write_neuronpedia(path, features, meta, vectors, dists)
             self._pending.append((k, None))
             return
+        if self._pool is None:  # not before: no idle workers through the sweep
+            ctx = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx)
         fut = self._pool.submit(write_neuronpedia, path, list(features), meta, vectors, dists)
         self._pending.append((k, fut))
 
@@ -96,7 +95,7 @@ class BatchWriter:
 
     def full(self) -> bool:
         """Whether the caller should wait for a batch before making the next."""
-        return self._pool is not None and len(self._pending) >= 2 * self.workers
+        return self.workers > 0 and len(self._pending) >= 2 * self.workers
 
     def finished(self, wait: bool = False) -> Iterator[int]:
         """Chunks whose batch is written, oldest first; ``wait``: all of them (else only

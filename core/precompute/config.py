@@ -66,6 +66,11 @@ class PrecomputeConfig:
             ``WANDB_MODE``, e.g. ``offline``).
         wandb_project: the W&B project name.
         threads: torch CPU threads (``None``: torch's default).
+        writers: processes that build and write the Neuronpedia batches while the run goes
+            on (:mod:`core.precompute.background`); ``0`` (the default here): in the run's
+            own process; ``None``: one per core (at most 4) for runs of 4,096 features or
+            more, what the command line does. Workers are spawned and re-import the main
+            module: a script that sets this needs ``if __name__ == "__main__":``.
         progress: show a progress bar on stderr.
         overwrite: delete a different run's results in ``output_dir`` instead of failing.
         free_unused_layers: drop the model's blocks after the hook once loaded (keeping
@@ -87,6 +92,7 @@ class PrecomputeConfig:
     wandb: bool = False
     wandb_project: str = "featurescope-precompute"
     threads: int | None = None
+    writers: int | None = 0
     progress: bool = True
     overwrite: bool = False
     free_unused_layers: bool = False
@@ -119,6 +125,12 @@ class PrecomputeConfig:
             )
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise RunnerError(f"threads must be a positive integer, got {self.threads!r}")
+        if self.writers is not None and (
+            not isinstance(self.writers, int) or isinstance(self.writers, bool) or self.writers < 0
+        ):
+            raise RunnerError(
+                f"writers must be a number of processes (0 or more) or None, got {self.writers!r}"
+            )
         if self.layout is not None:
             try:
                 check_layout(self.layout)

@@ -182,7 +182,7 @@ class PrecomputeRunner:
     ) -> dict:
         cfg = self.cfg
         config = cfg.to_dict()
-        for private in ("output_dir", "progress", "overwrite", "free_unused_layers"):
+        for private in ("output_dir", "progress", "overwrite", "free_unused_layers", "writers"):
             config.pop(private, None)
         return {
             "format": FORMAT,
@@ -442,8 +442,8 @@ class PrecomputeRunner:
                     self._write_manifest(completed, done, skipped)
                     progress.chunk_done(k, len(self.chunks[k]), len(done), len(skipped))
 
-                workers = 0
-                if "neuronpedia" in cfg.outputs:
+                workers = 0 if "neuronpedia" not in cfg.outputs else cfg.writers
+                if workers is None:
                     workers = worker_count(sum(len(self.chunks[k]) for k in pending))
                 try:
                     with self.dir.writing(), BatchWriter(workers) as writer:
