@@ -22,7 +22,7 @@ from core import feature_map as fm
 from core.cli import main
 from core.engine.features import FeatureData
 from core.errors import FeaturescopeError
-from core.export.neuronpedia import load_schema
+from core.export.neuronpedia import NeuronpediaMeta, load_schema
 from core.knowledge import open_store
 from core.memo import Memo
 from core.precompute.config import PrecomputeConfig
@@ -470,3 +470,25 @@ def test_writers_default_to_the_callers_process_from_python():
     cores = os.cpu_count() or 1
     want = 0 if cores < 2 else min(background.MAX_WORKERS, cores)
     assert background.worker_count(background.MIN_FEATURES) == want
+
+
+def test_a_writer_process_that_dies_is_a_clear_error(tmp_path):
+    """A batch writer killed (as the kernel's out-of-memory killer would) stops the run with
+    a RunnerError that says the recorded chunks are kept and how to go on."""
+    meta = NeuronpediaMeta(model_id="tiny", layer=0, sae_set="tiny-res", dataset="d")
+    with background.BatchWriter(1) as writer:
+        writer.submit(0, tmp_path / "batch-0.json", [], meta, {}, {})
+        assert list(writer.finished(wait=True)) == [0]
+        assert json.loads((tmp_path / "batch-0.json").read_text())["features"] == []
+        assert writer._pool is not None
+        for proc in list(writer._pool._processes.values()):
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.join(30)
+
+        def next_batch() -> None:
+            writer.submit(1, tmp_path / "batch-1.json", [], meta, {}, {})
+            list(writer.finished(wait=True))
+
+        with pytest.raises(RunnerError, match="stopped .* --writers 0") as err:
+            next_batch()
+    assert "Run the same command again to resume" in str(err.value)

@@ -16,10 +16,12 @@ import os
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.export.neuronpedia import NeuronpediaMeta, batch_to_neuronpedia, write_batch
+from core.precompute.manifest import RunnerError
 
 if TYPE_CHECKING:
     from core.engine.features import FeatureData
@@ -28,6 +30,12 @@ if TYPE_CHECKING:
 MIN_FEATURES = 4096
 #: worker processes at most
 MAX_WORKERS = 4
+
+_BROKEN = (
+    "a process writing the Neuronpedia batches stopped (killed, or out of memory): the chunks "
+    "already recorded are kept. Run the same command again to resume; --writers 0 writes the "
+    "batches in the run's own process"
+)
 
 
 def write_neuronpedia(
@@ -54,7 +62,8 @@ class BatchWriter:
 
     ``submit(k, ...)`` hands chunk ``k``'s batch over (waiting while too many are in
     flight); :meth:`finished` yields the chunks whose files are written, in the order they
-    were submitted. A worker's error is raised by :meth:`finished`. Use as a context
+    were submitted. A worker's error is raised by :meth:`finished`; a worker that died
+    (killed, out of memory) is a :class:`RunnerError` saying how to resume. Use as a context
     manager: leaving it stops the workers (pending batches are dropped on an error).
     """
 
@@ -86,7 +95,10 @@ class BatchWriter:
         if self._pool is None:  # not before: no idle workers through the sweep
             ctx = multiprocessing.get_context("spawn")
             self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx)
-        fut = self._pool.submit(write_neuronpedia, path, list(features), meta, vectors, dists)
+        try:
+            fut = self._pool.submit(write_neuronpedia, path, list(features), meta, vectors, dists)
+        except BrokenProcessPool as exc:
+            raise RunnerError(_BROKEN) from exc
         self._pending.append((k, fut))
 
     def submit_nothing(self, k: int) -> None:
@@ -105,7 +117,10 @@ class BatchWriter:
             if fut is not None and not fut.done() and not wait and not self.full():
                 return
             if fut is not None:
-                fut.result()
+                try:
+                    fut.result()
+                except BrokenProcessPool as exc:
+                    raise RunnerError(_BROKEN) from exc
             self._pending.popleft()
             yield k
 
