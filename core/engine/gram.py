@@ -9,6 +9,7 @@ one GEMM. Shapes: ``N`` tokens per batch, ``F`` features tracked, ``G`` features
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 
 import torch
 from jaxtyping import Float, Int
@@ -172,24 +173,25 @@ class GramStats:
         """Mirror the computed upper block triangle (in place) when symmetric, or the upper
         triangle of the sums of pairs (:func:`add_pair_sums`)."""
         if self._upper:
-            f = self.cross.shape[0]
-            for i in range(0, f, self.block):
-                ie = min(i + self.block, f)
-                d = self.cross[i:ie, i:ie]
-                d.copy_(d.triu() + d.triu(1).T)
-                for j in range(i + self.block, f, self.block):
-                    je = min(j + self.block, f)
-                    self.cross[j:je, i:ie] = self.cross[i:ie, j:je].T
+            self._mirror(within_blocks=True)
             self._upper = False
         if self.symmetric and self.strategy != "sparse":
-            f = self.cross.shape[0]
-            for i in range(0, f, self.block):
-                ie = min(i + self.block, f)
-                for j in range(i + self.block, f, self.block):
-                    je = min(j + self.block, f)
-                    self.cross[j:je, i:ie] = self.cross[i:ie, j:je].T
+            self._mirror(within_blocks=False)
             self.symmetric = False
         return self.cross
+
+    def _mirror(self, within_blocks: bool) -> None:
+        """Copy the upper block triangle onto the lower one (in place); ``within_blocks``:
+        the diagonal blocks too hold only their upper triangle."""
+        f = self.cross.shape[0]
+        for i in range(0, f, self.block):
+            ie = min(i + self.block, f)
+            if within_blocks:
+                d = self.cross[i:ie, i:ie]
+                d.copy_(d.triu() + d.triu(1).T)
+            for j in range(i + self.block, f, self.block):
+                je = min(j + self.block, f)
+                self.cross[j:je, i:ie] = self.cross[i:ie, j:je].T
 
     def merge(self, other: GramStats) -> GramStats:
         self.finalize()
@@ -235,6 +237,37 @@ PAIR_SCRATCH_BYTES = 32 << 20
 PAIR_CHUNK = 1 << 23
 
 
+def pair_chunks(
+    start: Int[Tensor, " e"], length: Int[Tensor, " e"], max_pairs: int
+) -> Iterator[tuple[int, int, Tensor, Tensor]]:
+    """Every (entry, partner) pair of entries whose partners are ``length`` consecutive
+    positions from ``start``, entry by entry and partners in order, in chunks of at most
+    ``max_pairs`` pairs (one entry's pairs at least): ``(e0, e1, rep, at)`` per chunk of
+    entries ``e0:e1``, ``rep`` each pair's entry within the chunk, ``at`` its partner's
+    position."""
+    if length.numel() == 0:
+        return
+    ends = length.cumsum(0)
+    total = int(ends[-1])
+    edges = [0, length.numel()]
+    if total > max_pairs:
+        cuts = torch.arange(max_pairs, total, max_pairs, device=ends.device)
+        edges = sorted({*edges, *torch.searchsorted(ends, cuts, right=True).tolist()})
+    bounds = torch.tensor([e - 1 for e in edges[1:]], device=ends.device)
+    ends_at = [0, *ends[bounds].tolist()]
+    for i, (e0, e1) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
+        n_pairs = ends_at[i + 1] - ends_at[i]
+        if n_pairs == 0:
+            continue
+        ln = length[e0:e1]
+        rep = torch.repeat_interleave(
+            torch.arange(e1 - e0, device=ln.device), ln, output_size=n_pairs
+        )
+        first = ends[e0:e1] - ln - ends_at[i]  # each entry's first pair in this chunk
+        at = torch.arange(n_pairs, device=ln.device) - first[rep] + start[e0:e1][rep]
+        yield e0, e1, rep, at
+
+
 def add_pair_sums(
     cross: Float[Tensor, "r c"], by_feature: Tensor, by_token: Tensor, upper: bool = False
 ) -> None:
@@ -264,32 +297,15 @@ def add_pair_sums(
     row_edges = torch.searchsorted(
         f_row, torch.arange(0, n_rows + block, block, device=dev)
     ).tolist()
-    ends = torch.cumsum(length, 0)
     for b, (e0, e1) in enumerate(zip(row_edges[:-1], row_edges[1:], strict=False)):
         if e1 <= e0:
             continue
         r0 = b * block
+        rows, vals = f_row[e0:e1] - r0, f_val[e0:e1]
         keys: list[Tensor] = []
-        base = int(ends[e0 - 1]) if e0 else 0
-        cuts = list(range(base + PAIR_CHUNK, int(ends[e1 - 1]), PAIR_CHUNK))
-        at_cut = torch.searchsorted(
-            ends[e0:e1], torch.tensor(cuts, dtype=torch.long, device=dev), right=True
-        )
-        edges = [e0, *at_cut.add(e0).tolist(), e1]
-        for c0, c1 in zip(edges[:-1], edges[1:], strict=True):
-            if c1 <= c0:
-                continue
-            ln = length[c0:c1]
-            n_pairs = int(ln.sum())
-            if n_pairs == 0:
-                continue
-            rep = torch.repeat_interleave(
-                torch.arange(c1 - c0, device=dev), ln, output_size=n_pairs
-            )
-            first = torch.cumsum(ln, 0) - ln
-            at = torch.arange(n_pairs, device=dev) - first[rep] + start[c0:c1][rep]
-            local = (f_row[c0:c1][rep] - r0) * n_cols + t_col[at]
-            scratch.index_add_(0, local, f_val[c0:c1][rep] * t_val[at])
+        for c0, c1, rep, at in pair_chunks(start[e0:e1], length[e0:e1], PAIR_CHUNK):
+            local = rows[c0:c1][rep] * n_cols + t_col[at]
+            scratch.index_add_(0, local, vals[c0:c1][rep] * t_val[at])
             keys.append(local)
         if not keys:
             continue

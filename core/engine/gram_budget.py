@@ -14,7 +14,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from core.engine.gram import cat_top_k, column_terms, pearson_top_k
+from core.engine.gram import cat_top_k, column_terms, pair_chunks, pearson_top_k
 from core.engine.sparse_topk import ColumnOrder, cosine, inv_std, pearson, segment_top_k
 from core.engine.stats import SparseActs
 from core.errors import FeaturescopeError
@@ -396,24 +396,7 @@ class SparseStoreGram:
         start = ptr[tok]
         length = ptr[tok + 1] - start
         v = vals[pos]
-        ends = length.cumsum(0)
-        total = int(ends[-1])
-        edges = [0, pos.numel()]
-        if total > max_pairs:
-            cuts = torch.arange(max_pairs, total, max_pairs, device=ends.device)
-            edges = sorted({*edges, *torch.searchsorted(ends, cuts, right=True).tolist()})
-        bounds = torch.tensor([e - 1 for e in edges[1:]], device=ends.device)
-        ends_at = [0, *ends[bounds].tolist()]
-        for i, (e0, e1) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
-            n_pairs = ends_at[i + 1] - ends_at[i]
-            if n_pairs == 0:
-                continue
-            ln = length[e0:e1]
-            rep = torch.repeat_interleave(
-                torch.arange(e1 - e0, device=ln.device), ln, output_size=n_pairs
-            )
-            first = ends[e0:e1] - ln - ends_at[i]  # each entry's first pair in this chunk
-            at = torch.arange(n_pairs, device=ln.device) - first[rep] + start[e0:e1][rep]
+        for e0, e1, rep, at in pair_chunks(start, length, max_pairs):
             flat.index_add_(
                 0, r[e0:e1][rep] * self.n_cols + cols[at].long(), v[e0:e1][rep] * vals[at]
             )

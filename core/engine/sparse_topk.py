@@ -143,8 +143,7 @@ class ColumnOrder:
         width = int(limit[rows_x].max())
         free = self._free(order[:width], met, rows[rows_x], self_col, rows_x, width, limit[rows_x])
         free = free[:, : int((free < self.n).sum(1).max())]
-        wide = torch.full((rows.numel(), max(m, free.shape[1])), self.n, device=dev)
-        wide = wide.long()
+        wide = out.new_full((rows.numel(), max(m, free.shape[1])), self.n)
         wide[:, :m] = out
         wide[rows_x, : free.shape[1]] = free
         return wide, ok
