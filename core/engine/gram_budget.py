@@ -298,9 +298,7 @@ class SparseStoreGram:
                 keys = part.nonzero().squeeze(1)
                 sc = None if self_col is None else self_col[b0 + s0 : b0 + s1]
                 outs.append(
-                    self._block_top_k(
-                        dense[s0:s1], keys, part[keys], b0 + s0, k, sc, sign, order, terms
-                    )
+                    self._block_top_k(dense[s0:s1], keys, b0 + s0, k, sc, sign, order, terms)
                 )
                 part[keys] = 0.0  # back to zeros for the next block, touching only the sums
         return cat_top_k(outs)
@@ -309,7 +307,6 @@ class SparseStoreGram:
         self,
         dense: Float[Tensor, "b c"],
         keys: Int[Tensor, " u"],
-        sums: Float[Tensor, " u"],
         b0: int,
         k: int,
         self_col: Int[Tensor, " b"] | None,
@@ -317,8 +314,9 @@ class SparseStoreGram:
         order: ColumnOrder,
         terms: _Terms,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Rows ``b0:b0+b``'s top ``k`` from their dense sums and the same sums' non-zeros
-        (flat keys ``row * n_cols + col``, row-major)."""
+        """Rows ``b0:b0+b``'s top ``k`` from their dense sums, whose non-zeros are at
+        ``keys`` (flat ``row * n_cols + col``, row-major)."""
+        sums = dense.reshape(-1)[keys]
         mr, isr, inv_n = terms.mr, terms.isr, terms.inv_n
         mc, inv_sc, col_norm = terms.cols
         nb, dev = dense.shape[0], self.device

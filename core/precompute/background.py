@@ -60,9 +60,9 @@ def worker_count(n_features: int) -> int:
 class BatchWriter:
     """Writes Neuronpedia batches in ``workers`` processes (``0``: in the caller).
 
-    ``submit(k, ...)`` hands chunk ``k``'s batch over (waiting while too many are in
-    flight); :meth:`finished` yields the chunks whose files are written, in the order they
-    were submitted. A worker's error is raised by :meth:`finished`; a worker that died
+    ``submit(k, ...)`` hands chunk ``k``'s batch over; :meth:`finished` yields the chunks
+    whose files are written, in the order they were submitted, and waits for the oldest
+    while too many are in flight. A worker's error is raised by :meth:`finished`; a worker that died
     (killed, out of memory) is a :class:`RunnerError` saying how to resume. Use as a context
     manager: leaving it stops the workers (pending batches are dropped on an error).
     """
@@ -90,7 +90,7 @@ class BatchWriter:
     ) -> None:
         if not self.workers:
             write_neuronpedia(path, features, meta, vectors, dists)
-            self._pending.append((k, None))
+            self.submit_nothing(k)
             return
         if self._pool is None:  # not before: no idle workers through the sweep
             ctx = multiprocessing.get_context("spawn")
@@ -105,16 +105,16 @@ class BatchWriter:
         """Chunk ``k`` has no batch (the run writes none): done in its turn."""
         self._pending.append((k, None))
 
-    def full(self) -> bool:
+    def _full(self) -> bool:
         """Whether the caller should wait for a batch before making the next."""
         return self.workers > 0 and len(self._pending) >= 2 * self.workers
 
     def finished(self, wait: bool = False) -> Iterator[int]:
         """Chunks whose batch is written, oldest first; ``wait``: all of them (else only
-        those done, and the oldest while :meth:`full`)."""
+        those done, and the oldest while too many are in flight)."""
         while self._pending:
             k, fut = self._pending[0]
-            if fut is not None and not fut.done() and not wait and not self.full():
+            if fut is not None and not fut.done() and not wait and not self._full():
                 return
             if fut is not None:
                 try:
