@@ -270,13 +270,13 @@ def phases(parts: Parts, meter: PhaseMeter, opts: dict[str, Any], work: Path) ->
                 chunk = order[k : k + CHUNK]
                 with meter.phase("assembly"):
                     fds = [fd for _, fd in next(built)]
-                with meter.phase("serialisation"):
-                    blobs = [fd.to_bytes() for fd in fds]
+                with meter.phase("serialisation"):  # the rows slice the columns again
+                    blobs = res.features.row_bytes(k, k + len(chunk))
                 with meter.phase("writing"):
-                    for f, blob in zip(chunk, blobs, strict=True):
-                        if not memo.put_bytes(feature_key(prefix, f), blob):
-                            raise RuntimeError(f"could not write to {memo.directory}")
-                        n_bytes += len(blob)
+                    keys = [feature_key(prefix, f) for f in chunk]
+                    if memo.put_rows(zip(keys, blobs, strict=True)) != len(chunk):
+                        raise RuntimeError(f"could not write to {memo.directory}")
+                    n_bytes += sum(map(len, blobs))
                     shown = [fd for fd in fds if not is_skipped(fd, 0.0)]
                     idx = [fd.index for fd in shown]
                     vectors = {}

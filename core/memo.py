@@ -259,28 +259,27 @@ class Memo:
 
     # --- typed helpers ---------------------------------------------------------------------
     def get_feature(self, key: str) -> FeatureData | None:
+        """The feature stored under ``key`` (a row of :meth:`put_rows`), or ``None``."""
         # Lazy: the engine package imports torch, and the memo stays light for the CLI.
-        from core.engine.features import FeatureData
+        from core.engine.rows import feature_from_row
 
         payload = self.get_bytes(key)
         if payload is None:
             return None
         try:
-            return FeatureData.from_bytes(payload)
+            return feature_from_row(payload)
         except Exception as exc:  # any decode failure means a bad entry
             log.warning("dropping undecodable feature entry %s: %s", key[:12], exc)
             self.delete(key)
             return None
 
-    def put_feature(self, key: str, feature: FeatureData) -> bool:
-        return self.put_bytes(key, feature.to_bytes())
-
-    def put_features(self, items: Iterable[tuple[str, FeatureData]]) -> int:
-        """Store many ``(key, feature)`` pairs, each by :meth:`put_feature`, in one
+    def put_rows(self, items: Iterable[tuple[str, bytes]]) -> int:
+        """Store many ``(key, row)`` pairs (a feature's stored bytes,
+        :meth:`~core.engine.result.FeatureSet.row_bytes`), each by :meth:`put_bytes`, in one
         transaction: one commit for all of them instead of one per feature.
 
         Once a write fails (a full disk) what was written is committed and the rest are
-        stored one by one, as :meth:`put_feature` would. A commit that fails is rolled back
+        stored one by one. A commit that fails is rolled back
         (the value files it wrote are removed) and warned about like any failing write;
         then every item is tried one by one. Returns how many of the keys are stored
         afterwards (counted, not assumed); the others count as :attr:`write_errors`.
@@ -294,9 +293,9 @@ class Memo:
         done = 0
         try:
             with self._cache.transact():
-                for key, feature in items:
+                for key, row in items:
                     done += 1
-                    if not self.put_feature(key, feature):
+                    if not self.put_bytes(key, row):
                         break  # commit what is there, go on one by one
                     files += [f for (f,) in self._rows(_FILENAME, (key,)) if f]
         except (OSError, sqlite3.DatabaseError) as exc:
@@ -307,8 +306,8 @@ class Memo:
                 self._cache._disk.remove(name)
             self._write_failed(exc)
             done = 0
-        for key, feature in items[done:]:
-            self.put_feature(key, feature)
+        for key, row in items[done:]:
+            self.put_bytes(key, row)
         if not self._write_failing and self.write_errors == errors_before:
             return len(items)
         stored = sum(1 for key, _ in items if key in self)

@@ -389,7 +389,7 @@ class Workspace(SearchMixin, CorpusMixin):
             todo = indices if config.feature_correlation == "requested" else missing
             sub = dataclasses.replace(config, features=todo)
             step = max(1, len(todo) // 100)  # about a hundred progress updates
-            for part in stream_features(
+            for part, _ in stream_features(
                 self.model,
                 self.dictionary,
                 self._prepared(sub),

@@ -29,8 +29,8 @@ from core.cli import main
 from core.config import RunConfig
 from core.dictionaries.saelens import SAELensDictionary
 from core.engine.distributed import CONSTANT, Shard, merged_fields
-from core.engine.features import FeatureData
 from core.engine.gram import BufferedInt8Gram, GramStats
+from core.engine.rows import feature_from_row
 from core.engine.stats import BinCounts, IntervalSampler, MomentStats, TopExamples
 from core.models import ModelAdapter
 from tests.export.tiny_setup import CONTEXT, N_FEATURES, N_PROMPTS, tiny_assets
@@ -158,8 +158,8 @@ def assert_same_output(one: Path, two: Path) -> None:
         if key.startswith("chunk:"):  # the summary table, as JSON
             assert_close(json.loads(memo_two[key]), json.loads(blob), key)
             continue
-        want = FeatureData.from_bytes(blob).to_dict()
-        got = FeatureData.from_bytes(memo_two[key]).to_dict()
+        want = feature_from_row(blob).to_dict()
+        got = feature_from_row(memo_two[key]).to_dict()
         assert sorted(got) == sorted(want)
         for field in sorted(exact & set(want)):
             assert got[field] == want[field], (key, field)

@@ -8,7 +8,7 @@ import torch
 from core.cli import build_parser
 from core.config import RunConfig
 from core.dictionaries.saelens import SAELensDictionary
-from core.engine.features import FeatureData
+from core.engine.rows import feature_from_row
 from core.memo import Memo
 from core.models import ModelAdapter, ModelError
 from core.precompute.args import config_from_args
@@ -85,9 +85,7 @@ def test_precompute_with_freed_layers_writes_the_same(tmp_path, monkeypatch):
         if key.startswith("chunk:"):
             assert got[key] == blob, key
         else:
-            assert (
-                FeatureData.from_bytes(got[key]).to_dict() == FeatureData.from_bytes(blob).to_dict()
-            )
+            assert feature_from_row(got[key]).to_dict() == feature_from_row(blob).to_dict()
 
 
 def test_command_line_flag(tmp_path):

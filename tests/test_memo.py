@@ -17,6 +17,7 @@ import torch
 from core.config import RunConfig
 from core.dictionaries.saelens import SAELensDictionary
 from core.engine.cached import compute_features, source_key
+from core.engine.rows import feature_from_row
 from core.memo import Memo, NoPickleDisk, feature_key
 from core.models import ModelAdapter
 from tests.mounts import read_only_copy, tmpfs
@@ -143,23 +144,34 @@ def test_cache_dir_from_environment(tmp_path, monkeypatch):
     assert torch  # imported for fixtures' models
 
 
-def test_feature_bytes_are_deterministic_across_processes(parts, tmp_path):
+def test_feature_rows_are_deterministic_across_processes(parts, tmp_path):
+    """A feature's stored bytes do not depend on the process (hash seeds): the same
+    columns packed in two other processes give the bytes packed here."""
     import subprocess
     import sys
 
-    model, d, toks = parts
+    from safetensors.torch import save_file
+
     from core.engine.sweep import run_sweep
 
-    fd = run_sweep(model, d, toks, RunConfig(features=[2])).features[2]
-    (tmp_path / "fd.json").write_text(fd.to_json())
+    model, d, toks = parts
+    fs = run_sweep(model, d, toks, RunConfig(features=[2, 7])).features
+    fs.extras["note"] = [{"zeta": "é", "alpha": [1.5, None]}, {"b": 1, "a": 2}]  # dict order kept
+    save_file({k: v.contiguous() for k, v in fs.cols.items()}, tmp_path / "cols.safetensors")
+    save_file({"tokens": fs.tokens.contiguous()}, tmp_path / "tokens.safetensors")
+    spec = {"order": fs.order, "vocab": fs.vocab, "window": fs.window, "extras": fs.extras}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
     code = (
-        "import sys;from core.engine.features import FeatureData;"
-        "fd=FeatureData.from_json(open(sys.argv[1]).read());"
-        "sys.stdout.buffer.write(fd.to_bytes())"
+        "import sys,json;from safetensors.torch import load_file;"
+        "from core.engine.result import FeatureSet;"
+        "d=sys.argv[1];s=json.load(open(d+'/spec.json'));"
+        "fs=FeatureSet(s['order'],load_file(d+'/cols.safetensors'),"
+        "load_file(d+'/tokens.safetensors')['tokens'],s['vocab'],tuple(s['window']),s['extras']);"
+        "sys.stdout.buffer.write(b''.join(fs.row_bytes(0, 2)))"
     )
     runs = [
         subprocess.run(
-            [sys.executable, "-c", code, str(tmp_path / "fd.json")],
+            [sys.executable, "-c", code, str(tmp_path)],
             capture_output=True,
             check=True,
             env={"PYTHONHASHSEED": str(seed), "PATH": ""},
@@ -167,8 +179,9 @@ def test_feature_bytes_are_deterministic_across_processes(parts, tmp_path):
         ).stdout
         for seed in (1, 2)
     ]
-    assert runs[0] == runs[1] == fd.to_bytes()
-    assert type(fd).from_bytes(runs[0]) == fd
+    here = fs.row_bytes(0, 2)
+    assert runs[0] == runs[1] == b"".join(here)
+    assert [feature_from_row(b) for b in here] == [fs[2], fs[7]]
 
 
 # --- read-only and full directories (real mounts; the tests run as root, where chmod
@@ -376,43 +389,44 @@ def six_features(parts):
     from core.engine.sweep import run_sweep
 
     model, d, toks = parts
-    return list(run_sweep(model, d, toks, RunConfig(features=list(range(6)))).features.items())
+    fs = run_sweep(model, d, toks, RunConfig(features=list(range(6)))).features
+    return [(f, fs[f], row) for f, row in zip(fs.order, fs.row_bytes(0, 6), strict=True)]
 
 
-def test_put_features_stores_a_batch(six_features, tmp_path):
+def test_put_rows_stores_a_batch(six_features, tmp_path):
     memo = Memo(tmp_path / "memo")
-    items = [(f"k:{f}", data) for f, data in six_features]
-    assert memo.put_features(iter(items)) == 6
-    for key, data in items:
-        assert memo.get_bytes(key) == data.to_bytes()
+    items = [(f"k:{f}", row) for f, _, row in six_features]
+    assert memo.put_rows(iter(items)) == 6
+    for (key, row), (_, data, _) in zip(items, six_features, strict=True):
+        assert memo.get_bytes(key) == row
         assert memo.get_feature(key) == data
-    assert memo.put_features([]) == 0 and not memo.writes_failing
+    assert memo.put_rows([]) == 0 and not memo.writes_failing
     memo.close()
 
 
-def test_put_features_is_one_transaction(six_features, tmp_path, monkeypatch):
+def test_put_rows_is_one_transaction(six_features, tmp_path, monkeypatch):
     """A failure half-way through keeps none of the batch: it was one transaction."""
     memo = Memo(tmp_path / "memo")
-    put = memo.put_feature
+    put = memo.put_bytes
     calls = []
 
-    def failing_third(key, data):
+    def failing_third(key, row):
         calls.append(key)
         if len(calls) == 3:
             raise RuntimeError("boom")
-        return put(key, data)
+        return put(key, row)
 
-    monkeypatch.setattr(memo, "put_feature", failing_third)
+    monkeypatch.setattr(memo, "put_bytes", failing_third)
     with pytest.raises(RuntimeError, match="boom"):
-        memo.put_features((f"k:{f}", data) for f, data in six_features)
+        memo.put_rows((f"k:{f}", row) for f, _, row in six_features)
     assert len(calls) == 3 and len(memo) == 0
-    monkeypatch.setattr(memo, "put_feature", put)
-    assert memo.put_features((f"k:{f}", data) for f, data in six_features) == 6
+    monkeypatch.setattr(memo, "put_bytes", put)
+    assert memo.put_rows((f"k:{f}", row) for f, _, row in six_features) == 6
     assert len(memo) == 6
     memo.close()
 
 
-def test_put_features_whose_commit_fails(six_features, tmp_path, monkeypatch, caplog):
+def test_put_rows_whose_commit_fails(six_features, tmp_path, monkeypatch, caplog):
     """A commit that fails is rolled back without leaving its value files behind, said,
     and the features are then stored one by one."""
     directory = tmp_path / "memo"
@@ -429,32 +443,34 @@ def test_put_features_whose_commit_fails(six_features, tmp_path, monkeypatch, ca
                 raise sqlite3.OperationalError("database or disk is full")
 
     monkeypatch.setattr(memo._cache, "transact", commit_fails_once)
-    items = [(f"k:{f}", data) for f, data in six_features]
+    items = [(f"k:{f}", row) for f, _, row in six_features]
+    items.append(("big", b"b" * 100_000))  # rows are small: one value kept in a file
     with caplog.at_level("WARNING", logger="core.memo"):
-        assert memo.put_features(items) == 6  # not raised
+        assert memo.put_rows(items) == 7  # not raised
     assert failed and memo.write_errors == 0 and not memo.writes_failing
     assert "FEATURESCOPE_CACHE_DIR" in " ".join(r.getMessage() for r in caplog.records)
-    assert all(memo.get_feature(k) == data for k, data in items)
+    assert all(memo.get_feature(f"k:{f}") == data for f, data, _ in six_features)
+    assert memo.get_bytes("big") == b"b" * 100_000
     # the files the rolled-back rows named are gone: every value file left has its row
     (in_files,) = memo._rows("SELECT COUNT(*) FROM Cache WHERE filename IS NOT NULL")[0]
     assert 0 < in_files == len(list(directory.rglob("*.val")))
     memo.close()
 
 
-def test_put_features_on_a_read_only_directory(read_only_memo_dir, six_features):
+def test_put_rows_on_a_read_only_directory(read_only_memo_dir, six_features):
     memo = Memo(read_only_memo_dir)
-    assert memo.put_features((f"k:{f}", data) for f, data in six_features) == 0
+    assert memo.put_rows((f"k:{f}", row) for f, _, row in six_features) == 0
     assert memo.write_errors == 6 and len(memo) == 2
     memo.close()
 
 
-def test_put_features_on_a_disk_that_fills_up(six_features, tmp_path):
+def test_put_rows_on_a_disk_that_fills_up(six_features, tmp_path):
     """What fits is kept (and readable), the rest is counted as failed writes."""
     with tmpfs(tmp_path / "full", size="600k") as mnt:
         memo = Memo(mnt / "memo")
-        items = [(f"k:{f}", data) for f, data in six_features] * 30
-        items = [(f"{key}:{n}", data) for n, (key, data) in enumerate(items)]
-        stored = memo.put_features(items)
+        items = [(f"k:{f}", row) for f, _, row in six_features] * 30
+        items = [(f"{key}:{n}", row) for n, (key, row) in enumerate(items)]
+        stored = memo.put_rows(items)
         kept = [k for k, _ in items if k in memo]
         assert 0 < stored == len(kept) < len(items)
         assert memo.writes_failing and memo.write_errors == len(items) - stored
@@ -468,14 +484,14 @@ def test_compute_features_saves_in_batches(tiny_tokens, tmp_path):
     d = SAELensDictionary(make_sae("standard", 32, 300, HOOK, density=0.3))
     memo = Memo(tmp_path / "memo")
     batches: list[int] = []
-    put_features = memo.put_features
+    put_rows = memo.put_rows
 
     def recording(items):
         items = list(items)
         batches.append(len(items))
-        return put_features(items)
+        return put_rows(items)
 
-    memo.put_features = recording
+    memo.put_rows = recording
     fracs: list[float] = []
     cfg = RunConfig(features=list(range(300)), batch_size=8)
     got = compute_features(model, d, tiny_tokens, cfg, memo, progress=lambda f, m: fracs.append(f))
@@ -483,5 +499,5 @@ def test_compute_features_saves_in_batches(tiny_tokens, tmp_path):
     assert len([f for f in fracs if 0.8 < f <= 1.0]) == 100 and fracs[-1] == 1.0
     assert len(memo) == 300
     stored = compute_features(model, d, tiny_tokens, cfg, memo)  # from the memo
-    assert all(stored[f].to_bytes() == got[f].to_bytes() for f in range(300))
+    assert all(stored[f] == got[f] for f in range(300))
     memo.close()

@@ -20,7 +20,7 @@ import core.precompute.background as background
 import core.sources as sources
 from core import feature_map as fm
 from core.cli import main
-from core.engine.features import FeatureData
+from core.engine.rows import feature_from_row
 from core.errors import FeaturescopeError
 from core.export.neuronpedia import NeuronpediaMeta, load_schema
 from core.knowledge import open_store
@@ -146,8 +146,8 @@ def test_killed_run_resumes_to_identical_output(assets, reference, tmp_path):
     assert sorted(got_memo) == sorted(ref_memo)
     for key, blob in ref_memo.items():
         if not key.startswith("chunk:"):  # a feature, under the sources' memo key
-            got = FeatureData.from_bytes(got_memo[key]).to_dict()
-            assert got == FeatureData.from_bytes(blob).to_dict(), key
+            got = feature_from_row(got_memo[key]).to_dict()
+            assert got == feature_from_row(blob).to_dict(), key
         else:
             assert got_memo[key] == blob, key
 
@@ -477,7 +477,7 @@ def test_a_writer_process_that_dies_is_a_clear_error(tmp_path):
     a RunnerError that says the recorded chunks are kept and how to go on."""
     meta = NeuronpediaMeta(model_id="tiny", layer=0, sae_set="tiny-res", dataset="d")
     with background.BatchWriter(1) as writer:
-        writer.submit(0, tmp_path / "batch-0.json", [], meta, {}, {})
+        writer.submit(0, tmp_path / "batch-0.json", [], [], meta, {}, {})
         assert list(writer.finished(wait=True)) == [0]
         assert json.loads((tmp_path / "batch-0.json").read_text())["features"] == []
         assert writer._pool is not None
@@ -486,7 +486,7 @@ def test_a_writer_process_that_dies_is_a_clear_error(tmp_path):
             proc.join(30)
 
         def next_batch() -> None:
-            writer.submit(1, tmp_path / "batch-1.json", [], meta, {}, {})
+            writer.submit(1, tmp_path / "batch-1.json", [], [], meta, {}, {})
             list(writer.finished(wait=True))
 
         with pytest.raises(RunnerError, match="stopped .* --writers 0") as err:

@@ -90,11 +90,13 @@ def stream_features(
     dataset: dict[str, Any] | None = None,
     progress: Progress | None = None,
     activation_store: ActivationStore | None = None,
-) -> Iterator[dict[int, FeatureData]]:
+) -> Iterator[tuple[dict[int, FeatureData], list[bytes]]]:
     """Sweep every feature of ``config.features`` (whatever the memo holds) and yield their
     data ``batch`` features at a time, in the requested order, each batch stored in the memo
     (under the shared keys) before it is yielded. Only one batch is built at a time, so a
-    whole dictionary never sits in memory as :class:`FeatureData`. ``tokens`` are prepared.
+    whole dictionary never sits in memory as :class:`FeatureData`. Each batch comes with
+    its features' stored bytes (:meth:`~core.engine.result.FeatureSet.row_bytes`, in
+    order; what the memo holds). ``tokens`` are prepared.
     """
     features = validate_features(config.features, dictionary.n_features)
     report = progress or (lambda frac, msg: None)
@@ -119,13 +121,13 @@ def stream_features(
     # of each batch included): every batch's objects are freed by reference counting, and a
     # collection each time the collector came back would walk a whole live batch
     with gc_paused():
-        for part in result.features.batches(batch, keep=False):
+        for part, rows in result.features.stored_batches(batch):
             if memo is not None:
-                memo.put_features((feature_key(prefix, f), data) for f, data in part)
+                memo.put_rows(zip((feature_key(prefix, f) for f, _ in part), rows, strict=True))
             k += len(part)
             done = SWEEP_SHARE + (1 - SWEEP_SHARE) * k / n
             report(done, f"building and saving feature data: {k:,}/{n:,}")
-            yield dict(part)
+            yield dict(part), rows
 
 
 def compute_features(
@@ -166,7 +168,7 @@ def compute_features(
     if missing:
         sub = dataclasses.replace(config, features=missing)
         step = max(1, len(missing) // 100)  # about a hundred updates, whatever the count
-        for batch in stream_features(
+        for batch, _ in stream_features(
             model, dictionary, tokens, sub, memo, step, dataset, progress, activation_store
         ):
             found.update(batch)

@@ -9,21 +9,13 @@ tables (density, maximum, top tokens) come straight from the columns.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from torch import Tensor
 
-from core.engine.features import (
-    Example,
-    FeatureData,
-    Histogram,
-    IntervalGroup,
-    LogitTable,
-    Table,
-    gc_paused,
-)
+from core.engine.features import FeatureData, gc_paused
+from core.engine.rows import EXAMPLES, RowContext, build_feature, pack_rows, window_ids
 
 
 class FeatureSet(Mapping[int, FeatureData]):
@@ -50,12 +42,13 @@ class FeatureSet(Mapping[int, FeatureData]):
         self.order = list(features)
         self.row = {f: r for r, f in enumerate(self.order)}
         self.cols = cols
-        self.tokens = tokens.tolist()
+        self.tokens = tokens.cpu()
         self.length = tokens.shape[1]
         self.vocab = vocab
         self.window = window
         self.extras = extras or {}
         self._built: dict[int, FeatureData] = {}
+        self.context = RowContext(int(cols["n_tokens"]), self.length, window, self._token_strs)
 
     # --- Mapping -------------------------------------------------------------------------
     def __getitem__(self, f: int) -> FeatureData:
@@ -118,142 +111,47 @@ class FeatureSet(Mapping[int, FeatureData]):
             return list(map(self.vocab.__getitem__, ids))
         return [self._token_str(i) for i in ids]
 
-    def _example(self, seq: int, pos: int, acts: list[float]) -> Example:
-        length = self.length
-        if self.window is None:
-            start, end, a = 0, length, acts[:length]
-        else:
-            before, after = self.window
-            start = max(0, pos - before)
-            end = min(length, pos + after + 1)
-            lo = start - (pos - before)
-            a = acts[lo : lo + (end - start)]
-        ids = self.tokens[seq][start:end]
-        return Example(
-            seq=seq,
-            pos=pos,
-            value=a[pos - start],
-            start=start,
-            token_ids=ids,
-            tokens=self._token_strs(ids),
-            acts=a,
-        )
+    def _slices(self, r0: int, r1: int) -> dict[str, Tensor]:
+        """Rows ``r0:r1`` of every column, with the token ids of their examples' windows."""
+        out = {k: v[r0:r1] for k, v in self.cols.items() if v.dim() > 0}
+        for kind, (seq, pos, _) in EXAMPLES.items():
+            if seq in out:
+                out[f"{kind}_ids"] = window_ids(self.tokens, out[seq], out[pos], self.window)
+        return out
 
-    def _build_rows(self, r0: int, r1: int) -> list[FeatureData]:
-        """The features of rows ``r0:r1``: every column sliced once, as Python lists."""
+    def _extras(self, r: int) -> dict[str, Any]:
+        return {k: v[r] for k, v in self.extras.items()}
+
+    def _build_rows(
+        self, r0: int, r1: int, slices: dict[str, Tensor] | None = None
+    ) -> list[FeatureData]:
+        """The features of rows ``r0:r1``: every column sliced once (``slices``: those
+        slices, made already), as Python lists."""
         with gc_paused():
-            rows = {k: v[r0:r1].tolist() for k, v in self.cols.items() if v.dim() > 0}
-            n_tok = int(self.cols["n_tokens"])
-            return [self._build(rows, j, r0 + j, n_tok) for j in range(r1 - r0)]
-
-    def _build(self, c: dict[str, list], j: int, r: int, n_tok: int) -> FeatureData:
-        """Row ``r`` of the set, from column slices ``c`` where it is entry ``j``."""
-        n_active = int(c["count"][j])
-        mx = float(c["max"][j])
-        top_vals = c["top_values"][j]
-        top_seq = c["top_seq"][j]
-        top_pos = c["top_pos"][j]
-        top_win = c["top_windows"][j]
-        examples = [
-            self._example(top_seq[i], top_pos[i], top_win[i])
-            for i in range(len(top_vals))
-            if top_seq[i] >= 0
-        ]
-        s_seq = c["int_seq"][j]
-        s_pos = c["int_pos"][j]
-        s_win = c["int_windows"][j]
-        i_counts = c["int_counts"][j]
-        n_int = len(i_counts)
-        signed = "min" in c  # a signed dictionary (core.engine.sweep.finalize_columns)
-        mn = float(c["min"][j]) if signed else 0.0
-        span = max(mx, -mn)  # intervals: |value| in (0, max |value|] when signed
-        groups = []
-        for b in range(n_int):
-            exs = [
-                self._example(s_seq[b][i], s_pos[b][i], s_win[b][i])
-                for i in range(len(s_seq[b]))
-                if s_seq[b][i] >= 0
+            got = self._slices(r0, r1) if slices is None else slices
+            rows = {k: v.tolist() for k, v in got.items()}
+            return [
+                build_feature(rows, j, self.order[r0 + j], self.context, self._extras(r0 + j))
+                for j in range(r1 - r0)
             ]
-            groups.append(
-                IntervalGroup(
-                    lo=span * b / n_int,
-                    hi=span * (b + 1) / n_int,
-                    n_active=i_counts[b],
-                    share=i_counts[b] / n_active if n_active else 0.0,
-                    examples=exs,
-                )
-            )
-        h_counts = c["hist_counts"][j]
-        nb = len(h_counts)
-        if signed:  # bins over [min, max]
-            edges = [mn + (mx - mn) * i / nb for i in range(nb + 1)]
-        else:
-            edges = [mx * i / nb for i in range(nb + 1)]
-        act_hist = Histogram(edges=edges, counts=h_counts)
-        if "pos_i" in c:
-            lo, hi = float(c["logit_lo"][j]), float(c["logit_hi"][j])
-            lcounts = c["logit_counts"][j]
-            nlb = len(lcounts)
-            logit_hist = Histogram(
-                edges=[lo + (hi - lo) * i / nlb for i in range(nlb + 1)], counts=lcounts
-            )
-            pi, ni = c["pos_i"][j], c["neg_i"][j]
-            top_l = LogitTable(pi, self._token_strs(pi), c["pos_v"][j])
-            bot_l = LogitTable(ni, self._token_strs(ni), c["neg_v"][j])
-        else:
-            logit_hist = Histogram(edges=[], counts=[])
-            top_l = LogitTable([], [], [])
-            bot_l = LogitTable([], [], [])
-        empty = Table(indices=[], columns={"pearson": [], "cosine": []})
-        if n_active > 0:
-            corr_n = Table(
-                indices=c["cn_i"][j],
-                columns={"pearson": c["cn_p"][j], "cosine": c["cn_c"][j]},
-            )
-        else:
-            corr_n = empty
-        if "cf_i" in c and n_active > 0:
-            pv = c["cf_p"][j]
-            keep = [i for i, v in enumerate(pv) if v > float("-inf")]
-            ci, cc = c["cf_i"][j], c["cf_c"][j]
-            corr_f = Table(
-                indices=[ci[i] for i in keep],
-                columns={"pearson": [pv[i] for i in keep], "cosine": [cc[i] for i in keep]},
-            )
-        else:
-            corr_f = Table(indices=[], columns={"pearson": [], "cosine": []})
-        return FeatureData(
-            index=self.order[r],
-            n_tokens=n_tok,
-            n_active=n_active,
-            density=float(c["density"][j]),
-            max_act=mx,
-            mean_act=float(c["mean"][j]),
-            act_hist=act_hist,
-            logit_hist=logit_hist,
-            top_logits=top_l,
-            bottom_logits=bot_l,
-            neuron_alignment=Table(
-                indices=c["al_i"][j],
-                columns={"value": c["al_v"][j], "l1_share": c["al_s"][j]},
-            ),
-            correlated_neurons=corr_n,
-            correlated_features=corr_f,
-            top_examples=examples,
-            intervals=groups,
-            decoder_norm=float(c["dec_norm"][j]),
-            extras={k: v[r] for k, v in self.extras.items()} | self._signed_extras(c, j, mn),
-        )
 
-    def _signed_extras(self, c: dict[str, list], j: int, mn: float) -> dict[str, Any]:
-        """``min_act`` and ``bottom_examples`` (most negative first, as plain dicts) of a
-        signed feature, kept in ``extras`` so the data of other features is unchanged."""
-        if "min" not in c:
-            return {}
-        b_seq, b_pos, b_win = c["bot_seq"][j], c["bot_pos"][j], c["bot_windows"][j]
-        bottom = [
-            dataclasses.asdict(self._example(b_seq[i], b_pos[i], b_win[i]))
-            for i in range(len(b_seq))
-            if b_seq[i] >= 0
-        ]
-        return {"min_act": mn, "bottom_examples": bottom}
+    def row_bytes(self, r0: int, r1: int, slices: dict[str, Tensor] | None = None) -> list[bytes]:
+        """The stored form (:func:`~core.engine.rows.pack_rows`) of the features of rows
+        ``r0:r1``; :func:`~core.engine.rows.feature_from_row` reads each back as
+        ``self[f]``."""
+        got = self._slices(r0, r1) if slices is None else slices
+        cols = {k: v.numpy() for k, v in got.items()}
+        extras = [self._extras(r) for r in range(r0, r1)]
+        return pack_rows(cols, self.order[r0:r1], self.context, extras)
+
+    def stored_batches(
+        self, size: int
+    ) -> Iterator[tuple[list[tuple[int, FeatureData]], list[bytes]]]:
+        """Every feature in order, ``size`` rows at a time: its ``(index, data)`` and its
+        stored bytes (:meth:`row_bytes`), both from one slice of every column. Nothing is
+        kept (a whole dictionary streamed into the memo)."""
+        for r0 in range(0, len(self.order), max(1, size)):
+            r1 = min(r0 + max(1, size), len(self.order))
+            got = self._slices(r0, r1)
+            built = self._build_rows(r0, r1, got)
+            yield list(zip(self.order[r0:r1], built, strict=True)), self.row_bytes(r0, r1, got)

@@ -262,11 +262,11 @@ class PrecomputeRunner:
 
     def _sweep_group(
         self, src: Sources, memo: Memo, group: list[int], progress: Progress
-    ) -> Iterator[tuple[int, list[FeatureData]]]:
+    ) -> Iterator[tuple[int, list[FeatureData], list[bytes]]]:
         """Sweep the features of ``group``'s chunks together (through the app's path, so
         features are stored under the shared keys; hook activations are stored after the
         first sweep, so later ones and resumed runs skip the model) and yield each chunk's
-        features as they are built, ``(chunk index, features)``."""
+        features as they are built, ``(chunk index, features, their stored bytes)``."""
         feats = [f for k in group for f in self.chunks[k]]
         sub = dataclasses.replace(self.rc, features=feats)
         keep = "memo" in self.cfg.outputs
@@ -281,19 +281,27 @@ class PrecomputeRunner:
             progress=progress.within(len(feats)),
             activation_store=activation_store_for(self._app_memo_dir()),
         )
-        for k, part in zip(group, parts, strict=True):
-            yield k, [part[f] for f in self.chunks[k]]
+        for k, (part, rows) in zip(group, parts, strict=True):
+            yield k, [part[f] for f in self.chunks[k]], rows
 
     def _write_chunk(
-        self, src: Sources, memo: Memo, k: int, fds: list[FeatureData], writer: BatchWriter
+        self,
+        src: Sources,
+        memo: Memo,
+        k: int,
+        fds: list[FeatureData],
+        rows: list[bytes],
+        writer: BatchWriter,
     ) -> tuple[list[int], list[int]]:
-        """Write chunk ``k``: its summary and HTML page here, its Neuronpedia batch through
-        ``writer`` (the chunk is done once that is written)."""
+        """Write chunk ``k`` (its features ``fds``, stored as ``rows``): its summary and HTML
+        page here, its Neuronpedia batch through ``writer`` (the chunk is done once that
+        is written)."""
         cfg = self.cfg
         chunk = self.chunks[k]
         if "memo" in cfg.outputs and not all(key in memo for key in self._stored(chunk)):
             raise RunnerError(f"could not write to {memo.directory}: is the disk full?")
-        rendered = [fd for fd in fds if not is_skipped(fd, cfg.min_density)]
+        shown = [not is_skipped(fd, cfg.min_density) for fd in fds]
+        rendered = [fd for fd, show in zip(fds, shown, strict=True) if show]
         skipped = [fd.index for fd in fds if is_skipped(fd, cfg.min_density)]
         summary = summary_table(fds)
         summary["skipped"] = [fd.index in skipped for fd in fds]
@@ -312,14 +320,18 @@ class PrecomputeRunner:
                     w = src.dictionary.decoder_directions(
                         torch.tensor(idx, device=src.model.device)
                     )
-                rows = w.float().cpu().numpy()  # rounded as arrays, not lists of floats
-                vectors = dict(zip(idx, rows, strict=True))
+                directions = w.float().cpu().numpy()  # rounded as arrays, not lists of floats
+                vectors = dict(zip(idx, directions, strict=True))
                 n_heads = src.model.n_heads
-                if src.dictionary.hook_out.endswith("hook_z") and rows.shape[1] % n_heads == 0:
+                if (
+                    src.dictionary.hook_out.endswith("hook_z")
+                    and directions.shape[1] % n_heads == 0
+                ):
                     dists = {f: head_distribution(r.tolist(), n_heads) for f, r in vectors.items()}
             assert self.np_meta is not None
             path = self.out / "neuronpedia" / f"batch-{k}.json"
-            writer.submit(k, path, rendered, self.np_meta, vectors, dists)
+            stored = [row for row, show in zip(rows, shown, strict=True) if show]
+            writer.submit(k, path, rendered, stored, self.np_meta, vectors, dists)
         else:
             writer.submit_nothing(k)
         return [fd.index for fd in rendered], skipped
@@ -450,10 +462,10 @@ class PrecomputeRunner:
                         for group in self._groups():
                             if not any(k in pending for k in group):
                                 continue
-                            for k, fds in self._sweep_group(src, memo, group, progress):
+                            for k, fds, rows in self._sweep_group(src, memo, group, progress):
                                 if k not in pending:  # done before a restart: same data
                                     continue
-                                written[k] = self._write_chunk(src, memo, k, fds, writer)
+                                written[k] = self._write_chunk(src, memo, k, fds, rows, writer)
                                 for kk in writer.finished():
                                     record(kk)
                         for kk in writer.finished(wait=True):

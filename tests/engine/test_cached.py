@@ -16,13 +16,13 @@ def test_progress_reaches_the_end_only_after_every_feature_is_saved(tmp_path):
     sae = make_sae("standard", 32, 40, HOOK, density=0.2)
     memo = Memo(tmp_path / "memo")
     events: list[tuple[str, float | int]] = []
-    put = memo.put_feature
+    put = memo.put_bytes
 
-    def recording_put(key, data):
-        put(key, data)
-        events.append(("saved", data.index))
+    def recording_put(key, row):
+        put(key, row)
+        events.append(("saved", int(key.rsplit(":", 1)[1])))
 
-    memo.put_feature = recording_put
+    memo.put_bytes = recording_put
     compute_features(
         ModelAdapter(model, bos_token_id=0),
         SAELensDictionary(sae),

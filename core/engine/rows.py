@@ -1,0 +1,274 @@
+"""A feature's stored form: its row of the sweep's columns, as safetensors bytes.
+
+The memo keeps each feature as the slice at its row of every column of the sweep
+(:class:`~core.engine.result.FeatureSet`), arrays as they are, with the ids of the tokens
+its examples show (``top_ids``, ``int_ids``, ``bot_ids``: :func:`window_ids`). The strings
+of those tokens and of its logit tokens, and its extras, go in the JSON metadata. Packing
+rows is one slice of every column and one safetensors write per feature, no Python lists
+(:func:`pack_rows`); a row read back (:func:`feature_from_row`) builds its
+:class:`~core.engine.features.FeatureData` with :func:`build_feature`, the code the sweep's
+set builds it with, so the two are equal.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Int
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+from torch import Tensor
+
+from core.engine.features import (
+    SCHEMA_VERSION,
+    Example,
+    FeatureData,
+    Histogram,
+    IntervalGroup,
+    LogitTable,
+    Table,
+)
+
+#: example kind -> its columns: sequences, positions, activation windows; its token ids
+#: are the column ``{kind}_ids``
+EXAMPLES: dict[str, tuple[str, str, str]] = {
+    "top": ("top_seq", "top_pos", "top_windows"),
+    "int": ("int_seq", "int_pos", "int_windows"),
+    "bot": ("bot_seq", "bot_pos", "bot_windows"),
+}
+_META = "feature"
+
+
+@dataclass(frozen=True)
+class RowContext:
+    """What every row of a set shares: token count, sequence length, example window
+    (``(before, after)``, ``None`` for whole sequences) and the strings of token ids."""
+
+    n_tokens: int
+    length: int
+    window: tuple[int, int] | None
+    strings: Callable[[list[int]], list[str]]
+
+
+def window_ids(
+    tokens: Int[Tensor, "seq pos"], seq: Tensor, pos: Tensor, window: tuple[int, int] | None
+) -> Tensor:
+    """The token ids of the windows of examples at ``(seq, pos)`` (any equal shapes ``S``):
+    ``S + [before + 1 + after]`` (``S + [length]`` for whole sequences), int32, ``-1``
+    outside the sequence or where ``seq < 0`` (no example)."""
+    length = tokens.shape[1]
+    if window is None:
+        at = torch.arange(length).expand(*seq.shape, length)
+    else:
+        before, after = window
+        at = pos.long().unsqueeze(-1) - before + torch.arange(before + after + 1)
+    ok = (at >= 0) & (at < length) & (seq >= 0).unsqueeze(-1)
+    ids = tokens[seq.long().clamp(min=0).unsqueeze(-1), at.clamp(0, length - 1)]
+    return torch.where(ok, ids, -1).to(torch.int32)
+
+
+def _example(ctx: RowContext, seq: int, pos: int, acts: list[float], ids: list[int]) -> Example:
+    length = ctx.length
+    if ctx.window is None:
+        start, a, t = 0, acts[:length], ids[:length]
+    else:
+        before, after = ctx.window
+        start = max(0, pos - before)
+        end = min(length, pos + after + 1)
+        lo = start - (pos - before)
+        a, t = acts[lo : lo + (end - start)], ids[lo : lo + (end - start)]
+    return Example(
+        seq=seq,
+        pos=pos,
+        value=a[pos - start],
+        start=start,
+        token_ids=t,
+        tokens=ctx.strings(t),
+        acts=a,
+    )
+
+
+def _examples(ctx: RowContext, c: dict[str, list], j: int, kind: str) -> list[Example]:
+    """Row ``j``'s examples of ``kind`` (top or bot: a flat list)."""
+    s_seq, s_pos, s_win = (c[name][j] for name in EXAMPLES[kind])
+    ids = c[f"{kind}_ids"][j]
+    return [
+        _example(ctx, s_seq[i], s_pos[i], s_win[i], ids[i])
+        for i in range(len(s_seq))
+        if s_seq[i] >= 0
+    ]
+
+
+def build_feature(
+    c: dict[str, list], j: int, index: int, ctx: RowContext, extras: dict[str, Any]
+) -> FeatureData:
+    """Feature ``index``, entry ``j`` of column slices ``c`` (``column -> list``, see
+    :class:`~core.engine.result.FeatureSet` and :func:`window_ids`), with ``extras``."""
+    n_active = int(c["count"][j])
+    mx = float(c["max"][j])
+    examples = _examples(ctx, c, j, "top")
+    s_seq, s_pos, s_win = (c[name][j] for name in EXAMPLES["int"])
+    s_ids = c["int_ids"][j]
+    i_counts = c["int_counts"][j]
+    n_int = len(i_counts)
+    signed = "min" in c  # a signed dictionary (core.engine.sweep.finalize_columns)
+    mn = float(c["min"][j]) if signed else 0.0
+    span = max(mx, -mn)  # intervals: |value| in (0, max |value|] when signed
+    groups = []
+    for b in range(n_int):
+        exs = [
+            _example(ctx, s_seq[b][i], s_pos[b][i], s_win[b][i], s_ids[b][i])
+            for i in range(len(s_seq[b]))
+            if s_seq[b][i] >= 0
+        ]
+        groups.append(
+            IntervalGroup(
+                lo=span * b / n_int,
+                hi=span * (b + 1) / n_int,
+                n_active=i_counts[b],
+                share=i_counts[b] / n_active if n_active else 0.0,
+                examples=exs,
+            )
+        )
+    h_counts = c["hist_counts"][j]
+    nb = len(h_counts)
+    if signed:  # bins over [min, max]
+        edges = [mn + (mx - mn) * i / nb for i in range(nb + 1)]
+    else:
+        edges = [mx * i / nb for i in range(nb + 1)]
+    act_hist = Histogram(edges=edges, counts=h_counts)
+    if "pos_i" in c:
+        lo, hi = float(c["logit_lo"][j]), float(c["logit_hi"][j])
+        lcounts = c["logit_counts"][j]
+        nlb = len(lcounts)
+        logit_hist = Histogram(
+            edges=[lo + (hi - lo) * i / nlb for i in range(nlb + 1)], counts=lcounts
+        )
+        pi, ni = c["pos_i"][j], c["neg_i"][j]
+        top_l = LogitTable(pi, ctx.strings(pi), c["pos_v"][j])
+        bot_l = LogitTable(ni, ctx.strings(ni), c["neg_v"][j])
+    else:
+        logit_hist = Histogram(edges=[], counts=[])
+        top_l = LogitTable([], [], [])
+        bot_l = LogitTable([], [], [])
+    empty = Table(indices=[], columns={"pearson": [], "cosine": []})
+    if n_active > 0:
+        corr_n = Table(
+            indices=c["cn_i"][j],
+            columns={"pearson": c["cn_p"][j], "cosine": c["cn_c"][j]},
+        )
+    else:
+        corr_n = empty
+    if "cf_i" in c and n_active > 0:
+        pv = c["cf_p"][j]
+        keep = [i for i, v in enumerate(pv) if v > float("-inf")]
+        ci, cc = c["cf_i"][j], c["cf_c"][j]
+        corr_f = Table(
+            indices=[ci[i] for i in keep],
+            columns={"pearson": [pv[i] for i in keep], "cosine": [cc[i] for i in keep]},
+        )
+    else:
+        corr_f = Table(indices=[], columns={"pearson": [], "cosine": []})
+    if signed:  # kept in extras, so the data of other features is unchanged
+        bottom = [asdict(e) for e in _examples(ctx, c, j, "bot")]
+        extras = extras | {"min_act": mn, "bottom_examples": bottom}
+    return FeatureData(
+        index=index,
+        n_tokens=ctx.n_tokens,
+        n_active=n_active,
+        density=float(c["density"][j]),
+        max_act=mx,
+        mean_act=float(c["mean"][j]),
+        act_hist=act_hist,
+        logit_hist=logit_hist,
+        top_logits=top_l,
+        bottom_logits=bot_l,
+        neuron_alignment=Table(
+            indices=c["al_i"][j],
+            columns={"value": c["al_v"][j], "l1_share": c["al_s"][j]},
+        ),
+        correlated_neurons=corr_n,
+        correlated_features=corr_f,
+        top_examples=examples,
+        intervals=groups,
+        decoder_norm=float(c["dec_norm"][j]),
+        extras=extras,
+    )
+
+
+# --- bytes -----------------------------------------------------------------------------------
+def _token_ids(cols: dict[str, np.ndarray]) -> list[str]:
+    """The columns holding token ids (example windows, logit tokens)."""
+    names = [f"{kind}_ids" for kind in EXAMPLES] + ["pos_i", "neg_i"]
+    return [n for n in names if n in cols]
+
+
+def pack_rows(
+    cols: dict[str, np.ndarray],
+    indices: Sequence[int],
+    ctx: RowContext,
+    extras: Sequence[dict[str, Any]],
+) -> list[bytes]:
+    """The stored bytes of the features ``indices``, entry ``j`` of every column of ``cols``
+    (``column -> [rows, ...]`` arrays: the set's columns and :func:`window_ids`) and
+    ``extras[j]``: a safetensors file of the row's arrays, and as metadata the feature's
+    index, the context and the strings of every token id the row holds."""
+    names = _token_ids(cols)
+    shared = {"n_tokens": ctx.n_tokens, "length": ctx.length, "window": ctx.window}
+    out = []
+    for j, index in enumerate(indices):
+        row = {name: arr[j, ...] for name, arr in cols.items()}
+        used = np.unique(np.concatenate([row[n].ravel() for n in names])).tolist()
+        meta = {
+            "schema": SCHEMA_VERSION,
+            "index": int(index),
+            **shared,
+            "ids": used,
+            "strings": ctx.strings(used),
+            "extras": extras[j],
+        }
+        out.append(st_save(row, metadata={_META: json.dumps(meta, ensure_ascii=False)}))
+    return out
+
+
+def _metadata(data: bytes) -> dict[str, Any]:
+    """The JSON metadata of a row's safetensors bytes."""
+    if len(data) < 8:
+        raise ValueError("safetensors payload too short")
+    n = int.from_bytes(data[:8], "little")
+    if n <= 0 or 8 + n > len(data):
+        raise ValueError("safetensors header length out of range")
+    return json.loads(json.loads(data[8 : 8 + n])["__metadata__"][_META])
+
+
+def feature_from_row(data: bytes) -> FeatureData:
+    """The :class:`FeatureData` of a row's bytes (:func:`pack_rows`); raises ``ValueError``
+    for bytes of another schema."""
+    meta = _metadata(data)
+    if meta.get("schema") != SCHEMA_VERSION:
+        raise ValueError(f"feature row schema {meta.get('schema')!r} != {SCHEMA_VERSION}")
+    strings = dict(zip(meta["ids"], meta["strings"], strict=True))
+    window = meta["window"]
+    ctx = RowContext(
+        n_tokens=int(meta["n_tokens"]),
+        length=int(meta["length"]),
+        window=None if window is None else (int(window[0]), int(window[1])),
+        strings=lambda ids: list(map(strings.__getitem__, ids)),
+    )
+    cols = {name: [arr.tolist()] for name, arr in st_load(data).items()}
+    return build_feature(cols, 0, int(meta["index"]), ctx, meta["extras"])
+
+
+__all__ = [
+    "EXAMPLES",
+    "RowContext",
+    "build_feature",
+    "feature_from_row",
+    "pack_rows",
+    "window_ids",
+]
