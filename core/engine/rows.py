@@ -13,6 +13,7 @@ set builds it with, so the two are equal.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -42,6 +43,8 @@ EXAMPLES: dict[str, tuple[str, str, str]] = {
     "bot": ("bot_seq", "bot_pos", "bot_windows"),
 }
 _META = "feature"
+#: the schema of feature data stored before rows (still read: precompute outputs)
+LEGACY_SCHEMA = 3
 
 
 @dataclass(frozen=True)
@@ -216,22 +219,33 @@ def pack_rows(
 ) -> list[bytes]:
     """The stored bytes of the features ``indices``, entry ``j`` of every column of ``cols``
     (``column -> [rows, ...]`` arrays: the set's columns and :func:`window_ids`) and
-    ``extras[j]``: a safetensors file of the row's arrays, and as metadata the feature's
-    index, the context and the strings of every token id the row holds."""
+    ``extras[j]``: a safetensors file holding the row's values of each dtype as one array
+    (named by the dtype, the columns one after another by name), and as metadata the
+    columns' names, dtypes and shapes, the feature's index, the context and the strings of every
+    token id the row holds."""
+    n = len(indices)
+    layout = [[name, str(cols[name].dtype), list(cols[name].shape[1:])] for name in sorted(cols)]
+    by_dtype: dict[str, list[np.ndarray]] = {}
+    for name, dtype, _ in layout:
+        by_dtype.setdefault(dtype, []).append(cols[name].reshape(n, -1))
+    flat = {dtype: np.concatenate(parts, axis=1) for dtype, parts in by_dtype.items()}
     names = _token_ids(cols)
+    ids = np.concatenate([cols[name].reshape(n, -1).astype(np.int64) for name in names], axis=1)
     shared = {"n_tokens": ctx.n_tokens, "length": ctx.length, "window": ctx.window}
     out = []
     for j, index in enumerate(indices):
-        row = {name: arr[j, ...] for name, arr in cols.items()}
-        used = np.unique(np.concatenate([row[n].ravel() for n in names])).tolist()
+        used = np.unique(ids[j])
+        used = used[np.searchsorted(used, 0) :].tolist()  # -1: outside a window
         meta = {
             "schema": SCHEMA_VERSION,
             "index": int(index),
             **shared,
+            "columns": layout,
             "ids": used,
             "strings": ctx.strings(used),
             "extras": extras[j],
         }
+        row = {dtype: arr[j] for dtype, arr in flat.items()}
         out.append(st_save(row, metadata={_META: json.dumps(meta, ensure_ascii=False)}))
     return out
 
@@ -246,12 +260,30 @@ def _metadata(data: bytes) -> dict[str, Any]:
     return json.loads(json.loads(data[8 : 8 + n])["__metadata__"][_META])
 
 
+def _restore_arrays(obj: Any, arrays: dict[str, np.ndarray]) -> Any:
+    """A schema-3 skeleton with its ``{"__array__": name}`` references replaced."""
+    if isinstance(obj, dict):
+        if "__array__" in obj:
+            arr = arrays[obj["__array__"]]
+            return arr.astype(np.float64 if obj.get("float") else np.int64).tolist()
+        return {k: _restore_arrays(v, arrays) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_restore_arrays(v, arrays) for v in obj]
+    return obj
+
+
 def feature_from_row(data: bytes) -> FeatureData:
     """The :class:`FeatureData` of a row's bytes (:func:`pack_rows`); raises ``ValueError``
-    for bytes of another schema."""
+    for bytes of another schema. Feature data stored before rows (schema 3: the dataclass
+    as JSON, its numeric lists as arrays ``a0, a1, ...``; precompute outputs of format
+    versions 1 and 2) is read too."""
     meta = _metadata(data)
-    if meta.get("schema") != SCHEMA_VERSION:
-        raise ValueError(f"feature row schema {meta.get('schema')!r} != {SCHEMA_VERSION}")
+    if meta.get("__schema__") == LEGACY_SCHEMA:
+        meta.pop("__schema__")
+        return FeatureData.from_dict(_restore_arrays(meta, st_load(data)))
+    schema = meta.get("schema", meta.get("__schema__"))
+    if schema != SCHEMA_VERSION:
+        raise ValueError(f"feature row schema {schema!r} != {SCHEMA_VERSION}")
     strings = dict(zip(meta["ids"], meta["strings"], strict=True))
     window = meta["window"]
     ctx = RowContext(
@@ -260,7 +292,16 @@ def feature_from_row(data: bytes) -> FeatureData:
         window=None if window is None else (int(window[0]), int(window[1])),
         strings=lambda ids: list(map(strings.__getitem__, ids)),
     )
-    cols = {name: [arr.tolist()] for name, arr in st_load(data).items()}
+    arrays = st_load(data)
+    at = dict.fromkeys(arrays, 0)
+    cols: dict[str, list] = {}
+    for name, dtype, shape in meta["columns"]:
+        size = math.prod(shape)
+        part = arrays[dtype][at[dtype] : at[dtype] + size]
+        cols[name] = [part.reshape(shape).tolist()]
+        at[dtype] += size
+    if any(at[dtype] != arr.size for dtype, arr in arrays.items()):
+        raise ValueError("a feature row's arrays do not match its columns")
     return build_feature(cols, 0, int(meta["index"]), ctx, meta["extras"])
 
 

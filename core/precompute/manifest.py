@@ -23,11 +23,13 @@ from core.storage import atomic_write, remove_stale_temp_files
 
 MANIFEST = "manifest.json"
 FORMAT = "featurescope-precompute"
+#: 3: each feature stored as its row of the sweep's columns (:mod:`core.engine.rows`);
 #: 2: features stored under the sources' memo keys (:func:`core.memo.feature_key`, shared
-#: with the app and the API), all of them (skipped ones too), chunk summaries with fires_on;
-#: 1: features under ``feature:{i}``. Both are read; runs are written as the newest.
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+#: with the app and the API), all of them (skipped ones too), chunk summaries with fires_on,
+#: as packed FeatureData (schema 3); 1: features under ``feature:{i}``. All are read; runs
+#: are written as the newest.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 #: memo size limit for an output directory: effectively unlimited (nothing is evicted)
 NO_EVICTION = 1 << 50
 #: the result folders a run writes next to its manifest
