@@ -215,7 +215,7 @@ def _precompute_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--writers", default="auto",
         help="processes that build and write the Neuronpedia batches while the run goes on: "
-        "a number (0: in the run's own process) or auto (one per core, at most 4, for runs "
+        "a number (0: in the run's own process) or auto (one per core but one, at most 4, for runs "
         "of 4,096 features or more)",
     )  # fmt: skip
     g.add_argument(

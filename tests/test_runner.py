@@ -438,19 +438,22 @@ def test_batches_written_by_worker_processes_are_identical(
     byte-identical to those written in process, and every chunk is recorded once its
     batch is written."""
     monkeypatch.setattr(background, "MIN_FEATURES", 0)
-    monkeypatch.setattr(background.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(background.os, "cpu_count", lambda: 3)
     submitted: list[int] = []
+    sent: list[int] = []
     real_submit = background.BatchWriter.submit
 
     def spy(self, k, *args):
         assert self.workers == 2
         submitted.append(k)
         real_submit(self, k, *args)
+        sent.append(self.sent)
 
     monkeypatch.setattr(background.BatchWriter, "submit", spy)
     out = tmp_path / "workers"
     assert main([*base_args(assets), "--output-dir", str(out)]) == 0  # --writers auto
     assert sorted(submitted) == list(range(N_CHUNKS))
+    assert sent[0] == 1  # the first batch goes to a worker (the others while one is free)
     ref_files, got_files = _files(reference), _files(out)
     assert sorted(got_files) == sorted(ref_files)
     assert any(name.startswith("neuronpedia/batch-") for name in got_files)
@@ -468,7 +471,7 @@ def test_writers_default_to_the_callers_process_from_python():
         PrecomputeConfig(output_dir="x", writers=-2).validate()
     assert background.worker_count(background.MIN_FEATURES - 1) == 0
     cores = os.cpu_count() or 1
-    want = 0 if cores < 2 else min(background.MAX_WORKERS, cores)
+    want = 0 if cores < 2 else min(background.MAX_WORKERS, cores - 1)
     assert background.worker_count(background.MIN_FEATURES) == want
 
 

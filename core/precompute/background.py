@@ -3,8 +3,9 @@
 Building a batch (rounding every float, one dict per feature) and encoding it as JSON is
 plain Python, about 1.5 ms a feature, on one core. Once the sweep is done the runner's
 own loop (building features, the memo) keeps one core busy; the batches go to spawned
-worker processes on the others, at most two chunks in flight per worker so memory stays
-bounded. A worker is sent the features' stored bytes (their memo rows), which it reads
+worker processes on the others (one per other core), one chunk in hand per worker so
+memory stays bounded: while every worker has one, the runner writes the next batch itself
+(it has the features built already) rather than queue it and wait. A worker is sent the features' stored bytes (their memo rows), which it reads
 back, not the objects. A chunk counts as done (and goes into the manifest) only once its batch file is
 written, so a killed run resumes exactly as before. Small runs write in process: a worker
 costs a second or two to start.
@@ -71,23 +72,26 @@ def worker_count(n_features: int) -> int:
     cores = os.cpu_count() or 1
     if n_features < MIN_FEATURES or cores < 2:
         return 0
-    return min(MAX_WORKERS, cores)
+    return min(MAX_WORKERS, cores - 1)  # the run's own process keeps one core busy
 
 
 class BatchWriter:
     """Writes Neuronpedia batches in ``workers`` processes (``0``: in the caller).
 
-    ``submit(k, ...)`` hands chunk ``k``'s batch over; :meth:`finished` yields the chunks
-    whose files are written, in the order they were submitted, and waits for the oldest
-    while too many are in flight. A worker's error is raised by :meth:`finished`; a worker that died
-    (killed, out of memory) is a :class:`RunnerError` saying how to resume. Use as a context
-    manager: leaving it stops the workers (pending batches are dropped on an error).
+    ``submit(k, ...)`` hands chunk ``k``'s batch over (written at once, in the caller,
+    while every worker has one in hand); :meth:`finished` yields the chunks whose files are
+    written, in the order they were submitted. A worker's error is raised by
+    :meth:`finished`; a worker that died (killed, out of memory) is a :class:`RunnerError`
+    saying how to resume. Use as a context manager: leaving it stops the workers (pending
+    batches are dropped on an error).
     """
 
     def __init__(self, workers: int):
         self.workers = workers
         self._pool: ProcessPoolExecutor | None = None  # started with the first batch
         self._pending: deque[tuple[int, Future[Path] | None]] = deque()
+        #: batches handed to the workers (the others were written in the caller)
+        self.sent = 0
 
     def __enter__(self) -> BatchWriter:
         return self
@@ -108,7 +112,7 @@ class BatchWriter:
     ) -> None:
         """Write chunk ``k``'s batch of ``features`` (``rows``: their stored bytes, what a
         worker is sent) to ``path``."""
-        if not self.workers:
+        if not self.workers or self._busy():  # written here rather than waited for
             write_neuronpedia(path, features, meta, vectors, dists)
             self.submit_nothing(k)
             return
@@ -120,21 +124,24 @@ class BatchWriter:
         except BrokenProcessPool as exc:
             raise RunnerError(_BROKEN) from exc
         self._pending.append((k, fut))
+        self.sent += 1
+
+    def _busy(self) -> bool:
+        """Whether every worker has a batch in hand: the caller writes the next one itself
+        (it has the features built already) instead of queueing it and waiting later."""
+        running = sum(1 for _, fut in self._pending if fut is not None and not fut.done())
+        return self._pool is not None and running >= self.workers
 
     def submit_nothing(self, k: int) -> None:
         """Chunk ``k`` has no batch (the run writes none): done in its turn."""
         self._pending.append((k, None))
 
-    def _full(self) -> bool:
-        """Whether the caller should wait for a batch before making the next."""
-        return self.workers > 0 and len(self._pending) >= 2 * self.workers
-
     def finished(self, wait: bool = False) -> Iterator[int]:
-        """Chunks whose batch is written, oldest first; ``wait``: all of them (else only
-        those done, and the oldest while too many are in flight)."""
+        """Chunks whose batch is written, oldest first, up to the first still being
+        written; ``wait``: all of them, waiting for the workers."""
         while self._pending:
             k, fut = self._pending[0]
-            if fut is not None and not fut.done() and not wait and not self._full():
+            if fut is not None and not fut.done() and not wait:
                 return
             if fut is not None:
                 try:
