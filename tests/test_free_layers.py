@@ -81,11 +81,10 @@ def test_precompute_with_freed_layers_writes_the_same(tmp_path, monkeypatch):
     assert _files(lean) == _files(full)
     got, want = _memo_entries(lean), _memo_entries(full)
     assert got.keys() == want.keys()
-    for key, blob in want.items():  # features decoded (safetensors headers vary in order)
-        if key.startswith("chunk:"):
-            assert got[key] == blob, key
-        else:
-            assert feature_from_row(got[key]).to_dict() == feature_from_row(blob).to_dict()
+    for key, blob in want.items():  # the same bytes, features included
+        assert got[key] == blob, key
+    features = [b for k, b in got.items() if not k.startswith("chunk:")]
+    assert features and any(feature_from_row(b).top_examples for b in features)
 
 
 def test_command_line_flag(tmp_path):

@@ -139,17 +139,14 @@ def test_killed_run_resumes_to_identical_output(assets, reference, tmp_path):
     assert sorted(got_files) == sorted(ref_files)
     for name, blob in ref_files.items():
         assert got_files[name] == blob, f"{name} differs after kill + resume"
-    # the memo is a database (its files hold timestamps); compare it entry by entry. Feature
-    # entries are compared decoded: safetensors writes its metadata keys in hash order, so
-    # equal FeatureData can differ in header byte order between processes.
+    # the memo is a database (its files hold timestamps); compare it entry by entry: the
+    # same bytes (a feature's row does not depend on the process that packed it)
     ref_memo, got_memo = _memo_entries(reference), _memo_entries(out)
     assert sorted(got_memo) == sorted(ref_memo)
     for key, blob in ref_memo.items():
+        assert got_memo[key] == blob, key
         if not key.startswith("chunk:"):  # a feature, under the sources' memo key
-            got = feature_from_row(got_memo[key]).to_dict()
-            assert got == feature_from_row(blob).to_dict(), key
-        else:
-            assert got_memo[key] == blob, key
+            assert feature_from_row(blob).n_tokens > 0, key
 
 
 def test_output_layout_and_store(assets, reference):

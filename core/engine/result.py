@@ -12,10 +12,29 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import torch
+from jaxtyping import Int
 from torch import Tensor
 
 from core.engine.features import FeatureData, gc_paused
-from core.engine.rows import EXAMPLES, RowContext, build_feature, pack_rows, window_ids
+from core.engine.rows import EXAMPLES, RowContext, build_feature, pack_rows
+
+
+def window_ids(
+    tokens: Int[Tensor, "seq pos"], seq: Tensor, pos: Tensor, window: tuple[int, int] | None
+) -> Tensor:
+    """The token ids of the windows of examples at ``(seq, pos)`` (any equal shapes ``S``):
+    ``S + [before + 1 + after]`` (``S + [length]`` for whole sequences), int32, ``-1``
+    outside the sequence or where ``seq < 0`` (no example)."""
+    length = tokens.shape[1]
+    if window is None:
+        at = torch.arange(length).expand(*seq.shape, length)
+    else:
+        before, after = window
+        at = pos.long().unsqueeze(-1) - before + torch.arange(before + after + 1)
+    ok = (at >= 0) & (at < length) & (seq >= 0).unsqueeze(-1)
+    ids = tokens[seq.long().clamp(min=0).unsqueeze(-1), at.clamp(0, length - 1)]
+    return torch.where(ok, ids, -1).to(torch.int32)
 
 
 class FeatureSet(Mapping[int, FeatureData]):

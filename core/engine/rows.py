@@ -2,12 +2,13 @@
 
 The memo keeps each feature as the slice at its row of every column of the sweep
 (:class:`~core.engine.result.FeatureSet`), arrays as they are, with the ids of the tokens
-its examples show (``top_ids``, ``int_ids``, ``bot_ids``: :func:`window_ids`). The strings
+its examples show (``top_ids``, ``int_ids``, ``bot_ids``:
+:func:`~core.engine.result.window_ids`). The strings
 of those tokens and of its logit tokens, and its extras, go in the JSON metadata. Packing
 rows is one slice of every column and one safetensors write per feature, no Python lists
 (:func:`pack_rows`); a row read back (:func:`feature_from_row`) builds its
 :class:`~core.engine.features.FeatureData` with :func:`build_feature`, the code the sweep's
-set builds it with, so the two are equal.
+set builds it with, so the two are equal. Reading needs no torch (numpy and safetensors).
 """
 
 from __future__ import annotations
@@ -19,11 +20,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-import torch
-from jaxtyping import Int
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
-from torch import Tensor
 
 from core.engine.features import (
     SCHEMA_VERSION,
@@ -56,23 +54,6 @@ class RowContext:
     length: int
     window: tuple[int, int] | None
     strings: Callable[[list[int]], list[str]]
-
-
-def window_ids(
-    tokens: Int[Tensor, "seq pos"], seq: Tensor, pos: Tensor, window: tuple[int, int] | None
-) -> Tensor:
-    """The token ids of the windows of examples at ``(seq, pos)`` (any equal shapes ``S``):
-    ``S + [before + 1 + after]`` (``S + [length]`` for whole sequences), int32, ``-1``
-    outside the sequence or where ``seq < 0`` (no example)."""
-    length = tokens.shape[1]
-    if window is None:
-        at = torch.arange(length).expand(*seq.shape, length)
-    else:
-        before, after = window
-        at = pos.long().unsqueeze(-1) - before + torch.arange(before + after + 1)
-    ok = (at >= 0) & (at < length) & (seq >= 0).unsqueeze(-1)
-    ids = tokens[seq.long().clamp(min=0).unsqueeze(-1), at.clamp(0, length - 1)]
-    return torch.where(ok, ids, -1).to(torch.int32)
 
 
 def _example(ctx: RowContext, seq: int, pos: int, acts: list[float], ids: list[int]) -> Example:
@@ -111,7 +92,8 @@ def build_feature(
     c: dict[str, list], j: int, index: int, ctx: RowContext, extras: dict[str, Any]
 ) -> FeatureData:
     """Feature ``index``, entry ``j`` of column slices ``c`` (``column -> list``, see
-    :class:`~core.engine.result.FeatureSet` and :func:`window_ids`), with ``extras``."""
+    :class:`~core.engine.result.FeatureSet` and :func:`~core.engine.result.window_ids`),
+    with ``extras``."""
     n_active = int(c["count"][j])
     mx = float(c["max"][j])
     examples = _examples(ctx, c, j, "top")
@@ -218,7 +200,8 @@ def pack_rows(
     extras: Sequence[dict[str, Any]],
 ) -> list[bytes]:
     """The stored bytes of the features ``indices``, entry ``j`` of every column of ``cols``
-    (``column -> [rows, ...]`` arrays: the set's columns and :func:`window_ids`) and
+    (``column -> [rows, ...]`` arrays: the set's columns and
+    :func:`~core.engine.result.window_ids`) and
     ``extras[j]``: a safetensors file holding the row's values of each dtype as one array
     (named by the dtype, the columns one after another by name), and as metadata the
     columns' names, dtypes and shapes, the feature's index, the context and the strings of every
@@ -311,5 +294,4 @@ __all__ = [
     "build_feature",
     "feature_from_row",
     "pack_rows",
-    "window_ids",
 ]

@@ -19,8 +19,8 @@ from core.dictionaries.clt import CLTDictionary
 from core.dictionaries.saelens import SAELensDictionary
 from core.engine.dfa import attach_dfa
 from core.engine.features import SCHEMA_VERSION, FeatureData
-from core.engine.result import FeatureSet
-from core.engine.rows import feature_from_row, window_ids
+from core.engine.result import FeatureSet, window_ids
+from core.engine.rows import feature_from_row
 from core.engine.sweep import run_sweep
 from core.models import ModelAdapter
 from tests.tiny import HOOK, make_directions, make_model, make_sae, random_tokens, transcoder_at
@@ -215,3 +215,28 @@ def test_batches_reuse_features_already_built(model, tokens):
     first = fs[fs.order[2]]
     got = dict(pair for batch in fs.batches(4) for pair in batch)
     assert got[fs.order[2]] is first
+
+
+def test_reading_rows_needs_no_torch(model, tokens, tmp_path):
+    """A light reader (the memo, a precompute output's store) reads features without
+    importing torch."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sae = make_sae("standard", 32, 2, HOOK, density=0.3)
+    fs = sweep(model, SAELensDictionary(sae), tokens)
+    (tmp_path / "row").write_bytes(fs.row_bytes(0, 1)[0])
+    code = (
+        "import sys;from core.engine.rows import feature_from_row;"
+        "fd=feature_from_row(open(sys.argv[1],'rb').read());"
+        "print(fd.to_json());print('torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "row")],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    ).stdout.splitlines()
+    assert out == [fs[0].to_json(), "False"]
