@@ -1,11 +1,11 @@
 """A feature's stored form: its row of the sweep's columns, as safetensors bytes.
 
 The memo keeps each feature as the slice at its row of every column of the sweep
-(:class:`~core.engine.result.FeatureSet`), arrays as they are, with the ids of the tokens
-its examples show (``top_ids``, ``int_ids``, ``bot_ids``:
-:func:`~core.engine.result.window_ids`). The strings
-of those tokens and of its logit tokens, and its extras, go in the JSON metadata. Packing
-rows is one slice of every column and one safetensors write per feature, no Python lists
+(:class:`~core.engine.result.FeatureSet`), values as they are (one array per dtype), with
+the ids of the tokens its examples show (``top_ids``, ``int_ids``, ``bot_ids``:
+:func:`~core.engine.result.window_ids`). The columns' layout, the strings of those tokens
+and of its logit tokens, and its extras go in the JSON metadata. Packing rows is one slice
+of every column per batch and one safetensors write per feature, no Python lists
 (:func:`pack_rows`); a row read back (:func:`feature_from_row`) builds its
 :class:`~core.engine.features.FeatureData` with :func:`build_feature`, the code the sweep's
 set builds it with, so the two are equal. Reading needs no torch (numpy and safetensors).
