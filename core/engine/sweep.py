@@ -486,6 +486,10 @@ def run_sweep(
 
 
 # ---- finalisation: accumulators -> columns --------------------------------------------------
+#: rows of logits (each a vocabulary long) handled at a time on the CPU: a few MB, in cache
+_LOGIT_ROWS = 16
+
+
 def decoder_tables(
     model: ModelAdapter, dictionary: Dictionary, feats: Tensor, config: RunConfig
 ) -> dict[str, Tensor]:
@@ -516,17 +520,24 @@ def decoder_tables(
                     "or infinite: check the model's unembedding (W_U) and final norm weights"
                 )
             k = min(config.n_top_logits, logits.shape[1])
-            pv, pi = logits.topk(k, dim=1)
-            nv, ni = logits.topk(k, dim=1, largest=False)
             scale = torch.where(hi > lo, nb / (hi - lo), torch.zeros_like(hi))
-            # bins [lo, lo + step), ..., the last one closed: floor((v - lo) * nb / (hi - lo))
-            rows = torch.arange(logits.shape[0], device=logits.device, dtype=torch.int32)[:, None]
-            rows = rows * nb
-            idx = logits.sub_(lo[:, None]).mul_(scale[:, None]).to(torch.int32)
-            idx = idx.clamp_(max=nb - 1).add_(rows)
-            counts = torch.bincount(idx.view(-1), minlength=idx.shape[0] * nb).view(-1, nb)
-            for key, val in zip(keys, [pv, pi, nv, ni, counts, lo, hi], strict=True):
-                out[key].append(val)
+            # row by row, the same operations on a few rows at a time on the CPU (they stay
+            # in cache through the top-k and the histogram instead of going to memory and
+            # back for each): the same values
+            n_rows = logits.shape[0] if logits.is_cuda else _LOGIT_ROWS
+            for r in range(0, logits.shape[0], n_rows):
+                block = logits[r : r + n_rows]
+                pv, pi = block.topk(k, dim=1)
+                nv, ni = block.topk(k, dim=1, largest=False)
+                # bins [lo, lo + step), ..., the last one closed: floor((v - lo) * nb / (hi - lo))
+                rows = torch.arange(block.shape[0], device=block.device, dtype=torch.int32)
+                idx = block.sub_(lo[r : r + n_rows, None]).mul_(scale[r : r + n_rows, None])
+                idx = idx.to(torch.int32).clamp_(max=nb - 1).add_(rows[:, None] * nb)
+                counts = torch.bincount(idx.view(-1), minlength=idx.shape[0] * nb).view(-1, nb)
+                for key, val in zip(keys[:5], [pv, pi, nv, ni, counts], strict=True):
+                    out[key].append(val)
+            out["logit_lo"].append(lo)
+            out["logit_hi"].append(hi)
     return {k: torch.cat(v).cpu() for k, v in out.items() if v}
 
 

@@ -426,3 +426,28 @@ def test_second_pass_reads_kept_non_zeros_exactly(setup, kind):
     assert kept.info.forward_passes == 6  # one pass: pass 2 needs no hook activations
     assert again.info.forward_passes == 12  # pass 2 ran the model and encoded again
     assert kept.features.row_bytes(0, 64) == again.features.row_bytes(0, 64)  # bit for bit
+
+
+@pytest.mark.parametrize("n_rows", [1, 3, 16])
+def test_logit_tables_a_few_rows_at_a_time_equal_the_whole_chunk(monkeypatch, n_rows):
+    """On the CPU the logit tables are made a few rows at a time (in cache); the values are
+    those of the whole chunk at once (as on a GPU), bit for bit, ties and flat rows too."""
+    import core.engine.sweep as sweep_mod
+
+    model = ModelAdapter(make_model(n_layers=2), bos_token_id=0)
+    sae = make_sae("standard", 32, 40, HOOK, density=0.2)
+    with torch.no_grad():
+        sae.W_dec[3] = 0.0  # a flat row: every logit equal (lo == hi)
+        sae.W_dec[7] = sae.W_dec[8]  # two equal rows
+        sae.W_dec[9] = (sae.W_dec[9] * 4).round() / 4  # coarse values: ties among logits
+    d = SAELensDictionary(sae)
+    feats = torch.arange(40)
+    cfg = RunConfig(features=list(range(40)), feature_chunk_size=17)
+    monkeypatch.setattr(sweep_mod, "_LOGIT_ROWS", 10**9)
+    whole = sweep_mod.decoder_tables(model, d, feats, cfg)
+    monkeypatch.setattr(sweep_mod, "_LOGIT_ROWS", n_rows)
+    blocks = sweep_mod.decoder_tables(model, d, feats, cfg)
+    assert whole.keys() == blocks.keys() and "logit_counts" in whole
+    for key, value in whole.items():
+        assert torch.equal(blocks[key], value), key
+    assert int(whole["logit_counts"][3].sum()) == model.d_vocab
