@@ -77,15 +77,17 @@ def _example(ctx: RowContext, seq: int, pos: int, acts: list[float], ids: list[i
     )
 
 
-def _examples(ctx: RowContext, c: dict[str, list], j: int, kind: str) -> list[Example]:
-    """Row ``j``'s examples of ``kind`` (top or bot: a flat list)."""
+def _examples(
+    ctx: RowContext, seq: list[int], pos: list[int], win: list[list[float]], ids: list[list[int]]
+) -> list[Example]:
+    """The examples of one list of slots (``seq < 0``: an empty slot)."""
+    return [_example(ctx, seq[i], pos[i], win[i], ids[i]) for i in range(len(seq)) if seq[i] >= 0]
+
+
+def _slots(c: dict[str, list], j: int, kind: str) -> tuple[list, list, list, list]:
+    """Row ``j``'s sequences, positions, windows and window token ids of ``kind``."""
     s_seq, s_pos, s_win = (c[name][j] for name in EXAMPLES[kind])
-    ids = c[f"{kind}_ids"][j]
-    return [
-        _example(ctx, s_seq[i], s_pos[i], s_win[i], ids[i])
-        for i in range(len(s_seq))
-        if s_seq[i] >= 0
-    ]
+    return s_seq, s_pos, s_win, c[f"{kind}_ids"][j]
 
 
 def build_feature(
@@ -96,9 +98,8 @@ def build_feature(
     with ``extras``."""
     n_active = int(c["count"][j])
     mx = float(c["max"][j])
-    examples = _examples(ctx, c, j, "top")
-    s_seq, s_pos, s_win = (c[name][j] for name in EXAMPLES["int"])
-    s_ids = c["int_ids"][j]
+    examples = _examples(ctx, *_slots(c, j, "top"))
+    s_seq, s_pos, s_win, s_ids = _slots(c, j, "int")
     i_counts = c["int_counts"][j]
     n_int = len(i_counts)
     signed = "min" in c  # a signed dictionary (core.engine.sweep.finalize_columns)
@@ -106,11 +107,7 @@ def build_feature(
     span = max(mx, -mn)  # intervals: |value| in (0, max |value|] when signed
     groups = []
     for b in range(n_int):
-        exs = [
-            _example(ctx, s_seq[b][i], s_pos[b][i], s_win[b][i], s_ids[b][i])
-            for i in range(len(s_seq[b]))
-            if s_seq[b][i] >= 0
-        ]
+        exs = _examples(ctx, s_seq[b], s_pos[b], s_win[b], s_ids[b])
         groups.append(
             IntervalGroup(
                 lo=span * b / n_int,
@@ -160,7 +157,7 @@ def build_feature(
     else:
         corr_f = Table(indices=[], columns={"pearson": [], "cosine": []})
     if signed:  # kept in extras, so the data of other features is unchanged
-        bottom = [asdict(e) for e in _examples(ctx, c, j, "bot")]
+        bottom = [asdict(e) for e in _examples(ctx, *_slots(c, j, "bot"))]
         extras = extras | {"min_act": mn, "bottom_examples": bottom}
     return FeatureData(
         index=index,

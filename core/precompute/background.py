@@ -5,9 +5,10 @@ plain Python, about 1.5 ms a feature, on one core. Once the sweep is done the ru
 own loop (building features, the memo) keeps one core busy; the batches go to spawned
 worker processes on the others (one per other core), one chunk in hand per worker so
 memory stays bounded: while every worker has one, the runner writes the next batch itself
-(it has the features built already) rather than queue it and wait. A worker is sent the features' stored bytes (their memo rows), which it reads
-back, not the objects. A chunk counts as done (and goes into the manifest) only once its batch file is
-written, so a killed run resumes exactly as before. Small runs write in process: a worker
+(it has the features built already) rather than queue it and wait. A worker is sent the
+features' stored bytes (their memo rows), which it reads back, not the objects. A chunk
+counts as done (and goes into the manifest) only once its batch file is written, so a
+killed run resumes exactly as before. Small runs write in process: a worker
 costs a second or two to start.
 """
 

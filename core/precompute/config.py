@@ -68,8 +68,8 @@ class PrecomputeConfig:
         threads: torch CPU threads (``None``: torch's default).
         writers: processes that build and write the Neuronpedia batches while the run goes
             on (:mod:`core.precompute.background`); ``0`` (the default here): in the run's
-            own process; ``None``: one per core (at most 4) for runs of 4,096 features or
-            more, what the command line does. Workers are spawned and re-import the main
+            own process; ``None``: one per core but the run's own (at most 4) for runs of 4,096
+            features or more, what the command line does. Workers are spawned and re-import the main
             module: a script that sets this needs ``if __name__ == "__main__":``.
         progress: show a progress bar on stderr.
         overwrite: delete a different run's results in ``output_dir`` instead of failing.

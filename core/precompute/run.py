@@ -302,9 +302,9 @@ class PrecomputeRunner:
             raise RunnerError(f"could not write to {memo.directory}: is the disk full?")
         shown = [not is_skipped(fd, cfg.min_density) for fd in fds]
         rendered = [fd for fd, show in zip(fds, shown, strict=True) if show]
-        skipped = [fd.index for fd in fds if is_skipped(fd, cfg.min_density)]
+        skipped = [fd.index for fd, show in zip(fds, shown, strict=True) if not show]
         summary = summary_table(fds)
-        summary["skipped"] = [fd.index in skipped for fd in fds]
+        summary["skipped"] = [not show for show in shown]
         if not memo.put_json(f"chunk:{k}:summary", summary):
             raise RunnerError(f"could not write to {memo.directory}: is the disk full?")
         if "html" in cfg.outputs and rendered:
