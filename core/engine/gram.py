@@ -47,10 +47,19 @@ class GramStats:
         strategy: str = "auto",
         block: int = 4096,
         dtype: torch.dtype = torch.float32,
+        col_sum: Float[Tensor, " c"] | None = None,
+        col_sumsq: Float[Tensor, " c"] | None = None,
     ):
         self.cross = torch.zeros(n_rows, n_cols, device=device, dtype=torch.float32)
-        self.col_sum = torch.zeros(n_cols, device=device, dtype=torch.float32)
-        self.col_sumsq = torch.zeros(n_cols, device=device, dtype=torch.float32)
+        #: ``col_sum``/``col_sumsq``, when the caller already has them (the sweep's pass-1
+        #: moments), are taken as final and not added up again while staging
+        self.sums_given = col_sum is not None and col_sumsq is not None
+        if col_sum is not None and col_sumsq is not None:
+            self.col_sum = col_sum.to(device, torch.float32).clone()
+            self.col_sumsq = col_sumsq.to(device, torch.float32).clone()
+        else:
+            self.col_sum = torch.zeros(n_cols, device=device, dtype=torch.float32)
+            self.col_sumsq = torch.zeros(n_cols, device=device, dtype=torch.float32)
         self.n_tokens = torch.zeros((), device=device, dtype=torch.float64)
         self.symmetric = symmetric and n_rows == n_cols
         self.strategy = strategy
@@ -84,8 +93,9 @@ class GramStats:
         """One feature chunk (columns ``sl``) of the current batch; ``sp``: its non-zeros,
         which the sparse kernel keeps instead of the dense chunk."""
         if sp is not None and self.strategy == "sparse":
-            self.col_sum[sl] += acts.sum(0)
-            self.col_sumsq[sl] += (acts * acts).sum(0)
+            if not self.sums_given:
+                self.col_sum[sl] += acts.sum(0)
+                self.col_sumsq[sl] += (acts * acts).sum(0)
             self._staged_nz.append((sp.token, sp.feature + sl.start, sp.value))
         else:
             self._staged.append(acts)
@@ -112,8 +122,9 @@ class GramStats:
         self, rows: Float[Tensor, "n r"], cols: Float[Tensor, "n c"], n_valid: Tensor
     ) -> None:
         self.n_tokens += n_valid
-        self.col_sum += cols.sum(0)
-        self.col_sumsq += (cols * cols).sum(0)
+        if not self.sums_given:
+            self.col_sum += cols.sum(0)
+            self.col_sumsq += (cols * cols).sum(0)
         if self._choose(cols) == "sparse":
             self._update_sparse(rows, cols)
         elif self.symmetric:
@@ -379,14 +390,19 @@ class BufferedInt8Gram(GramStats):
         f = col_max.numel()
         if block % 32:
             raise ValueError(f"the int8 Gram block must be a multiple of 32, got {block}")
-        super().__init__(f, f, device, symmetric=True, strategy="dense", block=block)
+        super().__init__(
+            f,
+            f,
+            device,
+            symmetric=True,
+            strategy="dense",
+            block=block,
+            col_sum=col_sum,
+            col_sumsq=col_sumsq,
+        )
         self.dtype = torch.int8
         self.scale = col_max.to(device, torch.float32).clamp_min(1e-30) / 127.0
         self.inv_scale = 1.0 / self.scale
-        self.sums_given = col_sum is not None and col_sumsq is not None
-        if col_sum is not None and col_sumsq is not None:
-            self.col_sum = col_sum.to(device, torch.float32).clone()
-            self.col_sumsq = col_sumsq.to(device, torch.float32).clone()
         # int8 GEMM kernels want every dimension a multiple of 8 (and, on CUDA, more than
         # 16 rows): the buffer gets zero feature columns up to a multiple of 32, which
         # add nothing to any sum and are never copied out
@@ -475,4 +491,15 @@ def requested_gram(
             col_sum=moments.sum,
             col_sumsq=moments.sumsq,
         )
-    return GramStats(n, n, device, symmetric=True, strategy=strategy, dtype=precision)
+    # the sparse kernel stages chunk by chunk, as pass 1 added up the moments: the same sums
+    given = strategy == "sparse"
+    return GramStats(
+        n,
+        n,
+        device,
+        symmetric=True,
+        strategy=strategy,
+        dtype=precision,
+        col_sum=moments.sum if given else None,
+        col_sumsq=moments.sumsq if given else None,
+    )

@@ -135,14 +135,21 @@ class SparseStoreGram:
         row_cols: Int[Tensor, " r"] | None = None,
         total_tokens: int | None = None,
         segment_entries: int = 1 << 24,
+        col_sums: tuple[Tensor, Tensor] | None = None,
     ):
         self.n_rows, self.n_cols, self.device = n_rows, n_cols, device
         self.budget = budget
         self.row_cols = row_cols
         self.total_tokens = total_tokens
         self.segment_entries = segment_entries
-        self.col_sum = torch.zeros(n_cols, device=device, dtype=torch.float32)
-        self.col_sumsq = torch.zeros(n_cols, device=device, dtype=torch.float32)
+        #: ``col_sums`` (the columns' sums and squares) are added up by the caller, chunk by
+        #: chunk as they are staged (the sweep's moments: the same floats); read at the end
+        self.sums_shared = col_sums is not None
+        if col_sums is not None:
+            self.col_sum, self.col_sumsq = col_sums
+        else:
+            self.col_sum = torch.zeros(n_cols, device=device, dtype=torch.float32)
+            self.col_sumsq = torch.zeros(n_cols, device=device, dtype=torch.float32)
         self.n_tokens = torch.zeros((), device=device, dtype=torch.float64)
         #: sealed segments: (columns int32, values float32, row pointers int64)
         self.segments: list[tuple[Tensor, Tensor, Tensor]] = []
@@ -160,8 +167,9 @@ class SparseStoreGram:
     def stage(self, acts: Float[Tensor, "n c"], sl: slice, sp: SparseActs | None = None) -> None:
         """One chunk (columns ``sl``) of the current batch (``sp``: its non-zeros, when
         already found)."""
-        self.col_sum[sl] += acts.sum(0)
-        self.col_sumsq[sl] += (acts * acts).sum(0)
+        if not self.sums_shared:
+            self.col_sum[sl] += acts.sum(0)
+            self.col_sumsq[sl] += (acts * acts).sum(0)
         sp = sp if sp is not None else SparseActs(acts)
         self._staged.append((sp.token, sp.feature + sl.start, sp.value))
 

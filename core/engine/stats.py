@@ -58,6 +58,7 @@ class MomentStats:
         self.sumsq = torch.zeros(n_features, **f32)
         self.max = torch.zeros(n_features, **f32)
         self.signed = signed
+        self.scratch: Tensor | None = None
         if signed:
             self.min = torch.zeros(n_features, **f32)
         self.track_neurons = d_in is not None
@@ -82,18 +83,43 @@ class MomentStats:
     ) -> None:
         """Add a token batch for the features in ``sl`` (``sp``: the non-zeros of ``acts``,
         when known; below :data:`SPARSE_CROSS_DENSITY` the feature-by-neuron sums use only
-        them)."""
-        self.count[sl] += ((acts != 0) if self.signed else (acts > 0)).sum(0)
+        them).
+
+        Counts and maxima of non-negative features come from ``sp`` (exact: the zeros add
+        nothing to a count and, as ``max`` starts at 0, nothing to a maximum); sums and
+        squares stay dense, so their floats are added in the same order whatever the
+        sparsity.
+        """
+        if sp is not None and not self.signed:
+            f = acts.shape[1]
+            self.count[sl] += torch.bincount(sp.feature[sp.value > 0], minlength=f)
+            peak = torch.zeros(f, device=acts.device, dtype=acts.dtype)
+            peak.scatter_reduce_(0, sp.feature, sp.value, reduce="amax")
+            torch.maximum(self.max[sl], peak, out=self.max[sl])
+        else:
+            self.count[sl] += ((acts != 0) if self.signed else (acts > 0)).sum(0)
+            torch.maximum(self.max[sl], acts.amax(0), out=self.max[sl])
+            if self.signed:
+                torch.minimum(self.min[sl], acts.amin(0), out=self.min[sl])
         self.sum[sl] += acts.sum(0)
-        self.sumsq[sl] += (acts * acts).sum(0)
-        torch.maximum(self.max[sl], acts.amax(0), out=self.max[sl])
-        if self.signed:
-            torch.minimum(self.min[sl], acts.amin(0), out=self.min[sl])
+        self.sumsq[sl] += torch.mul(acts, acts, out=self._scratch(acts)).sum(0)
         if self.track_neurons and x is not None:
             if sp is not None and sp.value.numel() <= SPARSE_CROSS_DENSITY * acts.numel():
                 self.cross[sl] += sp.transposed_matmul(x)
             else:
                 self.cross[sl] += acts.T @ x
+
+    def _scratch(self, like: Tensor) -> Tensor:
+        """A buffer for the squares, kept between updates (a new one is paged in each time,
+        which costs more than the product); :meth:`close` frees it."""
+        buf = self.scratch
+        if buf is None or buf.shape != like.shape or buf.dtype != like.dtype:
+            buf = self.scratch = torch.empty_like(like, memory_format=torch.contiguous_format)
+        return buf
+
+    def close(self) -> None:
+        """Free the scratch buffer (no more updates)."""
+        self.scratch = None
 
     def merge(self, other: MomentStats) -> MomentStats:
         self.n_tokens += other.n_tokens
@@ -173,6 +199,24 @@ def rank_keys(values: Float[Tensor, "..."], seq: Int[Tensor, "..."]) -> Int[Tens
     return ordered * (1 << 32) + (_LOW32 - seq.clamp(0, _LOW32))
 
 
+def sequence_max(
+    sp: SparseActs, b: int, length: int, f: int
+) -> tuple[Float[Tensor, "b f"], Int[Tensor, "b f"]]:
+    """Each (sequence, feature)'s largest non-zero and the first position holding it, from
+    the non-zeros of ``[b * length, f]`` activations: where that maximum is positive these
+    are what ``max(dim=1)`` gives on the dense ``[b, length, f]``; elsewhere the value is
+    ``-inf`` or at most 0 and the position 0 (such a sequence is never an example)."""
+    pos = sp.token % length
+    key = (sp.token // length) * f + sp.feature
+    best = torch.full((b * f,), float("-inf"), device=sp.value.device, dtype=sp.value.dtype)
+    best.scatter_reduce_(0, key, sp.value, reduce="amax")
+    hit = sp.value == best[key]
+    arg = torch.full((b * f,), length, device=pos.device, dtype=torch.int64)
+    arg.scatter_reduce_(0, key[hit], pos[hit], reduce="amin")
+    arg[arg == length] = 0
+    return best.view(b, f), arg.view(b, f)
+
+
 class TopExamples:
     """Running top-``K`` sequences per feature by their maximum activation.
 
@@ -192,9 +236,19 @@ class TopExamples:
         self.windows = torch.zeros((n_features, k, w), device=device)
 
     def update(
-        self, acts_blf: Float[Tensor, "b l f"], seq_ids: Int[Tensor, " b"], sl: slice
+        self,
+        acts_blf: Float[Tensor, "b l f"],
+        seq_ids: Int[Tensor, " b"],
+        sl: slice,
+        sp: SparseActs | None = None,
     ) -> None:
-        best, arg = acts_blf.max(dim=1)  # [b, f]; arg: the first maximal position
+        """Add a batch of sequences for the features in ``sl`` (``sp``: the non-zeros of
+        ``acts_blf`` flattened to [b*l, f], when known: then each sequence's maximum and
+        its first position come from them alone)."""
+        if sp is None:
+            best, arg = acts_blf.max(dim=1)  # [b, f]; arg: the first maximal position
+        else:
+            best, arg = sequence_max(sp, *acts_blf.shape)
         cand = torch.where(best > 0, best, torch.full_like(best, float("-inf"))).T  # [f, b]
         vals = torch.cat([self.values[sl], cand], dim=1)
         seqs = torch.cat([self.seq[sl], seq_ids[None, :].expand(cand.shape[0], -1)], dim=1)

@@ -201,6 +201,16 @@ class _Encoder:
             self._full = self.d.encode(x, None).float()
         return self._full[:, feats]
 
+    def masked(self, x: Tensor, feats: Tensor, drop: Tensor) -> Tensor:
+        """The activations of ``feats`` with the token rows ``drop`` multiplied by 0 (the
+        same floats as multiplying by the 0/1 mask, at the cost of those rows only)."""
+        a = self(x, feats)
+        if drop.numel():
+            if a._is_view() or a.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
+                a = a.clone()  # never write into the dictionary's or the model's tensors
+            a[drop] = a[drop] * 0.0
+        return a
+
 
 @torch.no_grad()
 def run_sweep(
@@ -287,7 +297,11 @@ def run_sweep(
                 "or none, or run on one process"
             )
         row_cols = feats if need_all_cols else None
-        gram = sparse = SparseStoreGram(n_req, n_cols, device, budget, row_cols, valid.numel())
+        # columns = the requested features: their sums are the moments' (staged alike)
+        sums = None if need_all_cols else (moments.sum, moments.sumsq)
+        gram = sparse = SparseStoreGram(
+            n_req, n_cols, device, budget, row_cols, valid.numel(), col_sums=sums
+        )
     elif need_all_cols:
         gram = GramStats(
             n_req,
@@ -354,18 +368,18 @@ def run_sweep(
             cache.append(x)
         b = bsl.stop - bsl.start
         seq_ids = torch.arange(bsl.start, bsl.stop, device=device)
-        mf = m.to(torch.float32)
         x32 = x.float()
         n_valid = m.sum()
+        drop = (~m).nonzero().squeeze(1)  # ignored positions: their activations are 0
         moments.update_tokens(x32, n_valid)
         encoder.reset()
         req_blocks: list[Tensor] = []
         for ci, sl in enumerate(chunks):
-            a = encoder(x, feats[sl]) * mf[:, None]
+            a = encoder.masked(x, feats[sl], drop)
             sp = SparseActs(a)
             kept.add(bi, ci, sp)
             moments.update(a, x32, sl, sp)
-            top.update(a.view(b, length, -1), seq_ids, sl)
+            top.update(a.view(b, length, -1), seq_ids, sl, sp)
             if bottom is not None:
                 bottom.update(-a.view(b, length, -1), seq_ids, sl)
             if sparse is not None and not need_all_cols:
@@ -374,14 +388,15 @@ def run_sweep(
                 req_blocks.append(a)
         if sparse is not None:
             for s in all_chunks if need_all_cols else []:
-                sparse.stage(encoder(x, all_feats[s]) * mf[:, None], s)
+                sparse.stage(encoder.masked(x, all_feats[s], drop), s)
             sparse.commit(x.shape[0], n_valid)
         elif gram is not None:
             rows = torch.cat(req_blocks, 1) if len(req_blocks) > 1 else req_blocks[0]
-            cols = torch.cat([encoder(x, all_feats[s]) * mf[:, None] for s in all_chunks], 1)
+            cols = torch.cat([encoder.masked(x, all_feats[s], drop) for s in all_chunks], 1)
             gram.update(rows, cols, n_valid)
             del rows, cols, req_blocks
         report((bi + 1) / n_units, f"pass 1: batch {bi + 1}/{len(batches)}")
+    moments.close()
     if shard.active:  # the global maxima before pass 2 (core.engine.distributed)
         nan_flag = shard.any(nan_flag)
         moments, top = shard.merge(moments), shard.merge(top)
@@ -427,7 +442,7 @@ def run_sweep(
             x, m = hook_acts(bsl)
             x = x * m[:, None].to(dtype)
         seq_ids = torch.arange(bsl.start, bsl.stop, device=device)
-        mf = m.to(torch.float32)
+        drop = (~m).nonzero().squeeze(1)
         encoder.reset()
         if staged is not None:
             staged.reserve(n_tok)
@@ -435,7 +450,7 @@ def run_sweep(
             if kept.ok:
                 a, sp = kept.take(bi, ci, n_tok, sl.stop - sl.start)
             else:
-                a = encoder(x, feats[sl]) * mf[:, None]
+                a = encoder.masked(x, feats[sl], drop)
                 sp = SparseActs(a)
             if signed:  # histogram over [min, max]; intervals over |value| in (0, max |value|]
                 hbins = signed_bins(sp, moments.min[sl], max_act[sl], config.n_hist_bins)

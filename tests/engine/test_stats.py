@@ -15,6 +15,7 @@ from core.engine.stats import (
     TopExamples,
     bin_index,
     hash31,
+    sequence_max,
     sparse_bins,
     window_offsets,
 )
@@ -87,6 +88,46 @@ def test_merge_equals_union():
     assert torch.equal(h1.counts, h0.counts)
     assert torch.equal(s1.keys, s0.keys) and torch.equal(s1.seq, s0.seq)
     torch.testing.assert_close(s1.windows, s0.windows)
+
+
+def _tied_acts(n_seq: int, length: int, f: int, seed: int) -> torch.Tensor:
+    """Sparse activations on a coarse grid (many exact ties within a sequence), a few
+    negative values (below a zero maximum they must not count), whole-zero columns."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.relu(torch.randint(-6, 4, (n_seq, length, f), generator=g).float() * 0.25)
+    a[0, 3, 1] = -0.5  # a negative value in a sequence with no positive one for feature 1
+    a[0, :, 1] = torch.where(a[0, :, 1] > 0, torch.zeros_like(a[0, :, 1]), a[0, :, 1])
+    a[:, :, 2] = 0.0
+    return a
+
+
+def test_statistics_from_non_zeros_equal_the_dense_passes():
+    """Counts, maxima, each sequence's maximum and its first position, taken from the
+    non-zeros, are what the dense passes give: bit for bit, ties and zeros included."""
+    n_seq, length, f, d = 6, 7, 5, 3
+    acts = _tied_acts(n_seq, length, f, 0)
+    flat = acts.reshape(-1, f)
+    sp = SparseActs(flat)
+    best, arg = sequence_max(sp, n_seq, length, f)
+    dense_best, dense_arg = acts.max(dim=1)
+    pos = dense_best > 0
+    assert torch.equal(best[pos], dense_best[pos]) and torch.equal(arg[pos], dense_arg[pos])
+    assert bool((best[~pos] <= 0).all())
+
+    x = torch.randn(n_seq * length, d, generator=torch.Generator().manual_seed(1))
+    offs, _ = window_offsets(1, 1, None, "cpu")
+    results = []
+    for given in (None, sp):
+        m = MomentStats(f, d, torch.device("cpu"))
+        t = TopExamples(f, 3, offs, False, "cpu")
+        for _ in range(2):  # twice: the running maxima and top-k across batches
+            m.update(flat, x, slice(0, f), given)
+            t.update(acts, torch.arange(n_seq), slice(0, f), given)
+        m.close()
+        results.append((m.count, m.sum, m.sumsq, m.max, m.cross, t.values, t.seq, t.pos, t.windows))
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+    assert results[0][0].tolist() == (2 * (acts > 0).sum((0, 1))).tolist()
 
 
 def test_sparse_and_dense_gram_agree():
