@@ -527,15 +527,7 @@ def decoder_tables(
         if has_logits:
             resid = model.residual_directions(dictionary.hook_out, w)
             logits = model.logit_directions(resid).float()
-            lo, hi = torch.aminmax(logits, dim=1)  # NaN propagates: a NaN or inf row shows here
-            finite = torch.isfinite(lo) & torch.isfinite(hi)
-            if not bool(finite.all()):  # finite decoders (checked first): W_U or an overflow
-                raise EngineError(
-                    f"the logit effects of feature(s) {_feature_list(feats[sl][~finite])} are NaN "
-                    "or infinite: check the model's unembedding (W_U) and final norm weights"
-                )
             k = min(config.n_top_logits, logits.shape[1])
-            scale = torch.where(hi > lo, nb / (hi - lo), torch.zeros_like(hi))
             # row by row, the same operations on a few rows at a time on the CPU (they stay
             # in cache through the top-k and the histogram instead of going to memory and
             # back for each): the same values
@@ -544,15 +536,25 @@ def decoder_tables(
                 block = logits[r : r + n_rows]
                 pv, pi = block.topk(k, dim=1)
                 nv, ni = block.topk(k, dim=1, largest=False)
+                # each row's extremes are its first top-k values (k >= 1; NaN sorts first
+                # among the largest, so a NaN or infinite row shows in them): no extra pass
+                lo, hi = nv[:, 0], pv[:, 0]
+                finite = torch.isfinite(lo) & torch.isfinite(hi)
+                if not bool(finite.all()):  # finite decoders (checked first): W_U or overflow
+                    bad = ~torch.isfinite(logits).all(1)
+                    raise EngineError(
+                        f"the logit effects of feature(s) {_feature_list(feats[sl][bad])} are "
+                        "NaN or infinite: check the model's unembedding (W_U) and final norm "
+                        "weights"
+                    )
                 # bins [lo, lo + step), ..., the last one closed: floor((v - lo) * nb / (hi - lo))
+                scale = torch.where(hi > lo, nb / (hi - lo), torch.zeros_like(hi))
                 rows = torch.arange(block.shape[0], device=block.device, dtype=torch.int32)
-                idx = block.sub_(lo[r : r + n_rows, None]).mul_(scale[r : r + n_rows, None])
+                idx = block.sub_(lo[:, None]).mul_(scale[:, None])
                 idx = idx.to(torch.int32).clamp_(max=nb - 1).add_(rows[:, None] * nb)
                 counts = torch.bincount(idx.view(-1), minlength=idx.shape[0] * nb).view(-1, nb)
-                for key, val in zip(keys[:5], [pv, pi, nv, ni, counts], strict=True):
+                for key, val in zip(keys, [pv, pi, nv, ni, counts, lo, hi], strict=True):
                     out[key].append(val)
-            out["logit_lo"].append(lo)
-            out["logit_hi"].append(hi)
     return {k: torch.cat(v).cpu() for k, v in out.items() if v}
 
 
