@@ -402,7 +402,6 @@ class SparseStoreGram:
         start = ptr[tok]
         length = ptr[tok + 1] - start
         v = vals[pos]
+        base = r * self.n_cols  # each entry's row offset, once (not once per pair)
         for e0, e1, rep, at in pair_chunks(start, length, max_pairs):
-            flat.index_add_(
-                0, r[e0:e1][rep] * self.n_cols + cols[at].long(), v[e0:e1][rep] * vals[at]
-            )
+            flat.index_add_(0, base[e0:e1][rep].add_(cols[at]), v[e0:e1][rep].mul_(vals[at]))
