@@ -39,7 +39,7 @@ FIELDS: dict[type, tuple[str, ...]] = {
     MomentStats: ("n_tokens", "count", "sum", "sumsq", "max"),
     TopExamples: ("values", "seq", "pos", "windows"),
     BinCounts: ("counts",),
-    IntervalSampler: ("keys", "seq", "windows"),
+    IntervalSampler: ("keys", "seq", "windows", "slot"),
     GramStats: ("cross", "col_sum", "col_sumsq", "n_tokens"),
 }
 NEURON_FIELDS = ("x_sum", "x_sumsq", "cross")

@@ -167,8 +167,10 @@ def gather_windows(
     pos: Int[Tensor, " f *rest"],
     offsets: Int[Tensor, " w"],
     whole: bool,
+    features: Int[Tensor, " f *rest"] | None = None,
 ) -> Float[Tensor, "f *rest w"]:
-    """Activations of feature ``f`` (row of ``b``/``pos``) in sequence ``b`` around ``pos``.
+    """Activations of feature ``f`` (row of ``b``/``pos``, or ``features`` where given, of
+    any shape) in sequence ``b`` around ``pos``.
 
     Positions outside the sequence read as zero (the window is clipped when read out).
     """
@@ -176,7 +178,10 @@ def gather_windows(
     base = torch.zeros_like(pos) if whole else pos
     p = base[..., None] + offsets  # [f, *rest, w]
     inside = (p >= 0) & (p < length)
-    fidx = torch.arange(nf, device=p.device).view(nf, *([1] * (p.ndim - 1)))
+    if features is not None:
+        fidx = features[..., None]
+    else:
+        fidx = torch.arange(nf, device=p.device).view(nf, *([1] * (p.ndim - 1)))
     flat = (b[..., None].clamp(0, nb - 1) * length + p.clamp(0, length - 1)) * nf + fidx
     vals = acts_blf.reshape(-1)[flat.reshape(-1)].reshape(p.shape)
     return torch.where(inside, vals, torch.zeros((), device=vals.device, dtype=vals.dtype))
@@ -421,6 +426,10 @@ class IntervalSampler:
     sequence the bin's representative is its highest-key token; across sequences the
     ``K`` highest keys win. The sample is therefore a pure function of the seed and the
     data, independent of batching, feature chunking or sharding.
+
+    ``keys`` and ``seq`` are kept in key order; a window stays where it was written
+    (``slot`` says where: :meth:`ordered_windows` reads them in key order), so a batch
+    writes only its own examples' windows instead of moving every kept one.
     """
 
     def __init__(
@@ -439,6 +448,12 @@ class IntervalSampler:
         self.keys = torch.full((n, n_bins, k), -1, device=device, dtype=torch.int64)
         self.seq = torch.full((n, n_bins, k), -1, device=device, dtype=torch.int64)
         self.windows = torch.zeros((n, n_bins, k, offsets.numel()), device=device)
+        self.slot = torch.arange(k, device=device).expand(n, n_bins, k).contiguous()
+
+    def ordered_windows(self) -> Float[Tensor, "f bins k w"]:
+        """The windows in key order (the order of ``keys`` and ``seq``)."""
+        w = self.windows.shape[-1]
+        return self.windows.gather(2, self.slot[..., None].expand(-1, -1, -1, w))
 
     def update(
         self,
@@ -464,29 +479,34 @@ class IntervalSampler:
         top, idx = allk.topk(k, dim=2)
         from_batch = idx >= k
         b_local = (idx - k).clamp_min(0)
-        new_pos = top.clamp_min(0) & _POS_MASK
-        new_win = gather_windows(
-            acts_blf, b_local.reshape(f, -1), new_pos.reshape(f, -1), self.offsets, self.whole
-        ).reshape(f, nb, k, -1)
         old = idx.clamp(max=k - 1)
-        w = new_win.shape[-1]
-        self.windows[sl] = torch.where(
-            from_batch[..., None],
-            new_win,
-            self.windows[sl].gather(2, old[..., None].expand(-1, -1, -1, w)),
-        )
+        # the batch's examples take the slots of the kept ones they push out: in each
+        # (feature, bin) as many come in as go out, and both lists run in row-major order
+        slot = self.slot[sl]
+        stays = torch.zeros((f, nb, k + 1), device=idx.device, dtype=torch.bool)
+        stays.scatter_(2, torch.where(from_batch, k, idx), True)
+        new_slot = slot.gather(2, old)
+        new_slot[from_batch] = slot[~stays[..., :k]]
+        fi, bi, ki = from_batch.nonzero(as_tuple=True)
+        key = top[fi, bi, ki]
+        win = gather_windows(
+            acts_blf, b_local[fi, bi, ki], key.clamp_min(0) & _POS_MASK, self.offsets,
+            self.whole, features=fi,
+        )  # fmt: skip
+        self.windows[sl][fi, bi, new_slot[fi, bi, ki]] = win * (key >= 0)[:, None]
         seq = torch.where(from_batch, seq_ids[b_local], self.seq[sl].gather(2, old))
         self.seq[sl] = torch.where(top >= 0, seq, torch.full_like(seq, -1))
-        self.windows[sl] *= (top >= 0)[..., None]
+        self.slot[sl] = new_slot
         self.keys[sl] = top
 
     def merge(self, other: IntervalSampler) -> IntervalSampler:
         allk = torch.cat([self.keys, other.keys], dim=2)
         top, idx = allk.topk(self.k, dim=2)
         w = self.windows.shape[-1]
-        self.windows = torch.cat([self.windows, other.windows], 2).gather(
+        self.windows = torch.cat([self.ordered_windows(), other.ordered_windows()], 2).gather(
             2, idx[..., None].expand(-1, -1, -1, w)
         )
+        self.slot = torch.arange(self.k, device=idx.device).expand_as(idx).contiguous()
         self.seq = torch.cat([self.seq, other.seq], 2).gather(2, idx)
         self.keys = top
         return self

@@ -590,7 +590,7 @@ def finalize_columns(
         "top_windows": top.windows,
         "int_seq": sampler.seq,
         "int_pos": sampler.pos,
-        "int_windows": sampler.windows,
+        "int_windows": sampler.ordered_windows(),
         "int_counts": icounts.result,
         "hist_counts": hist.result,
     }

@@ -87,7 +87,41 @@ def test_merge_equals_union():
     torch.testing.assert_close(t1.windows, t0.windows)
     assert torch.equal(h1.counts, h0.counts)
     assert torch.equal(s1.keys, s0.keys) and torch.equal(s1.seq, s0.seq)
-    torch.testing.assert_close(s1.windows, s0.windows)
+    torch.testing.assert_close(s1.ordered_windows(), s0.ordered_windows())
+
+
+def test_interval_windows_are_their_examples_activations():
+    """Batch after batch, each sampled example's window (in key order, wherever its slot
+    is) holds the activations around its own position: read back from the activations
+    themselves, zero outside the sequence and for empty slots."""
+    n_seq, length, f, n_bins, k = 16, 9, 4, 3, 2
+    acts = _acts(n_seq, length, f, 5)
+    offs, _ = window_offsets(2, 1, None, "cpu")
+    flat = acts.reshape(-1, f)
+    top = flat.amax(0)
+    sampler = IntervalSampler(torch.arange(f), n_bins, k, offs, False, 3, "cpu")
+    for b0 in range(0, n_seq, 2):  # small batches: examples are pushed out again and again
+        part = acts[b0 : b0 + 2]
+        sp = SparseActs(part.reshape(-1, f))
+        bins = sparse_bins(sp, top, n_bins)
+        sampler.update(part, sp, bins, torch.arange(b0, b0 + 2), slice(0, f))
+    windows = sampler.ordered_windows()
+    assert sorted(sampler.slot[0, 0].tolist()) == list(range(k))
+    n_valid = 0
+    for fi in range(f):
+        for bi in range(n_bins):
+            for j in range(k):
+                seq, pos = int(sampler.seq[fi, bi, j]), int(sampler.pos[fi, bi, j])
+                if seq < 0:
+                    assert not bool(windows[fi, bi, j].any())
+                    continue
+                n_valid += 1
+                ref = [
+                    float(acts[seq, p, fi]) if 0 <= p < length else 0.0
+                    for p in (pos + offs).tolist()
+                ]
+                assert windows[fi, bi, j].tolist() == ref
+    assert n_valid > f * n_bins  # most slots hold an example
 
 
 def _tied_acts(n_seq: int, length: int, f: int, seed: int) -> torch.Tensor:
