@@ -256,10 +256,14 @@ class ModelAdapter:
 
     @torch.no_grad()
     def logit_directions(
-        self, directions: Float[Tensor, "f d_model"], token_ids: list[int] | None = None
+        self,
+        directions: Float[Tensor, "f d_model"],
+        token_ids: list[int] | None = None,
+        out: Tensor | None = None,
     ) -> Float[Tensor, "f vocab"]:
         """Direct effect of residual-stream directions on the logits (of ``token_ids`` only,
-        in that order, when given).
+        in that order, when given), into ``out`` when given (a buffer of the result's shape
+        and dtype, reused by callers that make many: a new one is paged in each time).
 
         The final normalisation's linear part is applied (its elementwise scale when
         it was not folded into ``W_U``, and mean-centring for LayerNorm); its division
@@ -275,4 +279,4 @@ class ModelAdapter:
             d = d - d.mean(dim=-1, keepdim=True)
         if ln is not None and hasattr(ln, "w"):
             d = d * ln.w
-        return d @ (m.W_U if token_ids is None else m.W_U[:, token_ids])
+        return torch.matmul(d, m.W_U if token_ids is None else m.W_U[:, token_ids], out=out)

@@ -515,6 +515,7 @@ def decoder_tables(
     has_logits = model.residual_directions(dictionary.hook_out, width) is not None
     nb = config.n_logit_bins
     chunk = max(1, min(config.feature_chunk_size, (1 << 26) // max(model.d_vocab, 1)))
+    buf: Tensor | None = None  # the logits of a chunk, written over by the next one
     for sl in _chunks(feats.numel(), chunk):
         w = dictionary.decoder_directions(feats[sl]).float()
         out["dec_norm"].append(w.norm(dim=-1))
@@ -526,7 +527,9 @@ def decoder_tables(
         out["al_s"].append(v / l1)
         if has_logits:
             resid = model.residual_directions(dictionary.hook_out, w)
-            logits = model.logit_directions(resid).float()
+            raw = model.logit_directions(resid, out=None if buf is None else buf[: len(resid)])
+            buf = raw if buf is None else buf  # the first chunk is the largest
+            logits = raw.float()
             k = min(config.n_top_logits, logits.shape[1])
             # row by row, the same operations on a few rows at a time on the CPU (they stay
             # in cache through the top-k and the histogram instead of going to memory and
