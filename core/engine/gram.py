@@ -243,8 +243,8 @@ class GramStats:
 
 
 #: bytes of the dense scratch rows of :func:`add_pair_sums`: with the same rows of the sums
-#: it adds to, they fit a CPU's last-level cache (8 MiB was 15-25% faster than 32 MiB at
-#: 24,576 features on a 32 MiB cache: bench/README.md)
+#: it adds to, they fit a CPU's last-level cache (at 24,576 features on a 32 MiB cache,
+#: 8 MiB was faster than 16 or 32 MiB: bench/README.md)
 PAIR_SCRATCH_BYTES = 8 << 20
 #: pairs made at once by :func:`add_pair_sums`
 PAIR_CHUNK = 1 << 23
