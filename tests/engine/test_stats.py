@@ -125,8 +125,9 @@ def test_interval_windows_are_their_examples_activations():
 
 
 def _tied_acts(n_seq: int, length: int, f: int, seed: int) -> torch.Tensor:
-    """Sparse activations on a coarse grid (many exact ties within a sequence), a few
-    negative values (below a zero maximum they must not count), whole-zero columns."""
+    """Sparse activations on a coarse grid (many exact ties within a sequence), one
+    negative value (alone in its sequence for feature 1: below a zero maximum, it must
+    count neither as active nor as the maximum), a whole-zero column."""
     g = torch.Generator().manual_seed(seed)
     a = torch.relu(torch.randint(-6, 4, (n_seq, length, f), generator=g).float() * 0.25)
     a[0, 3, 1] = -0.5  # a negative value in a sequence with no positive one for feature 1
