@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
 from core.engine.features import Example, FeatureData, Histogram
 from core.export import ExportError
@@ -97,12 +98,32 @@ class NeuronpediaMeta:
         }
 
 
+#: non-zero rounded values below this magnitude: Python writes them with an exponent
+_EXPONENT_BELOW = 1e-4
+
+
+class _Exponent(float):
+    """A rounded value that Python's ``repr`` writes with an exponent (``1e-05``, as
+    ``json.dumps`` writes it) where orjson writes ``0.00001``; :func:`dumps` writes these
+    as ``repr`` does, so the files are byte for byte what ``json.dumps`` writes. Every
+    other float reads the same in both (shortest round-trip digits)."""
+
+    __slots__ = ()
+
+
+def _marked(values: list[float], arr: np.ndarray) -> list[float]:
+    """``values`` (the floats of ``arr``) with the exponent-written ones marked."""
+    for i in np.flatnonzero((np.abs(arr) < _EXPONENT_BELOW) & (arr != 0)).tolist():
+        values[i] = _Exponent(values[i])
+    return values
+
+
 def _r(v: float) -> float:
     v = float(v)
     if not math.isfinite(v):
         raise ExportError(f"non-finite value {v!r} cannot go into a Neuronpedia file")
-    r = round(v, DECIMALS)
-    return r + 0.0  # turns -0.0 into 0.0
+    r = round(v, DECIMALS) + 0.0  # turns -0.0 into 0.0
+    return _Exponent(r) if 0 < abs(r) < _EXPONENT_BELOW else r
 
 
 _SCALE = 10.0**DECIMALS
@@ -139,7 +160,8 @@ def _round_parts(parts: list[Sequence[float] | np.ndarray]) -> list[list[float]]
     if not bool(np.isfinite(flat).all()):
         bad = float(flat[~np.isfinite(flat)][0])
         raise ExportError(f"non-finite value {bad!r} cannot go into a Neuronpedia file")
-    values = round_values(flat).tolist()
+    rounded = round_values(flat)
+    values = _marked(rounded.tolist(), rounded)
     out, at = [], 0
     for n in lens:
         out.append(values[at : at + n])
@@ -369,9 +391,18 @@ def validate_batch(batch: dict[str, Any], max_features: int | None = None) -> No
         )
 
 
-def dumps(batch: dict[str, Any]) -> str:
-    """Compact, reproducible JSON text of a batch (UTF-8, no NaN)."""
-    return json.dumps(batch, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+def _exponent_form(obj: Any) -> orjson.Fragment:
+    if isinstance(obj, _Exponent):
+        return orjson.Fragment(float.__repr__(obj).encode())
+    raise TypeError(f"{type(obj).__name__} cannot go into a Neuronpedia file")
+
+
+def dumps(batch: dict[str, Any]) -> bytes:
+    """Compact, reproducible JSON of a batch as UTF-8 bytes: the bytes of
+    ``json.dumps(batch, ensure_ascii=False, separators=(",", ":"))`` for the batches
+    built here (their floats come from :func:`_round_parts`, which refuses non-finite
+    values), written by orjson, about eight times faster."""
+    return orjson.dumps(batch, default=_exponent_form)
 
 
 def write_batch(path: str | Path, batch: dict[str, Any], validate: bool | int = True) -> Path:

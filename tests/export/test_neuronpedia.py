@@ -17,6 +17,7 @@ from core.export.neuronpedia import (
     NeuronpediaMeta,
     _rl,
     batch_to_neuronpedia,
+    dumps,
     head_distribution,
     load_schema,
     round_values,
@@ -186,3 +187,23 @@ def test_vectorised_rounding_is_pythons_round_bit_for_bit():
     assert _rl(values) == want.tolist()
     rows = values[np.abs(values) < 1e30].astype(np.float32)  # decoder rows come as float32
     assert _rl(rows) == [round(float(v), DECIMALS) + 0.0 for v in rows]
+
+
+def test_batch_bytes_are_what_json_dumps_writes(data):
+    """:func:`dumps` (orjson) writes a batch byte for byte as ``json.dumps`` does: values
+    that Python writes with an exponent (``1e-05``, ``-9e-05``), values just above them,
+    large and negative ones, and tokens with quotes, backslashes, control characters,
+    non-ASCII text and emoji."""
+    fds, vectors = data
+    fd = type(fds[0]).from_dict(fds[0].to_dict())
+    fd.top_logits.values[:6] = [1e-5, -9.4e-5, 1.04e-4, 123456789.123456, -3.5, 0.0]
+    fd.top_logits.tokens[:4] = ['"q"\\', "\x00\x1f\x7f\n\t\u2028", "ß→中", "\U0001f600"]
+    fd.top_examples[0].tokens[0] = "</script><b>"
+    tiny = {i: [v * 1e-5 for v in range(-9, 10)] for i in vectors}
+    for batch in (
+        batch_to_neuronpedia(fds, META, vectors),
+        batch_to_neuronpedia([fd, *fds[1:]], META, tiny, {0: head_distribution([1, 1e-5], 2)}),
+    ):
+        want = json.dumps(batch, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        assert dumps(batch) == want.encode("utf-8")
+    assert b"1e-05" in dumps(batch) and b"0.00001" not in dumps(batch)
