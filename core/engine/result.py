@@ -12,12 +12,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from jaxtyping import Int
 from torch import Tensor
 
 from core.engine.features import FeatureData, gc_paused
-from core.engine.rows import EXAMPLES, RowContext, build_feature, pack_rows
+from core.engine.rows import EXAMPLES, RowContext, build_feature, pack_rows, window_strings
 
 
 def window_ids(
@@ -67,6 +68,7 @@ class FeatureSet(Mapping[int, FeatureData]):
         self.window = window
         self.extras = extras or {}
         self._built: dict[int, FeatureData] = {}
+        self._table: np.ndarray | None = None  # the vocabulary as an object array
         self.context = RowContext(int(cols["n_tokens"]), self.length, window, self._token_strs)
 
     # --- Mapping -------------------------------------------------------------------------
@@ -130,6 +132,19 @@ class FeatureSet(Mapping[int, FeatureData]):
             return list(map(self.vocab.__getitem__, ids))
         return [self._token_str(i) for i in ids]
 
+    def _string_table(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`~core.engine.rows.window_strings`' table and places for token ids ``ids``:
+        the vocabulary, ``<id>`` for each id past its end (as :meth:`_token_str`), ``""``."""
+        if self._table is None:
+            self._table = np.array([*self.vocab, ""], dtype=object)
+        n = len(self.vocab)
+        past = np.unique(ids[ids >= n])
+        if not past.size:
+            return self._table, ids
+        names = np.array([f"<{i}>" for i in past.tolist()], dtype=object)
+        table = np.concatenate([self._table[:n], names, self._table[n:]])
+        return table, np.where(ids >= n, n + np.searchsorted(past, ids), ids)
+
     def _slices(self, r0: int, r1: int) -> dict[str, Tensor]:
         """Rows ``r0:r1`` of every column, with the token ids of their examples' windows."""
         out = {k: v[r0:r1] for k, v in self.cols.items() if v.dim() > 0}
@@ -149,6 +164,10 @@ class FeatureSet(Mapping[int, FeatureData]):
         with gc_paused():
             got = self._slices(r0, r1) if slices is None else slices
             rows = {k: v.tolist() for k, v in got.items()}
+            for kind in EXAMPLES:
+                if f"{kind}_ids" in got:
+                    ids = got[f"{kind}_ids"].numpy()
+                    rows[f"{kind}_strs"] = window_strings(ids, *self._string_table(ids))
             return [
                 build_feature(rows, j, self.order[r0 + j], self.context, self._extras(r0 + j))
                 for j in range(r1 - r0)

@@ -56,50 +56,67 @@ class RowContext:
     strings: Callable[[list[int]], list[str]]
 
 
-def _example(ctx: RowContext, seq: int, pos: int, acts: list[float], ids: list[int]) -> Example:
+def _example(
+    ctx: RowContext, seq: int, pos: int, acts: list[float], ids: list[int], strs: list[str]
+) -> Example:
     length = ctx.length
     if ctx.window is None:
-        start, a, t = 0, acts[:length], ids[:length]
+        start, a, t, w = 0, acts[:length], ids[:length], strs[:length]
     else:
         before, after = ctx.window
         start = max(0, pos - before)
         end = min(length, pos + after + 1)
         lo = start - (pos - before)
-        a, t = acts[lo : lo + (end - start)], ids[lo : lo + (end - start)]
+        hi = lo + (end - start)
+        a, t, w = acts[lo:hi], ids[lo:hi], strs[lo:hi]
     return Example(
-        seq=seq,
-        pos=pos,
-        value=a[pos - start],
-        start=start,
-        token_ids=t,
-        tokens=ctx.strings(t),
-        acts=a,
+        seq=seq, pos=pos, value=a[pos - start], start=start, token_ids=t, tokens=w, acts=a
     )
 
 
 def _examples(
-    ctx: RowContext, seq: list[int], pos: list[int], win: list[list[float]], ids: list[list[int]]
+    ctx: RowContext,
+    seq: list[int],
+    pos: list[int],
+    win: list[list[float]],
+    ids: list[list[int]],
+    strs: list[list[str]],
 ) -> list[Example]:
     """The examples of one list of slots (``seq < 0``: an empty slot)."""
-    return [_example(ctx, seq[i], pos[i], win[i], ids[i]) for i in range(len(seq)) if seq[i] >= 0]
+    return [
+        _example(ctx, seq[i], pos[i], win[i], ids[i], strs[i])
+        for i in range(len(seq))
+        if seq[i] >= 0
+    ]
 
 
-def _slots(c: dict[str, list], j: int, kind: str) -> tuple[list, list, list, list]:
-    """Row ``j``'s sequences, positions, windows and window token ids of ``kind``."""
+def _slots(c: dict[str, list], j: int, kind: str) -> tuple[list, list, list, list, list]:
+    """Row ``j``'s sequences, positions, windows, window token ids and their strings of
+    ``kind``."""
     s_seq, s_pos, s_win = (c[name][j] for name in EXAMPLES[kind])
-    return s_seq, s_pos, s_win, c[f"{kind}_ids"][j]
+    return s_seq, s_pos, s_win, c[f"{kind}_ids"][j], c[f"{kind}_strs"][j]
+
+
+def window_strings(ids: np.ndarray, table: np.ndarray, at: np.ndarray) -> list:
+    """The strings of the example windows' token ids ``ids`` (any shape) as nested lists,
+    for all of a batch's rows at once (one lookup per example was a third of building a
+    feature): ``table[at]``, ``table`` an object array of strings ending with ``""`` (the
+    string of positions with no token, ``ids < 0``: outside the sequence, never shown),
+    ``at`` each id's place in it."""
+    return table[np.where(ids < 0, len(table) - 1, at)].tolist()
 
 
 def build_feature(
     c: dict[str, list], j: int, index: int, ctx: RowContext, extras: dict[str, Any]
 ) -> FeatureData:
     """Feature ``index``, entry ``j`` of column slices ``c`` (``column -> list``, see
-    :class:`~core.engine.result.FeatureSet` and :func:`~core.engine.result.window_ids`),
+    :class:`~core.engine.result.FeatureSet` and :func:`~core.engine.result.window_ids`;
+    with each ``{kind}_ids`` its strings ``{kind}_strs``, :func:`window_strings`),
     with ``extras``."""
     n_active = int(c["count"][j])
     mx = float(c["max"][j])
     examples = _examples(ctx, *_slots(c, j, "top"))
-    s_seq, s_pos, s_win, s_ids = _slots(c, j, "int")
+    s_seq, s_pos, s_win, s_ids, s_strs = _slots(c, j, "int")
     i_counts = c["int_counts"][j]
     n_int = len(i_counts)
     signed = "min" in c  # a signed dictionary (core.engine.sweep.finalize_columns)
@@ -107,7 +124,7 @@ def build_feature(
     span = max(mx, -mn)  # intervals: |value| in (0, max |value|] when signed
     groups = []
     for b in range(n_int):
-        exs = _examples(ctx, s_seq[b], s_pos[b], s_win[b], s_ids[b])
+        exs = _examples(ctx, s_seq[b], s_pos[b], s_win[b], s_ids[b], s_strs[b])
         groups.append(
             IntervalGroup(
                 lo=span * b / n_int,
@@ -275,10 +292,16 @@ def feature_from_row(data: bytes) -> FeatureData:
     arrays = st_load(data)
     at = dict.fromkeys(arrays, 0)
     cols: dict[str, list] = {}
+    used = np.asarray(meta["ids"], dtype=np.int32)  # ascending (pack_rows); as window_ids
+    table = np.array([*meta["strings"], ""], dtype=object)
     for name, dtype, shape in meta["columns"]:
         size = math.prod(shape)
-        part = arrays[dtype][at[dtype] : at[dtype] + size]
-        cols[name] = [part.reshape(shape).tolist()]
+        part = arrays[dtype][at[dtype] : at[dtype] + size].reshape(shape)
+        cols[name] = [part.tolist()]
+        if name.endswith("_ids") and name.removesuffix("_ids") in EXAMPLES:
+            cols[f"{name.removesuffix('_ids')}_strs"] = [
+                window_strings(part, table, np.searchsorted(used, part))
+            ]
         at[dtype] += size
     if any(at[dtype] != arr.size for dtype, arr in arrays.items()):
         raise ValueError("a feature row's arrays do not match its columns")
@@ -291,4 +314,5 @@ __all__ = [
     "build_feature",
     "feature_from_row",
     "pack_rows",
+    "window_strings",
 ]
