@@ -16,6 +16,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from core.config import RunConfig
+from core.engine import pairs_cpu
 from core.engine.sparse_topk import cosine, inv_std, pearson
 from core.engine.stats import MomentStats, SparseActs, coalesced_coo
 
@@ -303,8 +304,12 @@ def add_pair_sums(
     start = ptr[f_tok]
     if upper:  # from the entry's own place in its token's row (columns are in order)
         start = torch.searchsorted(t_idx[0] * n_cols + t_col, f_tok * n_cols + f_row)
-    length = ptr[f_tok + 1] - start
     block = max(1, PAIR_SCRATCH_BYTES // (4 * n_cols))
+    if pairs_cpu.supported(cross):  # the same additions as below, in one compiled loop
+        end = ptr[f_tok + 1]
+        pairs_cpu.add_pair_sums_cpu(cross, f_row, f_val, start, end, t_col, t_val, block)
+        return
+    length = ptr[f_tok + 1] - start
     scratch = torch.zeros(block * n_cols, dtype=cross.dtype, device=dev)
     flat = cross.view(-1)
     row_edges = torch.searchsorted(

@@ -14,6 +14,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from core.engine import pairs_cpu
 from core.engine.gram import cat_top_k, column_terms, pair_chunks, pearson_top_k
 from core.engine.sparse_topk import ColumnOrder, cosine, inv_std, pearson, segment_top_k
 from core.engine.stats import SparseActs
@@ -403,5 +404,8 @@ class SparseStoreGram:
         length = ptr[tok + 1] - start
         v = vals[pos]
         base = r * self.n_cols  # each entry's row offset, once (not once per pair)
+        if pairs_cpu.supported(flat) and vals.dtype == torch.float32:  # the same, compiled
+            pairs_cpu.join_cpu(flat, base, v, start, start + length, cols, vals)
+            return
         for e0, e1, rep, at in pair_chunks(start, length, max_pairs):
             flat.index_add_(0, base[e0:e1][rep].add_(cols[at]), v[e0:e1][rep].mul_(vals[at]))
