@@ -7,8 +7,11 @@ from collections.abc import Iterable
 
 from core.engine.features import FeatureData
 
+#: tokens a preview lists
+PREVIEW_TOKENS = 3
 
-def feature_preview(fd: FeatureData, n: int = 3) -> dict[str, list[str]]:
+
+def feature_preview(fd: FeatureData, n: int = PREVIEW_TOKENS) -> dict[str, list[str]]:
     """What a result table shows of a computed feature: the distinct tokens it fires on
     most (the max token of its top examples, strongest first) and its top promoted tokens."""
     fires: list[str] = []
@@ -46,6 +49,6 @@ def summary_table(features: Iterable[FeatureData]) -> dict[str, list]:
         out["max_act"].append(fd.max_act)
         out["mean_act"].append(fd.mean_act)
         out["n_active"].append(fd.n_active)
-        out["top_tokens"].append(fd.top_logits.tokens[:3])
+        out["top_tokens"].append(fd.top_logits.tokens[:PREVIEW_TOKENS])
         out["fires_on"].append(feature_preview(fd)["fires_on"])
     return out

@@ -379,8 +379,8 @@ class Workspace(SearchMixin, CorpusMixin):
     def _summary_of(self, indices: list[int], progress: Progress | None) -> dict[str, list]:
         """:func:`~core.previews.summary_table` of ``indices`` (ascending) without holding
         their feature data: stored features are read one at a time, missing ones swept
-        together and turned into rows batch by batch (a whole dictionary never sits in
-        memory as FeatureData)."""
+        together, stored, and their rows taken from the sweep's columns batch by batch
+        (none is built as FeatureData)."""
         missing = self.missing(indices)
         self._check_job_limit(indices, missing)
         rows: dict[int, dict[str, list]] = {}
@@ -400,7 +400,9 @@ class Workspace(SearchMixin, CorpusMixin):
                 progress=progress,
                 activation_store=self.activation_store,
             ):
-                rows.update((f, summary_table([fd])) for f, fd in part.items())
+                table = part.summary()  # from the columns: no feature is built
+                for j, f in enumerate(part):
+                    rows[f] = {column: [values[j]] for column, values in table.items()}
 
         if missing:
             self._retrying(run, f"the summary of {len(missing):,} features")

@@ -477,7 +477,7 @@ def test_a_writer_process_that_dies_is_a_clear_error(tmp_path):
     a RunnerError that says the recorded chunks are kept and how to go on."""
     meta = NeuronpediaMeta(model_id="tiny", layer=0, sae_set="tiny-res", dataset="d")
     with background.BatchWriter(1) as writer:
-        writer.submit(0, tmp_path / "batch-0.json", [], [], meta, {}, {})
+        writer.submit(0, tmp_path / "batch-0.json", lambda: [], [], meta, {}, {})
         assert list(writer.finished(wait=True)) == [0]
         assert json.loads((tmp_path / "batch-0.json").read_text())["features"] == []
         assert writer._pool is not None
@@ -486,7 +486,7 @@ def test_a_writer_process_that_dies_is_a_clear_error(tmp_path):
             proc.join(30)
 
         def next_batch() -> None:
-            writer.submit(1, tmp_path / "batch-1.json", [], [], meta, {}, {})
+            writer.submit(1, tmp_path / "batch-1.json", lambda: [], [], meta, {}, {})
             list(writer.finished(wait=True))
 
         with pytest.raises(RunnerError, match="stopped .* --writers 0") as err:

@@ -14,6 +14,7 @@ from core.engine.activations import ActivationStore
 from core.engine.dfa import attach_dfa
 from core.engine.features import FeatureData, gc_paused
 from core.engine.keys import memo_key, token_fingerprint
+from core.engine.result import FeatureChunk
 from core.engine.sweep import prepare_tokens, run_sweep, validate_features
 from core.memo import Memo, feature_key, feature_prefix
 from core.models import ModelAdapter
@@ -90,13 +91,15 @@ def stream_features(
     dataset: dict[str, Any] | None = None,
     progress: Progress | None = None,
     activation_store: ActivationStore | None = None,
-) -> Iterator[tuple[dict[int, FeatureData], list[bytes]]]:
+) -> Iterator[tuple[FeatureChunk, list[bytes]]]:
     """Sweep every feature of ``config.features`` (whatever the memo holds) and yield their
     data ``batch`` features at a time, in the requested order, each batch stored in the memo
     (under the shared keys) before it is yielded. Only one batch is built at a time, so a
-    whole dictionary never sits in memory as :class:`FeatureData`. Each batch comes with
-    its features' stored bytes (:meth:`~core.engine.result.FeatureSet.row_bytes`, in
-    order; what the memo holds). ``tokens`` are prepared.
+    whole dictionary never sits in memory as :class:`FeatureData`; a batch
+    (:class:`~core.engine.result.FeatureChunk`, a mapping) is built when first read, and
+    its summary table comes from the columns. Each batch comes with its features' stored
+    bytes (:meth:`~core.engine.result.FeatureSet.row_bytes`, in order; what the memo
+    holds). ``tokens`` are prepared.
     """
     features = validate_features(config.features, dictionary.n_features)
     report = progress or (lambda frac, msg: None)
@@ -123,11 +126,11 @@ def stream_features(
     with gc_paused():
         for part, rows in result.features.stored_batches(batch):
             if memo is not None:
-                memo.put_rows(zip((feature_key(prefix, f) for f, _ in part), rows, strict=True))
+                memo.put_rows(zip((feature_key(prefix, f) for f in part), rows, strict=True))
             k += len(part)
             done = SWEEP_SHARE + (1 - SWEEP_SHARE) * k / n
             report(done, f"building and saving feature data: {k:,}/{n:,}")
-            yield dict(part), rows
+            yield part, rows
 
 
 def compute_features(

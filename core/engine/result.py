@@ -19,6 +19,7 @@ from torch import Tensor
 
 from core.engine.features import FeatureData, gc_paused
 from core.engine.rows import EXAMPLES, RowContext, build_feature, pack_rows, window_strings
+from core.previews import PREVIEW_TOKENS, SUMMARY_COLUMNS
 
 
 def window_ids(
@@ -107,20 +108,42 @@ class FeatureSet(Mapping[int, FeatureData]):
                         self._built.setdefault(f, data)
             yield [(f, self._built.get(f) or made[f]) for f in self.order[r0:r1]]
 
-    # --- whole-set tables ------------------------------------------------------------------
-    def summary(self) -> dict[str, list]:
-        """One value per feature: index, density, max, mean, top tokens (for search tables)."""
-        c = self.cols
-        out: dict[str, list] = {
-            "feature": self.order,
-            "density": c["density"].tolist(),
-            "max_act": c["max"].tolist(),
-            "mean_act": c["mean"].tolist(),
-            "n_active": c["count"].tolist(),
+    # --- summaries ---------------------------------------------------------------------------
+    def summary(self, r0: int = 0, r1: int | None = None) -> dict[str, list]:
+        """:func:`~core.previews.summary_table` of the features of rows ``r0:r1`` (all by
+        default), the same values and types, from the columns: none is built. Each
+        feature's ``fires_on`` is the distinct strings of its top examples' own tokens,
+        strongest first (:func:`~core.previews.feature_preview`)."""
+        r1 = len(self.order) if r1 is None else r1
+        c = {k: v[r0:r1] for k, v in self.cols.items() if v.dim() > 0}
+        n = r1 - r0
+        seq, pos = c["top_seq"], c["top_pos"]
+        ids = self.tokens[seq.long().clamp(min=0), pos.long()].tolist()
+        fires: list[list[str]] = []
+        for row_seq, row_ids in zip(seq.tolist(), ids, strict=True):
+            shown = [i for s, i in zip(row_seq, row_ids, strict=True) if s >= 0]
+            distinct: list[str] = []
+            for text in self._token_strs(shown):
+                if text not in distinct:
+                    distinct.append(text)
+                    if len(distinct) == PREVIEW_TOKENS:
+                        break
+            fires.append(distinct)
+        top = (
+            [self._token_strs(row[:PREVIEW_TOKENS]) for row in c["pos_i"].tolist()]
+            if "pos_i" in c
+            else [[] for _ in range(n)]
+        )
+        values = {
+            "feature": self.order[r0:r1],
+            "density": [float(v) for v in c["density"].tolist()],
+            "max_act": [float(v) for v in c["max"].tolist()],
+            "mean_act": [float(v) for v in c["mean"].tolist()],
+            "n_active": [int(v) for v in c["count"].tolist()],
+            "top_tokens": top,
+            "fires_on": fires,
         }
-        if "pos_i" in c:
-            out["top_tokens"] = [[self.vocab[i] for i in row[:3]] for row in c["pos_i"].tolist()]
-        return out
+        return {k: values[k] for k in SUMMARY_COLUMNS}
 
     # --- building --------------------------------------------------------------------------
     def _token_str(self, i: int) -> str:
@@ -182,14 +205,40 @@ class FeatureSet(Mapping[int, FeatureData]):
         extras = [self._extras(r) for r in range(r0, r1)]
         return pack_rows(cols, self.order[r0:r1], self.context, extras)
 
-    def stored_batches(
-        self, size: int
-    ) -> Iterator[tuple[list[tuple[int, FeatureData]], list[bytes]]]:
-        """Every feature in order, ``size`` rows at a time: its ``(index, data)`` and its
-        stored bytes (:meth:`row_bytes`), both from one slice of every column. Nothing is
-        kept (a whole dictionary streamed into the memo)."""
+    def stored_batches(self, size: int) -> Iterator[tuple[FeatureChunk, list[bytes]]]:
+        """Every feature in order, ``size`` rows at a time: the rows' features
+        (:class:`FeatureChunk`, built when first read) and their stored bytes
+        (:meth:`row_bytes`), both from one slice of every column. Nothing is kept (a whole
+        dictionary streamed into the memo)."""
         for r0 in range(0, len(self.order), max(1, size)):
             r1 = min(r0 + max(1, size), len(self.order))
             got = self._slices(r0, r1)
-            built = self._build_rows(r0, r1, got)
-            yield list(zip(self.order[r0:r1], built, strict=True)), self.row_bytes(r0, r1, got)
+            yield FeatureChunk(self, r0, r1, got), self.row_bytes(r0, r1, got)
+
+
+class FeatureChunk(Mapping[int, FeatureData]):
+    """The features of rows ``r0:r1`` of a :class:`FeatureSet` (``slices``: those rows of
+    its columns), built into :class:`FeatureData` together the first time one is read;
+    their :meth:`summary` comes from the columns without building them (a precompute
+    writing only the memo and Neuronpedia files never builds them in its own process)."""
+
+    def __init__(self, features: FeatureSet, r0: int, r1: int, slices: dict[str, Tensor]):
+        self._set, self._r0, self._r1, self._slices = features, r0, r1, slices
+        self.order = features.order[r0:r1]
+        self._built: dict[int, FeatureData] | None = None
+
+    def __getitem__(self, f: int) -> FeatureData:
+        if self._built is None:
+            built = self._set._build_rows(self._r0, self._r1, self._slices)
+            self._built = dict(zip(self.order, built, strict=True))
+        return self._built[f]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def summary(self) -> dict[str, list]:
+        """:meth:`FeatureSet.summary` of these rows."""
+        return self._set.summary(self._r0, self._r1)

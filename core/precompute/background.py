@@ -1,17 +1,16 @@
 """Neuronpedia batch files built and written by worker processes while the run goes on.
 
 Building a batch (reading the features back, rounding every float, one dict per feature)
-and encoding it as JSON is plain Python, about 0.6 ms a feature, on one core. Once the
-sweep is done the runner's own loop (building features, the memo) keeps one core busy;
+and encoding it as JSON is plain Python, about 1 ms a feature, on one core. Once the
+sweep is done the runner's own loop (the memo's rows, the summaries) keeps one core busy;
 the batches go to spawned worker processes on the others (one per other core), at most
 :data:`QUEUED` chunks per worker (one in hand, the next waiting, so a worker never waits
 for the runner) so memory stays bounded: while every worker has that many, the runner
-writes the next batch itself (it has the features built already) rather than queue it
-and wait. A worker is sent the
-features' stored bytes (their memo rows), which it reads back, not the objects. A chunk
-counts as done (and goes into the manifest) only once its batch file is written, so a
-killed run resumes exactly as before. Small runs write in process: a worker
-costs a second or two to start.
+builds the next chunk's features and writes its batch itself rather than queue it and
+wait. A worker is sent the features' stored bytes (their memo rows), which it reads back,
+not the objects. A chunk counts as done (and goes into the manifest) only once its batch
+file is written, so a killed run resumes exactly as before. Small runs write in process:
+a worker costs a second or two to start.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -113,16 +112,17 @@ class BatchWriter:
         self,
         k: int,
         path: Path,
-        features: Sequence[FeatureData],
+        features: Callable[[], Sequence[FeatureData]],
         rows: Sequence[bytes],
         meta: NeuronpediaMeta,
         vectors: Mapping[int, Any],
         dists: Mapping[int, Sequence[float]],
     ) -> None:
-        """Write chunk ``k``'s batch of ``features`` (``rows``: their stored bytes, what a
-        worker is sent) to ``path``."""
+        """Write chunk ``k``'s batch of the features ``features()`` gives (called only when
+        the batch is written here; ``rows``: their stored bytes, what a worker is sent) to
+        ``path``."""
         if not self.workers or self._busy():  # written here rather than waited for
-            write_neuronpedia(path, features, meta, vectors, dists)
+            write_neuronpedia(path, features(), meta, vectors, dists)
             self.submit_nothing(k)
             return
         if self._pool is None:  # not before: no idle workers through the sweep
@@ -137,7 +137,7 @@ class BatchWriter:
 
     def _busy(self) -> bool:
         """Whether every worker has :data:`QUEUED` batches: the caller writes the next one
-        itself (it has the features built already) instead of queueing it and waiting later."""
+        itself instead of queueing it and waiting later."""
         running = sum(1 for _, fut in self._pending if fut is not None and not fut.done())
         return self._pool is not None and running >= QUEUED * self.workers
 

@@ -24,6 +24,7 @@ from core.config import ConfigError, parse_features
 from core.engine.activations import activation_store_for
 from core.engine.cached import source_key, stream_features, token_fingerprint
 from core.engine.distributed import current as current_shard
+from core.engine.result import FeatureChunk
 from core.engine.sweep import EngineError, prepare_tokens, validate_features
 from core.export.html import save_html
 from core.export.map_html import map_png_html
@@ -52,7 +53,6 @@ from core.precompute.manifest import (
     ranges,
 )
 from core.precompute.progress import Progress
-from core.previews import summary_table
 from core.settings import memo_dir
 from core.storage import atomic_write
 
@@ -66,7 +66,12 @@ if TYPE_CHECKING:
 
 def is_skipped(fd: FeatureData, min_density: float) -> bool:
     """A feature that never fires or fires more rarely than ``min_density`` is not rendered."""
-    return fd.n_active == 0 or fd.density < min_density
+    return skipped_by(fd.n_active, fd.density, min_density)
+
+
+def skipped_by(n_active: int, density: float, min_density: float) -> bool:
+    """:func:`is_skipped` of a feature with these values (a summary table's row)."""
+    return n_active == 0 or density < min_density
 
 
 @dataclass
@@ -262,11 +267,12 @@ class PrecomputeRunner:
 
     def _sweep_group(
         self, src: Sources, memo: Memo, group: list[int], progress: Progress
-    ) -> Iterator[tuple[int, list[FeatureData], list[bytes]]]:
+    ) -> Iterator[tuple[int, FeatureChunk, list[bytes]]]:
         """Sweep the features of ``group``'s chunks together (through the app's path, so
         features are stored under the shared keys; hook activations are stored after the
         first sweep, so later ones and resumed runs skip the model) and yield each chunk's
-        features as they are built, ``(chunk index, features, their stored bytes)``."""
+        features in order, ``(chunk index, features, their stored bytes)``; the features
+        are built only where they are read (HTML pages, batches written here)."""
         feats = [f for k in group for f in self.chunks[k]]
         sub = dataclasses.replace(self.rc, features=feats)
         keep = "memo" in self.cfg.outputs
@@ -282,37 +288,45 @@ class PrecomputeRunner:
             activation_store=activation_store_for(self._app_memo_dir()),
         )
         for k, (part, rows) in zip(group, parts, strict=True):
-            yield k, [part[f] for f in self.chunks[k]], rows
+            if list(part) != self.chunks[k]:
+                raise RunnerError(f"chunk {k}: the sweep returned other features than planned")
+            yield k, part, rows
 
     def _write_chunk(
         self,
         src: Sources,
         memo: Memo,
         k: int,
-        fds: list[FeatureData],
+        part: FeatureChunk,
         rows: list[bytes],
         writer: BatchWriter,
     ) -> tuple[list[int], list[int]]:
-        """Write chunk ``k`` (its features ``fds``, stored as ``rows``): its summary and HTML
-        page here, its Neuronpedia batch through ``writer`` (the chunk is done once that
-        is written)."""
+        """Write chunk ``k`` (its features ``part``, stored as ``rows``): its summary (from
+        the columns) and HTML page here, its Neuronpedia batch through ``writer`` (the
+        chunk is done once that is written)."""
         cfg = self.cfg
         chunk = self.chunks[k]
         if "memo" in cfg.outputs and not all(key in memo for key in self._stored(chunk)):
             raise RunnerError(f"could not write to {memo.directory}: is the disk full?")
-        shown = [not is_skipped(fd, cfg.min_density) for fd in fds]
-        rendered = [fd for fd, show in zip(fds, shown, strict=True) if show]
-        skipped = [fd.index for fd, show in zip(fds, shown, strict=True) if not show]
-        summary = summary_table(fds)
+        summary = part.summary()  # summary_table's, without building the features
+        shown = [
+            not skipped_by(n, d, cfg.min_density)
+            for n, d in zip(summary["n_active"], summary["density"], strict=True)
+        ]
+        idx = [f for f, show in zip(chunk, shown, strict=True) if show]
+        skipped = [f for f, show in zip(chunk, shown, strict=True) if not show]
         summary["skipped"] = [not show for show in shown]
         if not memo.put_json(f"chunk:{k}:summary", summary):
             raise RunnerError(f"could not write to {memo.directory}: is the disk full?")
-        if "html" in cfg.outputs and rendered:
+
+        def rendered() -> list[FeatureData]:  # built here only when read
+            return [part[f] for f in idx]
+
+        if "html" in cfg.outputs and idx:
             save_html(
-                self.out / "html" / chunk_name(k), rendered, self._page_meta(k, chunk), cfg.layout
+                self.out / "html" / chunk_name(k), rendered(), self._page_meta(k, chunk), cfg.layout
             )
         if "neuronpedia" in cfg.outputs:
-            idx = [fd.index for fd in rendered]
             vectors: dict[int, np.ndarray] = {}
             dists: dict[int, list[float]] = {}
             if idx:
@@ -334,7 +348,7 @@ class PrecomputeRunner:
             writer.submit(k, path, rendered, stored, self.np_meta, vectors, dists)
         else:
             writer.submit_nothing(k)
-        return [fd.index for fd in rendered], skipped
+        return idx, skipped
 
     def _finish(self, src: Sources, done: set[int], skipped: set[int]) -> None:
         if "html" in self.cfg.outputs:

@@ -23,6 +23,7 @@ from core.engine.result import FeatureSet, window_ids
 from core.engine.rows import feature_from_row
 from core.engine.sweep import run_sweep
 from core.models import ModelAdapter
+from core.previews import summary_table
 from tests.tiny import HOOK, make_directions, make_model, make_sae, random_tokens, transcoder_at
 
 
@@ -65,13 +66,18 @@ def assert_rows_read_back(fs: FeatureSet, tokens: torch.Tensor) -> None:
         assert back.to_json() == fs[f].to_json()  # dict order too (a table's columns)
         checked += check_windows(back, tokens, fs.vocab)
     assert checked > 0
-    # streamed in batches of any size: the same data and the same bytes
+    # streamed in batches of any size: the same data and the same bytes, and each batch's
+    # summary from the columns is summary_table's of its features (values and types)
     for size in (1, 5, 64):
         got = list(fs.stored_batches(size))
         assert all(len(part) == len(stored) <= size for part, stored in got)
-        assert [f for part, _ in got for f, _ in part] == fs.order
-        assert [d for part, _ in got for _, d in part] == [fs[f] for f in fs.order]
+        assert [f for part, _ in got for f in part] == fs.order
+        assert [part[f] for part, _ in got for f in part] == [fs[f] for f in fs.order]
         assert [b for _, stored in got for b in stored] == rows
+        for part, _ in got:
+            want = summary_table([fs[f] for f in part])
+            assert json.dumps(part.summary()) == json.dumps(want)
+    assert fs.summary() == summary_table(fs.values())
 
 
 @pytest.mark.parametrize("whole_sequence", [False, True])
@@ -159,6 +165,9 @@ def test_token_strings_outside_the_vocabulary(model, tokens):
             short[i] if i < 20 else f"<{i}>" for i in back.top_logits.token_ids
         ]
     assert checked > 0
+    table = again.summary()
+    assert json.dumps(table) == json.dumps(summary_table(again.values()))
+    assert any(t.startswith("<") for fires in table["fires_on"] for t in fires)
 
 
 def test_window_ids_against_a_loop(tokens):
