@@ -118,7 +118,8 @@ class FeatureSet(Mapping[int, FeatureData]):
         c = {k: v[r0:r1] for k, v in self.cols.items() if v.dim() > 0}
         n = r1 - r0
         seq, pos = c["top_seq"], c["top_pos"]
-        ids = self.tokens[seq.long().clamp(min=0), pos.long()].tolist()
+        at = (seq.long().clamp(min=0), pos.long().clamp(0, self.length - 1))  # empty slots: -1
+        ids = self.tokens[at].tolist()
         fires: list[list[str]] = []
         for row_seq, row_ids in zip(seq.tolist(), ids, strict=True):
             shown = [i for s, i in zip(row_seq, row_ids, strict=True) if s >= 0]
