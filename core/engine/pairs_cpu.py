@@ -87,22 +87,10 @@ def add_pair_sums_cpu(
     (entries sorted by row), then added to ``cross`` once."""
     n_rows, n_cols = cross.shape
     block = max(1, min(block, n_rows))
-    size = block * n_cols
-    scratch = np.zeros(size, dtype=np.float32)
-    seen = np.zeros(size, dtype=np.bool_)
-    _kernels()["pair_sums"](
-        cross.view(-1).numpy(),
-        n_cols,
-        block,
-        f_row.numpy(),
-        f_val.contiguous().numpy(),
-        start.numpy(),
-        end.numpy(),
-        t_col.numpy(),
-        t_val.contiguous().numpy(),
-        scratch,
-        seen,
-    )
+    scratch = np.zeros(block * n_cols, dtype=np.float32)  # a block's sums of this batch
+    seen = np.zeros(block * n_cols, dtype=np.bool_)
+    flat = cross.view(-1)
+    _run("pair_sums", flat, n_cols, block, f_row, f_val, start, end, t_col, t_val, scratch, seen)
 
 
 def join_cpu(
@@ -116,15 +104,13 @@ def join_cpu(
 ) -> None:
     """``flat[base[e] + cols[p]] += v[e] * vals[p]`` for every entry ``e`` in order and each
     of its partners ``p`` in ``start[e]:end[e]`` in order: ``index_add_`` of those pairs."""
-    _kernels()["join"](
-        flat.numpy(),
-        base.numpy(),
-        v.contiguous().numpy(),
-        start.numpy(),
-        end.numpy(),
-        cols.numpy(),
-        vals.contiguous().numpy(),
-    )
+    _run("join", flat, base, v, start, end, cols, vals)
+
+
+def _run(name: str, *args: Tensor | np.ndarray | int) -> None:
+    """Loop ``name`` on ``args``, tensors as numpy views of their memory (the sums are
+    contiguous, :func:`supported`, so the loop writes into them)."""
+    _kernels()[name](*(a.contiguous().numpy() if isinstance(a, Tensor) else a for a in args))
 
 
 __all__ = ["add_pair_sums_cpu", "join_cpu", "supported"]
