@@ -305,7 +305,7 @@ def add_pair_sums(
     if upper:  # from the entry's own place in its token's row (columns are in order)
         start = torch.searchsorted(t_idx[0] * n_cols + t_col, f_tok * n_cols + f_row)
     block = max(1, PAIR_SCRATCH_BYTES // (4 * n_cols))
-    if pairs_cpu.supported(cross):  # the same additions as below, in one compiled loop
+    if pairs_cpu.supported(cross, f_val, t_val):  # the same additions, one compiled loop
         end = ptr[f_tok + 1]
         pairs_cpu.add_pair_sums_cpu(cross, f_row, f_val, start, end, t_col, t_val, block)
         return

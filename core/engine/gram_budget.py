@@ -404,7 +404,7 @@ class SparseStoreGram:
         length = ptr[tok + 1] - start
         v = vals[pos]
         base = r * self.n_cols  # each entry's row offset, once (not once per pair)
-        if pairs_cpu.supported(flat) and vals.dtype == torch.float32:  # the same, compiled
+        if pairs_cpu.supported(flat, v, vals):  # the same additions, one compiled loop
             pairs_cpu.join_cpu(flat, base, v, start, start + length, cols, vals)
             return
         for e0, e1, rep, at in pair_chunks(start, length, max_pairs):

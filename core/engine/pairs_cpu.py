@@ -37,8 +37,10 @@ def _kernels() -> dict[str, Any]:
                 flat[b + cols[p]] += ve * vals[p]
 
     @numba.njit(cache=True, nogil=True)
-    def pair_sums(flat, n_cols, block, f_row, f_val, start, end, t_col, t_val, scratch, seen):
-        touched = np.empty(scratch.shape[0], dtype=np.int64)  # the cells of a block, listed
+    def pair_sums(flat, n_cols, block, f_row, f_val, start, end, t_col, t_val):
+        scratch = np.zeros(block * n_cols, dtype=np.float32)  # a block's sums of this batch
+        seen = np.zeros(block * n_cols, dtype=np.bool_)
+        touched = np.empty(block * n_cols, dtype=np.int64)  # the cells of a block, listed
         # entries are sorted by row, then token: a cell's products arrive in token order
         n = f_row.shape[0]
         e = 0
@@ -66,9 +68,12 @@ def _kernels() -> dict[str, Any]:
     return {"pair_sums": pair_sums, "join": join}
 
 
-def supported(sums: Tensor) -> bool:
-    """Whether these loops take these sums (float32, on the CPU, contiguous)."""
-    return sums.device.type == "cpu" and sums.dtype == torch.float32 and sums.is_contiguous()
+def supported(sums: Tensor, *values: Tensor) -> bool:
+    """Whether these loops take these sums and the non-zero ``values`` added into them
+    (all float32 on the CPU, the sums contiguous)."""
+    return sums.is_contiguous() and all(
+        t.device.type == "cpu" and t.dtype == torch.float32 for t in (sums, *values)
+    )
 
 
 def add_pair_sums_cpu(
@@ -87,10 +92,7 @@ def add_pair_sums_cpu(
     (entries sorted by row), then added to ``cross`` once."""
     n_rows, n_cols = cross.shape
     block = max(1, min(block, n_rows))
-    scratch = np.zeros(block * n_cols, dtype=np.float32)  # a block's sums of this batch
-    seen = np.zeros(block * n_cols, dtype=np.bool_)
-    flat = cross.view(-1)
-    _run("pair_sums", flat, n_cols, block, f_row, f_val, start, end, t_col, t_val, scratch, seen)
+    _run("pair_sums", cross.view(-1), n_cols, block, f_row, f_val, start, end, t_col, t_val)
 
 
 def join_cpu(
@@ -107,7 +109,7 @@ def join_cpu(
     _run("join", flat, base, v, start, end, cols, vals)
 
 
-def _run(name: str, *args: Tensor | np.ndarray | int) -> None:
+def _run(name: str, *args: Tensor | int) -> None:
     """Loop ``name`` on ``args``, tensors as numpy views of their memory (the sums are
     contiguous, :func:`supported`, so the loop writes into them)."""
     _kernels()[name](*(a.contiguous().numpy() if isinstance(a, Tensor) else a for a in args))

@@ -118,14 +118,6 @@ def _marked(values: list[float], arr: np.ndarray) -> list[float]:
     return values
 
 
-def _r(v: float) -> float:
-    v = float(v)
-    if not math.isfinite(v):
-        raise ExportError(f"non-finite value {v!r} cannot go into a Neuronpedia file")
-    r = round(v, DECIMALS) + 0.0  # turns -0.0 into 0.0
-    return _Exponent(r) if 0 < abs(r) < _EXPONENT_BELOW else r
-
-
 _SCALE = 10.0**DECIMALS
 
 
@@ -151,8 +143,9 @@ def round_values(arr: np.ndarray) -> np.ndarray:
 
 
 def _round_parts(parts: list[Sequence[float] | np.ndarray]) -> list[list[float]]:
-    """:func:`_r` of every value of every part, in one vectorised call (one finiteness
-    check for all of them); the same floats as rounding each value by itself."""
+    """``round(v, DECIMALS) + 0.0`` (no ``-0.0``) of every value of every part, in one
+    vectorised call (one finiteness check for all of them, non-finite values refused); the
+    same floats as rounding each value by itself."""
     # fromiter walks Python floats much faster than an array's numpy scalars
     parts = [p.tolist() if isinstance(p, np.ndarray) else p for p in parts]
     lens = [len(p) for p in parts]
@@ -170,7 +163,7 @@ def _round_parts(parts: list[Sequence[float] | np.ndarray]) -> list[list[float]]
 
 
 def _rl(values: Sequence[float] | np.ndarray) -> list[float]:
-    """:func:`_r` of every value (the same floats, one finiteness check for the list)."""
+    """:func:`_round_parts` of one list of values."""
     return _round_parts([values])[0]
 
 
@@ -195,7 +188,7 @@ def head_distribution(direction: Sequence[float], n_heads: int) -> list[float]:
         math.sqrt(sum(x * x for x in d[h * d_head : (h + 1) * d_head])) for h in range(n_heads)
     ]
     total = sum(norms)
-    return [_r(n / total) if total > 0 else 0.0 for n in norms]
+    return _rl([n / total for n in norms]) if total > 0 else [0.0] * len(norms)
 
 
 def feature_to_neuronpedia(

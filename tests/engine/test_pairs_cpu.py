@@ -38,11 +38,11 @@ def test_compiled_pair_sums_equal_the_torch_path(monkeypatch, upper, scratch_row
     batches = [_operands(400, n_feat, d, seed) for seed, d in enumerate((0.3, 0.05, 0.6))]
     got = torch.randn(n_feat, n_feat, generator=torch.Generator().manual_seed(9))
     want = got.clone()
-    assert pairs_cpu.supported(got)
+    assert pairs_cpu.supported(got, batches[0][1].values(), batches[0][2].values())
     for _, by_feature, by_token in batches:
         add_pair_sums(got, by_feature, by_token, upper=upper)
     with monkeypatch.context() as m:
-        m.setattr(pairs_cpu, "supported", lambda cross: False)  # the torch operators
+        m.setattr(pairs_cpu, "supported", lambda *tensors: False)  # the torch operators
         for _, by_feature, by_token in batches:
             add_pair_sums(want, by_feature, by_token, upper=upper)
     assert torch.equal(got, want)
@@ -63,7 +63,9 @@ def test_compiled_join_gives_the_sparse_stores_floats(monkeypatch, rows_are_cols
     g = torch.Generator().manual_seed(3)
     a = torch.rand(batches * batch, n_cols, generator=g)
     a = a * (torch.rand(a.shape, generator=g) < 0.15)
-    results = []
+    results, joins = [], []
+    real_join = pairs_cpu.join_cpu
+    monkeypatch.setattr(pairs_cpu, "join_cpu", lambda *a: joins.append(1) or real_join(*a))
     for compiled in (True, False):
         store = SparseStoreGram(
             rows.numel(), n_cols, CPU, 1 << 30, None if rows_are_cols else rows, segment_entries=90
@@ -77,9 +79,11 @@ def test_compiled_join_gives_the_sparse_stores_floats(monkeypatch, rows_are_cols
         assert len(store.segments) > 1 and (len(store.row_blocks()) > 1 or not rows_are_cols)
         with monkeypatch.context() as m:
             if not compiled:
-                m.setattr(pairs_cpu, "supported", lambda sums: False)
+                m.setattr(pairs_cpu, "supported", lambda *tensors: False)
             self_col = rows if not rows_are_cols else torch.arange(n_cols)
             row_sum, row_sumsq = a.sum(0)[rows], (a * a).sum(0)[rows]
             results.append(store.top_correlated(row_sum, row_sumsq, 5, self_col))
+        assert bool(joins) == compiled  # each way was the one taken
+        joins.clear()
     for got, want in zip(*results, strict=True):
         assert torch.equal(got, want)
